@@ -1,0 +1,1 @@
+"""retrainer: keep a tabular model fresh."""

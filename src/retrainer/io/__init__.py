@@ -1,0 +1,1 @@
+"""Adapters: everything with a side effect (files, DVC, MLflow, Prefect, HTTP). Thin by design."""

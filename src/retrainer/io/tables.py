@@ -1,0 +1,56 @@
+"""Read batches and reference tables; write frames and JSON reports atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+BATCH_SUFFIXES = (".csv", ".parquet")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet file as a DataFrame; other suffixes are refused by name."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    raise ValueError(f"{path}: unsupported file type '{suffix}' (expected one of {', '.join(BATCH_SUFFIXES)})")
+
+
+def list_batches(directory: Path) -> list[Path]:
+    """Accepted batch files in a folder, oldest name first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in BATCH_SUFFIXES)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write a frame as Parquet, never leaving a half-written file."""
+    _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def write_json(payload: dict | list, path: Path) -> None:
+    """Write JSON (sorted keys, stable across runs) atomically."""
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"))
+
+
+def read_json(path: Path) -> dict:
+    """Read a JSON file written by write_json."""
+    return json.loads(path.read_text())

@@ -1,0 +1,94 @@
+"""MLflow adapter: log a training run and register its model as a new version."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from retrainer.io.project import artifact_location, tracking_uri
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where a trained model landed in MLflow."""
+
+    run_id: str
+    experiment_id: str
+    model_name: str
+    version: str
+    tracking_uri: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def connect(root: Path | None = None) -> str:
+    """Point MLflow at the project's store (or MLFLOW_TRACKING_URI) and return the URI."""
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, root: Path | None = None) -> str:
+    """The experiment id, creating the experiment with a project-local artifact root if needed."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location(root))
+
+
+def log_training_run(
+    *,
+    experiment: str,
+    model_name: str,
+    model,
+    features: list[str],
+    train_frame: pd.DataFrame,
+    params: dict[str, object],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: list[Path],
+    reports: dict[str, dict | list],
+    root: Path | None = None,
+) -> Registration:
+    """One MLflow run: params, metrics, reports, plots, training data input, and a registered model version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    uri = connect(root)
+    experiment_id = ensure_experiment(experiment, root)
+    example = train_frame[features].head(5)
+    signature = infer_signature(example, model.predict_proba(example)[:, 1])
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
+        for name, payload in reports.items():
+            mlflow.log_dict(payload, f"reports/{name}.json")
+        for path in artifacts:
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        dataset = mlflow.data.from_pandas(train_frame, name="training", targets=None)
+        mlflow.log_input(dataset, context="training")
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            serialization_format="cloudpickle",
+            pyfunc_predict_fn="predict_proba",
+            registered_model_name=model_name,
+        )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_model_version_tag(model_name, version, "dataset_digest", dataset.digest)
+    return Registration(run.info.run_id, experiment_id, model_name, version, uri)

@@ -1,0 +1,194 @@
+"""The pipeline stages: one function each, run by `dvc repro` (via `retrainer stage NAME`) and by the flows."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import joblib
+import pandas as pd
+
+from retrainer.config import Params, params_hash
+from retrainer.io.tables import list_batches, read_json, read_table, write_json, write_parquet
+
+DATASET = Path("data/interim/dataset.parquet")
+INGEST_REPORT = Path("data/interim/ingest_report.json")
+TRAIN = Path("data/processed/train.parquet")
+HOLDOUT = Path("data/processed/holdout.parquet")
+SPLIT_REPORT = Path("data/processed/split_report.json")
+MODEL = Path("models/model.pkl")
+TRAIN_REPORT = Path("models/train_report.json")
+METRICS = Path("models/metrics.json")
+PREDICTIONS = Path("models/predictions.parquet")
+PLOTS = Path("models/plots")
+REGISTRATION = Path("models/registration.json")
+
+
+def file_md5(path: Path) -> str:
+    """The MD5 of a file's bytes: the hash DVC records for a single-file output."""
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_raw(params: Params, root: Path) -> pd.DataFrame:
+    """The bootstrap slice of the seed batch table plus every accepted batch, in the raw batch schema."""
+    from retrainer.steps.ingest import parse_time_column
+
+    data = params.data
+    seed = parse_time_column(read_table(root / data.batch_source), data.time_column)
+    start = pd.Timestamp(data.bootstrap.start, tz="UTC")
+    end = pd.Timestamp(data.bootstrap.end, tz="UTC")
+    frames = [seed.loc[(seed[data.time_column] >= start) & (seed[data.time_column] < end)]]
+    frames += [parse_time_column(read_table(p), data.time_column) for p in list_batches(root / data.batches_dir)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def ingest(params: Params, root: Path) -> dict:
+    """Raw batches + references -> the labelled, pseudonymised dataset."""
+    from retrainer.io.project import pseudonymisation_key
+    from retrainer.steps.ingest import integrate
+
+    references = {ref.name: read_table(root / ref.path) for ref in params.data.references}
+    dataset, report = integrate(load_raw(params, root), references, params.data, pseudonymisation_key())
+    write_parquet(dataset, root / DATASET)
+    write_json(report.to_dict(), root / INGEST_REPORT)
+    return report.to_dict()
+
+
+def split(params: Params, root: Path) -> dict:
+    """Training window and time-aware holdout."""
+    from retrainer.steps.split import make_train_holdout
+
+    time_column, label = params.data.time_column, params.data.target.name
+    train, holdout = make_train_holdout(pd.read_parquet(root / DATASET), time_column, params.split)
+    write_parquet(train, root / TRAIN)
+    write_parquet(holdout, root / HOLDOUT)
+    report = {
+        name: {
+            "rows": len(part),
+            "start": str(part[time_column].min()),
+            "end": str(part[time_column].max()),
+            "positive_rate": round(float(part[label].mean()), 6),
+        }
+        for name, part in (("train", train), ("holdout", holdout))
+    }
+    write_json(report, root / SPLIT_REPORT)
+    return report
+
+
+def train(params: Params, root: Path) -> dict:
+    """Search and fit the pipeline on the training window."""
+    from retrainer.steps.train import fit_model
+
+    frame = pd.read_parquet(root / TRAIN)
+    result = fit_model(
+        frame, list(params.features.numeric), list(params.features.categorical), params.data.target.name,
+        params.data.time_column, params.train, params.train.feature_selection, params.split.validation_fraction,
+    )
+    (root / MODEL).parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump({"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL)
+    report = {
+        "best_params": result.best_params,
+        "cv_best_score": result.cv_best_score,
+        "cv_scoring": params.train.scoring,
+        "cv_results": result.cv_results,
+        "features": result.features,
+        "threshold": result.threshold,
+        "fit_seconds": round(result.fit_seconds, 3),
+        "rows_fit": result.rows_fit,
+        "rows_validation": result.rows_validation,
+    }
+    write_json(report, root / TRAIN_REPORT)
+    return report
+
+
+def load_model(root: Path) -> dict:
+    """The trained bundle: {'model', 'threshold', 'features'}."""
+    return joblib.load(root / MODEL)
+
+
+def evaluate(params: Params, root: Path) -> dict:
+    """Holdout metrics, per-row predictions, plot tables and PNGs."""
+    from retrainer.io.plots import write_evaluation_plots
+    from retrainer.steps.evaluate import classification_metrics, evaluation_curves, feature_importance
+
+    bundle = load_model(root)
+    holdout = pd.read_parquet(root / HOLDOUT)
+    label, time_column = params.data.target.name, params.data.time_column
+    y = holdout[label].to_numpy()
+    proba = bundle["model"].predict_proba(holdout[bundle["features"]])[:, 1]
+    metrics = classification_metrics(y, proba, bundle["threshold"])
+    curves = evaluation_curves(y, proba, bundle["threshold"], params.evaluate.calibration_bins)
+    importance = feature_importance(
+        bundle["model"], holdout[bundle["features"]], holdout[label], params.evaluate.importance_rows, params.train.seed
+    )
+    plots = root / PLOTS
+    plots.mkdir(parents=True, exist_ok=True)
+    for name, table in {**curves, "feature_importance": importance}.items():
+        table.to_csv(plots / f"{name}.csv", index=False)
+    write_evaluation_plots(curves, importance, metrics, plots)
+    keep = [c for c in (time_column, *params.features.categorical) if c in holdout.columns]
+    write_parquet(holdout[keep].assign(label=y, proba=proba), root / PREDICTIONS)
+    write_json(metrics, root / METRICS)
+    return metrics
+
+
+def register(params: Params, root: Path) -> dict:
+    """Log the run to MLflow and register the model as a new version."""
+    from retrainer.io.git import code_version
+    from retrainer.io.tracking import log_training_run
+
+    bundle = load_model(root)
+    train_report = read_json(root / TRAIN_REPORT)
+    metrics = read_json(root / METRICS)
+    tags = {
+        **code_version(root),
+        "data_md5": file_md5(root / TRAIN),
+        "holdout_md5": file_md5(root / HOLDOUT),
+        "dataset_md5": file_md5(root / DATASET),
+        "params_hash": params_hash(params),
+        "threshold": f"{bundle['threshold']:.6f}",
+        "model_family": params.train.model,
+    }
+    logged_params = {
+        **{f"best.{k}": v for k, v in train_report["best_params"].items()},
+        "model": params.train.model, "class_weight": params.train.class_weight, "seed": params.train.seed,
+        "search": params.train.search.method, "cv_splits": params.train.cv_splits,
+        "window_months": params.split.window_months, "holdout_fraction": params.split.holdout_fraction,
+        "features": ",".join(bundle["features"]), "threshold": bundle["threshold"],
+    }
+    registration = log_training_run(
+        experiment=params.tracking.experiment,
+        model_name=params.tracking.registered_model,
+        model=bundle["model"],
+        features=bundle["features"],
+        train_frame=pd.read_parquet(root / TRAIN),
+        params=logged_params,
+        metrics={**{f"holdout_{k}": v for k, v in metrics.items()}, "cv_best_score": train_report["cv_best_score"],
+                 "fit_seconds": train_report["fit_seconds"]},
+        tags=tags,
+        artifacts=sorted((root / PLOTS).glob("*.png")),
+        reports={
+            "ingest": read_json(root / INGEST_REPORT),
+            "split": read_json(root / SPLIT_REPORT),
+            "train": train_report,
+            "metrics": metrics,
+        },
+        root=root,
+    )
+    payload = {**registration.to_dict(), "tags": tags}
+    write_json(payload, root / REGISTRATION)
+    return payload
+
+
+STAGES: dict[str, Callable[[Params, Path], dict]] = {
+    "ingest": ingest,
+    "split": split,
+    "train": train,
+    "evaluate": evaluate,
+    "register": register,
+}
