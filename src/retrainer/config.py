@@ -102,6 +102,46 @@ class TrackingConfig(_Frozen):
     registered_model: str
 
 
+class ImprovementPolicy(_Frozen):
+    policy: Literal["must_improve", "must_not_be_worse"] = "must_not_be_worse"
+    margin: float = Field(ge=0, default=0.0)
+    bootstrap_samples: int = Field(ge=50, default=500)
+    confidence: float = Field(gt=0.5, lt=1, default=0.95)
+    seed: int = 0
+
+
+class SlicePolicy(_Frozen):
+    columns: tuple[str, ...] = ()
+    min_rows: int = Field(ge=1, default=200)
+    max_drop: float = Field(ge=0, default=0.03)
+
+
+class Budgets(_Frozen):
+    latency_p95_ms: float = Field(gt=0)
+    model_size_mb: float = Field(gt=0)
+    train_seconds: float = Field(gt=0)
+
+
+class GateConfig(_Frozen):
+    metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
+    floors: dict[str, float] = Field(default_factory=dict)
+    max_regression: dict[str, float] = Field(default_factory=dict)
+    improvement: ImprovementPolicy = ImprovementPolicy()
+    slices: SlicePolicy = SlicePolicy()
+    budgets: Budgets
+    latency_rows: int = Field(ge=10, default=200)
+
+
+class CanaryConfig(_Frozen):
+    enabled: bool = False
+
+
+class RetrainConfig(_Frozen):
+    inbox_dir: str = "data/incoming"
+    schedule_cron: str = "0 6 * * *"
+    deployment: str = "retrain-scheduled"
+
+
 class Params(_Frozen):
     data: DataConfig
     features: FeaturesConfig
@@ -109,6 +149,9 @@ class Params(_Frozen):
     train: TrainConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig
+    gate: GateConfig
+    canary: CanaryConfig = CanaryConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")
     def _no_leaks(self) -> Params:
