@@ -75,8 +75,11 @@ def reproduce(
     )
 
 
-def create_workspace(source: Path, dest: Path, params_file: Path | None = None) -> Path:
-    """A fresh DVC workspace at `dest` (wiped first) sharing the source's seeds and code, with its own state."""
+def create_workspace(source: Path, dest: Path, params_file: Path | None = None, git: bool = False) -> Path:
+    """A fresh DVC workspace at `dest` (wiped first) sharing the source's seeds and code, with its own state.
+
+    With `git`, the workspace is also a git repository with one commit, as a user's clone would be.
+    """
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -88,6 +91,14 @@ def create_workspace(source: Path, dest: Path, params_file: Path | None = None) 
         (dest / name).symlink_to((source / name).resolve(), target_is_directory=True)
     (dest / "data" / "batches").mkdir(parents=True)
     (dest / "data" / "batches" / ".gitkeep").touch()
-    dvc(dest, "init", "--no-scm", "-q")
+    if git:
+        for args in (["init", "-q"], ["config", "user.email", "retrainer@localhost"],
+                     ["config", "user.name", "retrainer"]):
+            subprocess.run(["git", *args], cwd=dest, check=True)
+        (dest / ".gitignore").write_text("/.retrainer/\n")
+    dvc(dest, "init", "-q", *([] if git else ["--no-scm"]))
     dvc(dest, "remote", "add", "-d", "local", str((dest / ".retrainer" / "dvc-remote").resolve()))
+    if git:
+        subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+        subprocess.run(["git", "commit", "-q", "-m", "workspace"], cwd=dest, check=True)
     return dest

@@ -90,7 +90,7 @@ def select_features(
         scores = mutual_info_classif(codes.to_numpy(float), y, discrete_features=discrete, random_state=seed)
     else:
         scaled = (codes - codes.mean()) / codes.std().replace(0, 1)
-        l1 = LogisticRegression(penalty="l1", solver="liblinear", C=0.05, random_state=seed)
+        l1 = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=0.05, random_state=seed)
         scores = np.abs(l1.fit(scaled.to_numpy(float), y).coef_[0])
     ranked = sorted(zip(scores, columns, strict=True), key=lambda pair: -pair[0])
     chosen = {name for _, name in ranked[: config.k]}

@@ -1,0 +1,39 @@
+"""Holdout metrics and curve tables on cases with known answers."""
+
+import numpy as np
+import pytest
+
+from retrainer.steps.evaluate import classification_metrics, evaluation_curves
+
+
+def test_perfect_ranking_metrics():
+    y = np.array([0, 0, 1, 1])
+    metrics = classification_metrics(y, np.array([0.1, 0.2, 0.8, 0.9]), 0.5)
+    assert metrics["roc_auc"] == 1.0 and metrics["pr_auc"] == 1.0
+    assert metrics["f1"] == metrics["precision"] == metrics["recall"] == 1.0
+    assert metrics["brier"] == pytest.approx((0.01 + 0.04 + 0.04 + 0.01) / 4)
+    assert metrics["rows"] == 4 and metrics["positive_rate"] == 0.5
+
+
+def test_threshold_changes_precision_recall_not_auc():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    proba = np.array([0.3, 0.4, 0.5, 0.6, 0.9, 0.2])
+    low, high = classification_metrics(y, proba, 0.35), classification_metrics(y, proba, 0.55)
+    assert low["roc_auc"] == high["roc_auc"]
+    assert low["recall"] == 1.0 and high["recall"] == pytest.approx(2 / 3)
+    assert high["precision"] == 1.0
+
+
+def test_single_class_gives_nan_auc_not_an_error():
+    metrics = classification_metrics(np.array([0, 0, 0]), np.array([0.1, 0.5, 0.9]), 0.5)
+    assert np.isnan(metrics["roc_auc"])
+
+
+def test_curves_tables():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 500)
+    proba = np.clip(y * 0.3 + rng.uniform(size=500) * 0.7, 0, 1)
+    curves = evaluation_curves(y, proba, 0.5, bins=5)
+    assert curves["confusion"]["count"].sum() == 500
+    assert curves["roc"]["tpr"].iloc[-1] == 1.0
+    assert len(curves["calibration"]) == 5

@@ -1,0 +1,60 @@
+"""The params file is validated once, and every problem names its key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retrainer.config import ConfigError, load_params, params_hash, resolve_params_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_real_params_load_and_hash_is_stable(params):
+    assert params.data.target.threshold == 15
+    assert params_hash(params) == params_hash(load_params(ROOT / "params.yaml"))
+
+
+@pytest.mark.parametrize("column", ["dep_delay", "arr_time", "air_time", "dep_time", "arr_delay"])
+def test_leaking_feature_is_refused(tmp_path, column):
+    path = _write(tmp_path, lambda raw: raw["features"]["numeric"].append(column))
+    with pytest.raises(ConfigError, match=rf"features.*{column}.*leak"):
+        load_params(path)
+
+
+def test_identifier_as_feature_is_refused(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["features"]["categorical"].append("tailnum"))
+    with pytest.raises(ConfigError, match="identifier"):
+        load_params(path)
+
+
+def test_bad_value_names_the_key(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["split"].update(holdout_fraction=1.5))
+    with pytest.raises(ConfigError, match=r"split\.holdout_fraction"):
+        load_params(path)
+
+
+def test_unknown_key_is_refused(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["train"].update(learning_rat=0.1))
+    with pytest.raises(ConfigError, match=r"train\.learning_rat"):
+        load_params(path)
+
+
+def test_missing_file_and_env_override(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    monkeypatch.setenv("RETRAINER_PARAMS", str(tmp_path / "other.yaml"))
+    assert resolve_params_path() == tmp_path / "other.yaml"
+
+
+def test_changing_a_value_changes_the_hash(tmp_path, params):
+    path = _write(tmp_path, lambda raw: raw["train"].update(seed=7))
+    assert params_hash(load_params(path)) != params_hash(params)
