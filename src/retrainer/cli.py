@@ -52,16 +52,98 @@ def stage(
     typer.echo(f"{name}: done " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, dict | list)))
 
 
+EXIT_QUARANTINED, EXIT_FAILED = 3, 1
+
+
+def _print_json(payload: object) -> None:
+    import json
+
+    typer.echo(json.dumps(payload, indent=2, default=str, allow_nan=False))
+
+
+@app.command()
+def run(
+    batch: Annotated[Path, typer.Option("--batch", help="A batch file (CSV or Parquet) in the raw schema.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    force: Annotated[bool, typer.Option(help="Run again even if this batch was already processed.")] = False,
+) -> None:
+    """One retrain cycle for one batch: validate, train, gate against the champion, promote or reject.
+
+    Exit codes: 0 cycle completed (promoted or rejected), 3 batch quarantined, 1 failure.
+    """
+    from retrainer.runner import run_cycle
+
+    if not batch.is_file():
+        typer.secho(f"error: batch file not found: {batch}", fg="red", err=True)
+        raise typer.Exit(2)
+    _params()
+    result = run_cycle(batch, Path.cwd(), force=force)
+    if as_json:
+        _print_json(result)
+    else:
+        from retrainer.runner import format_result
+
+        typer.echo(format_result(result))
+    if result["status"] == "quarantined":
+        raise typer.Exit(EXIT_QUARANTINED)
+    if result["status"] == "failed":
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Champion and challenger versions with their metrics and data versions, and the last runs."""
+    from retrainer.runner import format_status, project_status
+
+    report = project_status(_params(), Path.cwd())
+    _print_json(report) if as_json else typer.echo(format_status(report))
+
+
+@app.command()
+def lineage(version: Annotated[str, typer.Argument(help="A registered model version number.")]) -> None:
+    """Data version, git commit, params, validation result, gate report and parent champion of a model version."""
+    from retrainer.runner import format_lineage, version_lineage
+
+    try:
+        typer.echo(format_lineage(version_lineage(_params(), Path.cwd(), version)))
+    except LookupError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def deploy() -> None:
+    """Serve the scheduled deployment that drains the inbox (cron from params.yaml) until stopped.
+
+    Start a server first (`prefect server start`) and point at it with PREFECT_API_URL.
+    """
+    from flows.retrain import drain_inbox
+
+    params = _params()
+    typer.echo(f"serving deployment '{params.retrain.deployment}' (cron '{params.retrain.schedule_cron}'), "
+               f"draining {params.retrain.inbox_dir}/ — Ctrl-C to stop")
+    drain_inbox.serve(
+        name=params.retrain.deployment, cron=params.retrain.schedule_cron, parameters={"root": str(Path.cwd())}
+    )
+
+
 @app.command()
 def demo(
     workdir: Annotated[
         Path, typer.Option(help="Where the demo builds its own workspace; wiped at the start of every run.")
     ] = Path(".retrainer-demo"),
+    months: Annotated[str, typer.Option(help="Months fed one by one after the bootstrap, as FIRST-LAST.")] = "3-12",
 ) -> None:
-    """The main job on embedded defaults: build the training set from the seed data, train, evaluate, register."""
+    """The main job on embedded defaults: bootstrap a model, then retrain month by month on real 2013 flights."""
     from retrainer.demo import run_demo
 
-    run_demo(Path.cwd(), workdir.resolve(), params_file=os.environ.get(PARAMS_ENV))
+    first, _, last = months.partition("-")
+    try:
+        span = range(int(first), int(last or first) + 1)
+    except ValueError:
+        typer.secho(f"error: --months must look like 3-12, got '{months}'", fg="red", err=True)
+        raise typer.Exit(2) from None
+    run_demo(Path.cwd(), workdir.resolve(), list(span), params_file=os.environ.get(PARAMS_ENV))
 
 
 if __name__ == "__main__":

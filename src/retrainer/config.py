@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -142,7 +143,125 @@ class RetrainConfig(_Frozen):
     deployment: str = "retrain-scheduled"
 
 
-class Params(_Frozen):
+Severity = Literal["block", "warn"]
+
+
+class ColumnRule(_Frozen):
+    kind: Literal["integer", "number", "string", "datetime", "boolean"]
+    nullable: bool = False
+
+
+class RangeRule(_Frozen):
+    min: float | None = None
+    max: float | None = None
+    strict_min: bool = False
+    strict_max: bool = False
+    severity: Severity | None = Field(default=None, description="overrides validate.severity.ranges")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RangeRule:
+        if self.min is None and self.max is None:
+            raise ValueError("a range needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class CategoryRule(_Frozen):
+    values: tuple[str, ...] = Field(min_length=1)
+    severity: Severity | None = Field(default=None, description="overrides validate.severity.categories")
+
+
+class RowCountRule(_Frozen):
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RowCountRule:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class ShareBounds(_Frozen):
+    min: float = Field(ge=0, le=1)
+    max: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ShareBounds:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class LabelChecks(_Frozen):
+    min_labelled_share: float = Field(ge=0, le=1)
+    positive_rate: ShareBounds
+
+
+class DriftConfig(_Frozen):
+    features: tuple[str, ...] = ()
+    bins: int = Field(ge=2, default=10)
+    psi_max: float = Field(gt=0, default=0.2)
+    ks_max: float = Field(gt=0, le=1, default=0.1)
+
+
+class SeverityPolicy(_Frozen):
+    columns: Severity = "block"
+    types: Severity = "block"
+    not_null: Severity = "block"
+    ranges: Severity = "block"
+    categories: Severity = "block"
+    unique_key: Severity = "block"
+    row_count: Severity = "block"
+    freshness: Severity = "block"
+    labelled_share: Severity = "block"
+    positive_rate: Severity = "warn"
+    drift: Severity = "warn"
+
+
+class ValidateConfig(_Frozen):
+    max_file_mb: float = Field(gt=0)
+    quarantine_dir: str = "data/quarantine"
+    columns: dict[str, ColumnRule] = Field(min_length=1, description="the raw batch schema")
+    ranges: dict[str, RangeRule] = Field(default_factory=dict)
+    categories: dict[str, CategoryRule] = Field(default_factory=dict)
+    row_count: RowCountRule
+    label: LabelChecks
+    drift: DriftConfig = DriftConfig()
+    severity: SeverityPolicy = SeverityPolicy()
+
+    @model_validator(mode="after")
+    def _known_columns(self) -> ValidateConfig:
+        for section, names in (("ranges", self.ranges), ("categories", self.categories),
+                               ("drift.features", self.drift.features)):
+            unknown = sorted(set(names) - set(self.columns))
+            if unknown:
+                raise ValueError(f"{section}: columns {unknown} are not in validate.columns")
+        return self
+
+
+# `validate` shadows the deprecated BaseModel.validate classmethod; the section is named after its stage,
+# so the field keeps the name and the harmless shadowing warning is silenced here only.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
+
+    class _WithValidate(_Frozen):
+        validate: ValidateConfig
+
+        @model_validator(mode="after")
+        def _validate_names_dataset_columns(self) -> _WithValidate:
+            data = getattr(self, "data", None)
+            if data is None:
+                return self
+            needed = {data.time_column, data.target.column, *data.key_columns}
+            missing = sorted(needed - set(self.validate.columns))
+            if missing:
+                raise ValueError(f"validate.columns: lacks {missing} (time column, target or key columns)")
+            return self
+
+
+class Params(_WithValidate):
     data: DataConfig
     features: FeaturesConfig
     split: SplitConfig

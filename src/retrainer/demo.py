@@ -2,48 +2,120 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
+import pandas as pd
 import typer
 
 from retrainer.io.tables import read_json
 from retrainer.io.workspace import create_workspace, reproduce
-from retrainer.stages import INGEST_REPORT, METRICS, REGISTRATION, SPLIT_REPORT, TRAIN_REPORT
+from retrainer.stages import METRICS, REGISTRATION, SPLIT_REPORT, TRAIN_REPORT
 
 
 def _stream(line: str) -> None:
-    if line.startswith(("Running stage", "Stage '", "Updating lock", "Use `dvc push`")) or ": done" in line:
-        typer.echo(f"  | {line}")
+    if line.startswith(("Running stage", "Stage '")) or ": done" in line:
+        typer.echo(f"  | {line[:150]}")
 
 
-def run_demo(root: Path, workdir: Path, params_file: str | None = None) -> dict:
-    """Build the training set from the seeds, train, evaluate and register the first model; print a summary."""
-    typer.secho(f"retrainer demo: fresh workspace in {workdir}", bold=True)
+def write_month_batch(seed_path: Path, month: int, inbox: Path) -> Path:
+    """One month of the seed flights as a CSV batch in the raw schema, as a data provider would deliver it."""
+    flights = pd.read_parquet(seed_path)
+    batch = flights.loc[flights["month"] == month].copy()
+    batch["time_hour"] = batch["time_hour"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    inbox.mkdir(parents=True, exist_ok=True)
+    path = inbox / f"flights-2013-{month:02d}.csv"
+    batch.to_csv(path, index=False)
+    return path
+
+
+def _improvement(result: dict) -> dict:
+    for check in (result.get("gate") or {}).get("checks", []):
+        if check["name"].startswith("improvement:"):
+            return check["values"]
+    return {}
+
+
+def month_row(month: int, result: dict, seconds: float) -> list[str]:
+    """One line of the demo table."""
+    metrics = result.get("metrics") or {}
+    challenger = (metrics.get("challenger") or {}).get("roc_auc")
+    champion = (metrics.get("champion") or {}).get("roc_auc")
+    ci = _improvement(result)
+    ci_text = f"[{ci['ci_low']:+.3f}, {ci['ci_high']:+.3f}]" if ci.get("ci_low") is not None else "-"
+    reasons = result.get("reasons") or []
+    return [
+        f"2013-{month:02d}",
+        f"{read_rows(result):,}" if read_rows(result) else "-",
+        f"v{result.get('challenger_version') or '-'}",
+        f"{challenger:.3f}" if challenger is not None else "-",
+        f"{champion:.3f}" if champion is not None else "-",
+        ci_text,
+        result["status"].upper(),
+        f"v{result.get('champion_version') or '-'}",
+        f"{seconds:.0f}s",
+        reasons[0][:90] if reasons else "",
+    ]
+
+
+def read_rows(result: dict) -> int:
+    """Holdout rows the decision was made on."""
+    return int(((result.get("metrics") or {}).get("challenger") or {}).get("rows") or 0)
+
+
+def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | None = None) -> list[dict]:
+    """Bootstrap a model with `dvc repro`, then feed the following months one by one through the retrain flow."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]retrainer demo[/bold]: fresh workspace in {workdir}")
     create_workspace(root, workdir, Path(params_file) if params_file else None)
     home = workdir / ".retrainer"
-    env = {"RETRAINER_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
-    typer.echo("running the pipeline (dvc repro): ingest -> split -> train -> evaluate -> register")
-    result = reproduce(workdir, env=env, echo=_stream)
-    ingest, split = read_json(workdir / INGEST_REPORT), read_json(workdir / SPLIT_REPORT)
+    os.environ.update({
+        "RETRAINER_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+    })
+    os.environ.pop("RETRAINER_PARAMS", None)
+
+    console.print("[bold]1. bootstrap[/bold]: dvc repro on the bootstrap months (ingest -> split -> train -> "
+                  "evaluate -> register)")
+    bootstrap = reproduce(workdir, echo=_stream)
     trained, metrics = read_json(workdir / TRAIN_REPORT), read_json(workdir / METRICS)
-    registration = read_json(workdir / REGISTRATION)
-    summary = {"ingest": ingest, "split": split, "train": trained, "metrics": metrics, "registration": registration}
-    typer.echo("")
-    typer.secho("summary", bold=True)
-    typer.echo(f"  rows ingested       {ingest['rows_in']:,} (excluded, no outcome: {ingest['excluded_unlabelled']:,}; "
-               f"unmatched joins: {ingest['unmatched']})")
-    typer.echo(f"  train / holdout     {split['train']['rows']:,} / {split['holdout']['rows']:,} rows "
-               f"(holdout {split['holdout']['start'][:10]} .. {split['holdout']['end'][:10]})")
-    typer.echo(f"  features            {len(trained['features'])}: {', '.join(trained['features'])}")
-    typer.echo(f"  CV {trained['cv_scoring']:<16} {trained['cv_best_score']:.4f} (best of {len(trained['cv_results'])} "
-               f"candidate fits; {trained['best_params']})")
-    typer.echo("  holdout             " + "  ".join(
-        f"{k} {metrics[k]:.4f}" for k in ("roc_auc", "pr_auc", "f1", "precision", "recall", "brier", "log_loss")))
-    typer.echo(f"  MLflow run          {registration['run_id']}")
-    typer.echo(f"  model version       {registration['model_name']} v{registration['version']}")
-    typer.echo(f"  pipeline time       {result.seconds:.1f} s ({len(result.ran)} stages ran)")
-    typer.echo("")
-    typer.echo("look closer:")
-    typer.echo(f"  mlflow ui --backend-store-uri {registration['tracking_uri']} --workers 1")
-    typer.echo(f"  plots: {workdir / 'models' / 'plots'}")
-    return summary
+    split, registration = read_json(workdir / SPLIT_REPORT), read_json(workdir / REGISTRATION)
+    console.print(f"   trained on {split['train']['rows']:,} rows, {len(trained['features'])} features; "
+                  f"CV {trained['cv_scoring']} {trained['cv_best_score']:.3f}; holdout ROC AUC "
+                  f"{metrics['roc_auc']:.3f}, PR AUC {metrics['pr_auc']:.3f}; registered v{registration['version']} "
+                  f"({bootstrap.seconds:.0f}s). No champion yet: the first batch makes one.")
+
+    from retrainer.runner import run_cycle
+
+    console.print(f"[bold]2. monthly batches[/bold]: {len(months)} months through the retrain flow "
+                  "(validate -> stages -> gate -> promote/reject)")
+    table = Table("month", "holdout", "challenger", "AUC", "champ AUC", "diff 95% CI", "decision", "champion",
+                  "time", "first reason")
+    results = []
+    for month in months:
+        batch = write_month_batch(root / "seeds" / "flights.parquet", month, workdir / "data" / "incoming")
+        started = time.perf_counter()
+        with console.status(f"2013-{month:02d}: retraining on {batch.name} ..."):
+            result = run_cycle(batch, workdir)
+        row = month_row(month, result, time.perf_counter() - started)
+        table.add_row(*row)
+        console.print("   " + "  ".join(row[:9]))
+        results.append(result)
+    console.print(table)
+    promoted = sum(r["status"] == "promoted" for r in results)
+    final = results[-1].get("champion_version") if results else None
+    console.print(f"[bold]summary[/bold]: {promoted} promoted, "
+                  f"{sum(r['status'] == 'rejected' for r in results)} rejected, "
+                  f"{sum(r['status'] in ('quarantined', 'failed') for r in results)} quarantined or failed; "
+                  f"champion is v{final}.")
+    console.print("look closer:")
+    console.print(f"  mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --workers 1")
+    console.print(f"  cd {workdir} && retrainer status && retrainer lineage {final}")
+    return results

@@ -66,3 +66,16 @@ def feature_importance(model, frame: pd.DataFrame, y_true: pd.Series, rows: int,
         .sort_values("importance", ascending=False)
         .reset_index(drop=True)
     )
+
+
+def latency_p95_ms(model, frame: pd.DataFrame, rows: int) -> float:
+    """The 95th percentile, in milliseconds, of one-row predict_proba calls over the first `rows` rows."""
+    import time
+
+    timings = []
+    for i in range(min(rows, len(frame))):
+        one = frame.iloc[[i]]
+        started = time.perf_counter()
+        model.predict_proba(one)
+        timings.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(timings, 95)) if timings else float("nan")

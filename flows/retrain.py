@@ -1,0 +1,176 @@
+"""The retrain flow: accept a batch, run the DVC stages, gate the challenger against the champion, promote or reject."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from retrainer.config import PARAMS_ENV, Params, load_params
+from retrainer.cycle import data_counts, finite, gather_and_decide, write_gate_report
+from retrainer.io import registry
+from retrainer.io.batches import BatchRecord, accept, batch_id, inbox_files
+from retrainer.io.project import home_dir
+from retrainer.io.tables import read_json
+from retrainer.io.tracking import connect
+from retrainer.io.workspace import reproduce
+from retrainer.stages import REGISTRATION, STAGES
+
+STATUS_PROMOTED, STATUS_REJECTED, STATUS_FAILED = "promoted", "rejected", "failed"
+
+
+def project_params(root: Path) -> Params:
+    """$RETRAINER_PARAMS if set, else the workspace's params.yaml."""
+    return load_params(os.environ.get(PARAMS_ENV) or root / "params.yaml")
+
+
+@task(retries=2, retry_delay_seconds=2, task_run_name="accept batch")
+def accept_batch(path: Path, params: Params, root: Path, identifier: str) -> str:
+    """Copy the batch into the accepted batches the ingest stage reads."""
+    return str(accept(path, root / params.data.batches_dir, identifier))
+
+
+@task(task_run_name="stage {name}")
+def run_stage(root: Path, name: str) -> dict:
+    """One DVC stage (`dvc repro --single-item NAME`): skipped by DVC when its inputs did not change."""
+    result = reproduce(root, name, single=True)
+    return {"stage": name, "ran": bool(result.ran), "seconds": round(result.seconds, 2)}
+
+
+@task(retries=2, retry_delay_seconds=2, task_run_name="mark challenger")
+def mark_challenger(model_name: str, version: str) -> str | None:
+    """Point the challenger alias at the new version; return the champion it will be compared against."""
+    champion = registry.alias_version(model_name, registry.CHAMPION)
+    if champion != version:
+        registry.set_alias(model_name, registry.CHALLENGER, version)
+    return champion
+
+
+@task(task_run_name="gate")
+def run_gate(params: Params, root: Path) -> dict:
+    """Evaluate challenger and champion on the same holdout and decide."""
+    return write_gate_report(gather_and_decide(params, root), root)
+
+
+@task(retries=2, retry_delay_seconds=2, task_run_name="promote or reject")
+def promote_or_reject(params: Params, root: Path, gate: dict, expected_champion: str | None) -> tuple[str, list[str]]:
+    """Compare-and-set promotion on a pass; on a fail the challenger alias is removed."""
+    name, version = params.tracking.registered_model, gate["challenger_version"]
+    if not gate["passed"]:
+        if registry.alias_version(name, registry.CHALLENGER) == version:
+            registry.clear_alias(name, registry.CHALLENGER)
+        return STATUS_REJECTED, gate["reasons"]
+    if params.canary.enabled:
+        raise RuntimeError("canary.enabled is true but canary rollout is not available yet; set canary.enabled: false")
+    promotion = registry.promote_if_current(name, version, expected_champion, home_dir(root) / "registry.lock")
+    if not promotion.promoted:
+        return STATUS_REJECTED, [promotion.reason]
+    return STATUS_PROMOTED, [*gate["reasons"], promotion.reason]
+
+
+@task(retries=2, retry_delay_seconds=2, task_run_name="record lineage")
+def record_lineage(params: Params, root: Path, result: dict) -> None:
+    """Tag the model version with its verdict and lineage, and attach the gate report to its MLflow run."""
+    import mlflow
+
+    name, version = params.tracking.registered_model, result["challenger_version"]
+    registry.tag_version(name, version, {
+        "gate_verdict": "pass" if result["gate"]["passed"] else "fail",
+        "gate_status": result["status"],
+        "gate_reasons": " | ".join(result["reasons"])[:4000],
+        "parent_champion": result["compared_champion"] or "none",
+        "batch_id": result["batch_id"],
+    })
+    mlflow.MlflowClient().log_dict(result["registration"]["run_id"], result["gate"], "gate/gate_report.json")
+
+
+def publish_artifacts(root: Path, result: dict) -> None:
+    """Prefect artifacts that tell the run's story in the UI: gate report, data counts, MLflow links."""
+    key = f"batch-{result['batch_id']}"
+    markdown = (root / "models" / "gate_report.md").read_text()
+    create_markdown_artifact(
+        f"# Retrain {result['status'].upper()}\n\nbatch `{result['batch_id']}`\n\n{markdown}",
+        key="gate-report", description=f"gate decision for {key}",
+    )
+    create_table_artifact(data_counts(root), key="data-counts", description=f"rows per step for {key}")
+    registration = result["registration"]
+    create_markdown_artifact(
+        "| what | value |\n|---|---|\n"
+        f"| MLflow run | `{registration['run_id']}` |\n"
+        f"| model version | {registration['model_name']} v{registration['version']} |\n"
+        f"| tracking store | `{registration['tracking_uri']}` |\n"
+        f"| champion now | v{result['champion_version']} |\n",
+        key="mlflow-lineage", description="MLflow ids for this run",
+    )
+    if registration["tracking_uri"].startswith("http"):
+        create_link_artifact(
+            f"{registration['tracking_uri']}/#/experiments/{registration['experiment_id']}/runs/{registration['run_id']}",
+            link_text="MLflow run", key="mlflow-run",
+        )
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
+    """One retrain cycle for one batch file."""
+    logger = get_run_logger()
+    workspace, path = Path(root).resolve(), Path(batch).resolve()
+    params = project_params(workspace)
+    connect(workspace)
+    record = BatchRecord(home_dir(workspace) / "batches.db")
+    identifier = batch_id(path)
+    previous = record.get(identifier)
+    if previous and previous["status"] not in ("failed",) and not force:
+        logger.info("batch %s (%s) was already processed: %s", identifier, path.name, previous["status"])
+        return {**(previous["result"] or {}), "already_processed": True}
+    if not record.claim(identifier, str(path), force=force):
+        raise RuntimeError(f"batch {identifier} is being processed by another run")
+    try:
+        accept_batch(path, params, workspace, identifier)
+        stages = [run_stage(workspace, name) for name in STAGES]
+        registration = read_json(workspace / REGISTRATION)
+        name, version = params.tracking.registered_model, registration["version"]
+        cached = read_json(workspace / "models" / "gate_report.json") if not any(s["ran"] for s in stages) else None
+        if cached is not None and cached.get("challenger_version") == version and previous and previous["result"]:
+            logger.info("nothing changed since the last run: reusing its decision")
+            return {**previous["result"], "reused": True, "stages": stages}
+        expected = mark_challenger(name, version)
+        gate = run_gate(params, workspace)
+        status, reasons = promote_or_reject(params, workspace, gate, expected)
+        result = {
+            "status": status,
+            "reasons": reasons,
+            "batch_id": identifier,
+            "batch": path.name,
+            "challenger_version": version,
+            "compared_champion": expected,
+            "champion_version": registry.alias_version(name, registry.CHAMPION),
+            "metrics": {"challenger": finite(gate["challenger_metrics"]), "champion": finite(gate["champion_metrics"])},
+            "gate": gate,
+            "registration": registration,
+            "stages": stages,
+        }
+        record_lineage(params, workspace, result)
+        publish_artifacts(workspace, result)
+        record.finish(identifier, status, result)
+        logger.info("batch %s: %s (%s)", identifier, status.upper(), "; ".join(reasons))
+        return result
+    except BaseException as exc:
+        record.finish(identifier, STATUS_FAILED, {"status": STATUS_FAILED, "reasons": [str(exc)[:2000]]})
+        raise
+
+
+@flow(name="drain-inbox", log_prints=True)
+def drain_inbox(root: str = ".") -> list[dict]:
+    """Process every batch waiting in the inbox, oldest first, each exactly once."""
+    workspace = Path(root).resolve()
+    params = project_params(workspace)
+    record = BatchRecord(home_dir(workspace) / "batches.db")
+    results = []
+    for path in inbox_files(workspace / params.retrain.inbox_dir):
+        existing = record.get(batch_id(path))
+        if existing is not None and existing["status"] != STATUS_FAILED:
+            continue
+        results.append(retrain(str(path), str(workspace)))
+    return results

@@ -1,0 +1,159 @@
+"""Entry-point helpers behind `retrainer run`, `status` and `lineage`: call the flow, read the registry, format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrainer.config import Params
+from retrainer.io import registry
+from retrainer.io.batches import BatchRecord
+from retrainer.io.project import home_dir
+from retrainer.io.tracking import connect
+
+SHOWN_METRICS = ("roc_auc", "pr_auc", "f1", "brier")
+
+
+class BatchQuarantined(Exception):
+    """A batch failed a blocking expectation; `result` holds the cycle's outcome."""
+
+    def __init__(self, result: dict) -> None:
+        super().__init__("; ".join(result.get("reasons", [])) or "batch quarantined")
+        self.result = result
+
+
+def run_cycle(batch: Path, root: Path, force: bool = False) -> dict:
+    """Run the retrain flow on one batch and return its outcome; failures become status 'failed'."""
+    from flows.retrain import retrain
+
+    state = retrain(str(batch), str(root), force, return_state=True)
+    if state.is_completed():
+        return state.result()
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BatchQuarantined):
+        return error.result
+    return {"status": "failed", "reasons": [f"{type(error).__name__}: {error}"], "champion_version": None,
+            "challenger_version": None, "metrics": {}}
+
+
+def _metric_line(metrics: dict | None) -> str:
+    if not metrics:
+        return "-"
+    return "  ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN_METRICS if metrics.get(k) is not None)
+
+
+def format_result(result: dict) -> str:
+    """A human summary of one cycle."""
+    lines = [f"{result['status'].upper()}  batch {result.get('batch_id', '?')} ({result.get('batch', '')})"]
+    if result.get("already_processed"):
+        lines.append("  (already processed earlier; use --force to run it again)")
+    if result.get("challenger_version"):
+        lines.append(f"  challenger v{result['challenger_version']}   champion now "
+                     f"v{result.get('champion_version') or '-'}   compared against v{result.get('compared_champion') or '-'}")
+    metrics = result.get("metrics") or {}
+    if metrics.get("challenger"):
+        lines.append(f"  challenger  {_metric_line(metrics['challenger'])}")
+    if metrics.get("champion"):
+        lines.append(f"  champion    {_metric_line(metrics['champion'])}")
+    lines += [f"  - {reason}" for reason in result.get("reasons", [])]
+    return "\n".join(lines)
+
+
+def _version_summary(name: str, version: str | None) -> dict | None:
+    if version is None:
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    model_version = client.get_model_version(name, version)
+    metrics = client.get_run(model_version.run_id).data.metrics
+    return {
+        "version": version,
+        "run_id": model_version.run_id,
+        "data_md5": model_version.tags.get("data_md5"),
+        "batch_id": model_version.tags.get("batch_id"),
+        "gate_verdict": model_version.tags.get("gate_verdict"),
+        "metrics": {k.removeprefix("holdout_"): v for k, v in metrics.items() if k.startswith("holdout_")},
+    }
+
+
+def project_status(params: Params, root: Path) -> dict:
+    """Champion, challenger and the last processed batches."""
+    connect(root)
+    name = params.tracking.registered_model
+    runs = BatchRecord(home_dir(root) / "batches.db").recent(10)
+    return {
+        "model": name,
+        "champion": _version_summary(name, registry.alias_version(name, registry.CHAMPION)),
+        "challenger": _version_summary(name, registry.alias_version(name, registry.CHALLENGER)),
+        "last_runs": [
+            {"batch_id": r["batch_id"], "source": Path(r["source"]).name, "status": r["status"],
+             "finished_at": r["finished_at"], "challenger_version": (r["result"] or {}).get("challenger_version")}
+            for r in runs
+        ],
+    }
+
+
+def format_status(report: dict) -> str:
+    """A human view of project_status."""
+    lines = [f"model {report['model']}"]
+    for role in ("champion", "challenger"):
+        entry = report[role]
+        if entry is None:
+            lines.append(f"  {role:<10}  none")
+            continue
+        lines.append(f"  {role:<10}  v{entry['version']}  data {str(entry['data_md5'])[:10]}  "
+                     f"{_metric_line(entry['metrics'])}")
+    lines.append("last runs:")
+    lines += [f"  {r['finished_at'] or 'running':<32} {r['status']:<11} batch {r['batch_id']} ({r['source']}) "
+              f"-> v{r['challenger_version'] or '-'}" for r in report["last_runs"]] or ["  none"]
+    return "\n".join(lines)
+
+
+def version_lineage(params: Params, root: Path, version: str) -> dict:
+    """Everything that produced a model version: data, code, params, validation, gate, parent champion."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    connect(root)
+    client = mlflow.MlflowClient()
+    name = params.tracking.registered_model
+    try:
+        model_version = client.get_model_version(name, version)
+    except MlflowException:
+        raise LookupError(f"model {name} has no version {version}") from None
+    run = client.get_run(model_version.run_id)
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reports"))
+    gate = None
+    try:
+        gate = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/gate/gate_report.json")
+    except (MlflowException, OSError):
+        pass
+    return {
+        "model": name,
+        "version": version,
+        "run_id": run.info.run_id,
+        "tags": dict(model_version.tags),
+        "params": dict(run.data.params),
+        "reports": sorted(p.name for p in artifacts.iterdir()),
+        "datasets": [{"name": d.dataset.name, "digest": d.dataset.digest} for d in run.inputs.dataset_inputs],
+        "gate": gate,
+    }
+
+
+def format_lineage(lineage: dict) -> str:
+    """A human view of version_lineage."""
+    tags = lineage["tags"]
+    lines = [
+        f"{lineage['model']} v{lineage['version']}  (MLflow run {lineage['run_id']})",
+        f"  data        train md5 {tags.get('data_md5')}  holdout md5 {tags.get('holdout_md5')}  "
+        f"batch {tags.get('batch_id', 'bootstrap')}",
+        f"  datasets    " + ", ".join(f"{d['name']} digest {d['digest']}" for d in lineage["datasets"]),
+        f"  code        git {tags.get('git_commit')} (dirty: {tags.get('git_dirty')})",
+        f"  params      hash {tags.get('params_hash')}  model {tags.get('model_family')}  "
+        f"threshold {tags.get('threshold')}",
+        f"  validation  {tags.get('validation', 'not recorded')}",
+        f"  gate        {tags.get('gate_verdict', 'not gated')}  {tags.get('gate_reasons', '')}",
+        f"  parent      champion v{tags.get('parent_champion', '-')}",
+        f"  reports     {', '.join(lineage['reports'])}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Validate one batch file end to end: parse, run the GX suite, measure drift, quarantine if blocked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from retrainer.config import Params, params_hash
+from retrainer.io.batch_files import BatchParseError, hash_file, read_batch_file
+from retrainer.io.quarantine import locate_quarantine, quarantine_batch, write_data_docs
+from retrainer.steps import validate as steps
+
+_RUNNERS: dict[str, steps.SuiteRunner] = {}
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """What validation decided about one batch file, and why."""
+
+    passed: bool
+    batch_id: str
+    failures: list[dict]
+    warnings: list[dict]
+    drift: dict[str, dict]
+    quarantine_dir: Path | None
+    report: dict[str, Any]
+    frame: pd.DataFrame | None = field(default=None, repr=False)
+
+
+def get_suite_runner(params: Params) -> steps.SuiteRunner:
+    """The GX suite runner for these params, built once per process and configuration."""
+    key = params_hash(params)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = steps.create_suite_runner(params.validate, params.data)
+    return _RUNNERS[key]
+
+
+def validate_batch_file(
+    path: Path,
+    params: Params,
+    root: Path,
+    reference: pd.DataFrame | None = None,
+    trained_until: pd.Timestamp | None = None,
+) -> ValidationOutcome:
+    """Parse and validate a batch file; a blocking failure quarantines it under root (frame set on a pass)."""
+    path = Path(path)
+    batch_id = hash_file(path)
+    base = {"batch_id": batch_id, "file": path.name, "bytes": path.stat().st_size,
+            "trained_until": steps.to_jsonable(trained_until)}
+    try:
+        frame = read_batch_file(path, params.validate.max_file_mb, params.data.time_column)
+    except BatchParseError as exc:
+        return reject_unparseable(path, params, root, base, exc)
+
+    runner = get_suite_runner(params)
+    result = runner.run(frame, trained_until)
+    checks = steps.extract_check_results(result)
+    summary = steps.summarise_checks(checks, frame.columns, time_checked=trained_until is not None)
+    failures, warnings = list(summary.failures), list(summary.warnings)
+    drift: dict[str, dict] = {}
+    if reference is not None:
+        kinds = {name: rule.kind for name, rule in params.validate.columns.items()}
+        drift = steps.measure_drift(reference, frame, params.validate.drift, kinds)
+        severity = params.validate.severity.drift
+        alerts = steps.list_drift_alerts(drift, params.validate.drift, severity)
+        (failures if severity == "block" else warnings).extend(alerts)
+    passed = not failures
+    report = {
+        **base,
+        "passed": passed,
+        "rows": len(frame),
+        "columns": [str(c) for c in frame.columns],
+        "failures": failures,
+        "warnings": warnings,
+        "skipped": summary.skipped,
+        "drift": drift,
+        "checks": summary.checks,
+        "statistics": steps.to_jsonable(dict(result.statistics)),
+        "suite": runner.suite.name,
+        "params_hash": params_hash(params),
+    }
+    directory = None
+    if not passed:
+        directory = locate_quarantine(root, params.validate.quarantine_dir, batch_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_data_docs(runner.context, result, directory)
+        report["quarantine_dir"] = str(directory)
+        quarantine_batch(path, directory, report)
+    return ValidationOutcome(passed, batch_id, failures, warnings, drift, directory, report,
+                             frame if passed else None)
+
+
+def reject_unparseable(
+    path: Path, params: Params, root: Path, base: dict[str, Any], error: BatchParseError
+) -> ValidationOutcome:
+    """Quarantine a file that cannot be read as a table, with the reason."""
+    failure = {
+        "check": f"parse.{error.reason}",
+        "expectation": "batch_file_is_parseable",
+        "column": None,
+        "severity": "block",
+        "unexpected_count": None,
+        "examples": [],
+        "observed": None,
+        "reason": str(error),
+    }
+    directory = locate_quarantine(root, params.validate.quarantine_dir, base["batch_id"])
+    report = {**base, "passed": False, "reason": str(error), "parse_error": error.reason,
+              "failures": [failure], "warnings": [], "skipped": [], "drift": {},
+              "quarantine_dir": str(directory), "params_hash": params_hash(params)}
+    quarantine_batch(path, directory, report)
+    return ValidationOutcome(False, base["batch_id"], [failure], [], {}, directory, report, None)
+
+
+def format_entry(entry: dict[str, Any]) -> str:
+    """One failure or warning as a line for humans."""
+    where = f" [{entry['column']}]" if entry.get("column") else ""
+    detail = entry.get("reason") or entry.get("error")
+    if not detail:
+        parts = []
+        if entry.get("unexpected_count") is not None:
+            parts.append(f"{entry['unexpected_count']} unexpected")
+        if entry.get("examples"):
+            parts.append(f"e.g. {entry['examples'][:3]}")
+        elif entry.get("observed") is not None:
+            parts.append(f"observed {entry['observed']}")
+        detail = ", ".join(parts)
+    return f"  - {entry['check']}: {entry['expectation']}{where}{': ' + detail if detail else ''}"
+
+
+def format_outcome(outcome: ValidationOutcome) -> str:
+    """A short human-readable account of a validation outcome."""
+    report = outcome.report
+    verdict = "PASSED" if outcome.passed else "QUARANTINED"
+    lines = [f"batch {outcome.batch_id} ({report.get('file')}): {verdict}"
+             + (f", {report['rows']:,} rows" if "rows" in report else "")]
+    if outcome.failures:
+        lines.append(f"blocking failures ({len(outcome.failures)}):")
+        lines.extend(format_entry(e) for e in outcome.failures)
+    if outcome.warnings:
+        lines.append(f"warnings ({len(outcome.warnings)}):")
+        lines.extend(format_entry(e) for e in outcome.warnings)
+    drifted = sorted(f for f, s in outcome.drift.items() if s.get("drifted"))
+    if outcome.drift:
+        lines.append(f"drift: {len(drifted)} of {len(outcome.drift)} features over threshold"
+                     + (f" ({', '.join(drifted)})" if drifted else ""))
+    if outcome.quarantine_dir is not None:
+        lines.append(f"quarantined in {outcome.quarantine_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,270 @@
+"""A catalogue of corrupted batches built from real March flights: each is named, blocked and quarantined."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retrainer.validation import format_outcome, validate_batch_file
+
+TRAINED_UNTIL_FEB = pd.Timestamp("2013-02-28 23:00", tz="UTC")
+
+
+def to_csv_bytes(frame: pd.DataFrame, **kwargs) -> bytes:
+    """The frame as the CSV bytes a producer would send (ISO timestamps with a Z)."""
+    out = frame.copy()
+    if "time_hour" in out and isinstance(out["time_hour"].dtype, pd.DatetimeTZDtype):
+        out["time_hour"] = out["time_hour"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out.to_csv(index=False, **kwargs).encode()
+
+
+def to_parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """The frame as Parquet bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def set_rows(frame: pd.DataFrame, column: str, value, rows: int = 7) -> pd.DataFrame:
+    """A copy with the first `rows` values of a column replaced."""
+    out = frame.copy()
+    out[column] = out[column].astype("object")
+    out.loc[: rows - 1, column] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    file: str
+    build: Callable[[pd.DataFrame], bytes]
+    check: str
+    expectation: str
+    example: object = None
+    trained_until: pd.Timestamp | None = None
+    max_file_mb: float | None = None
+
+
+GX = [
+    Case("missing column", "b.csv", lambda m: to_csv_bytes(m.drop(columns="distance")),
+         "columns", "expect_table_columns_to_match_set", "distance"),
+    Case("renamed column", "b.csv", lambda m: to_csv_bytes(m.rename(columns={"dest": "destination"})),
+         "columns", "expect_table_columns_to_match_set", "dest"),
+    Case("distance as text", "b.csv", lambda m: to_csv_bytes(set_rows(m, "distance", "far")),
+         "types.distance", "expect_column_dtype_to_be_kind", "str"),
+    Case("distance as text in parquet", "b.parquet",
+         lambda m: to_parquet_bytes(m.astype({"distance": "str"})),
+         "types.distance", "expect_column_dtype_to_be_kind", "str"),
+    Case("all-null column", "b.csv", lambda m: to_csv_bytes(m.assign(dest=None)),
+         "not_null.dest", "expect_column_values_to_not_be_null"),
+    Case("null in a required column", "b.parquet", lambda m: to_parquet_bytes(set_rows(m, "carrier", None)),
+         "not_null.carrier", "expect_column_values_to_not_be_null"),
+    Case("month 13", "b.csv", lambda m: to_csv_bytes(set_rows(m, "month", 13)),
+         "ranges.month", "expect_column_values_to_be_between", 13),
+    Case("hour 25", "b.parquet", lambda m: to_parquet_bytes(m.assign(hour=m["hour"].where(m.index > 3, 25))),
+         "ranges.hour", "expect_column_values_to_be_between", 25),
+    Case("zero distance", "b.csv", lambda m: to_csv_bytes(set_rows(m, "distance", 0)),
+         "ranges.distance", "expect_column_values_to_be_between", 0),
+    Case("unknown origin", "b.csv", lambda m: to_csv_bytes(set_rows(m, "origin", "XXX")),
+         "categories.origin", "expect_column_values_to_be_in_set", "XXX"),
+    Case("duplicated keys", "b.parquet", lambda m: to_parquet_bytes(pd.concat([m, m.iloc[:10]])),
+         "unique_key", "expect_compound_columns_to_be_unique"),
+    Case("too few rows", "b.csv", lambda m: to_csv_bytes(m.iloc[:100]),
+         "row_count", "expect_table_row_count_to_be_between", 100),
+    Case("stale dates", "b.parquet", to_parquet_bytes,
+         "freshness", "expect_column_min_to_be_between", "2013-03-01T11:00:00+00:00",
+         trained_until=pd.Timestamp("2013-06-01", tz="UTC")),
+    Case("all labels missing", "b.csv", lambda m: to_csv_bytes(m.assign(arr_delay=np.nan)),
+         "labelled_share", "expect_column_values_to_not_be_null"),
+    Case("unparseable timestamps", "b.csv", lambda m: to_csv_bytes(set_rows(m, "time_hour", "yesterday")),
+         "types.time_hour", "expect_column_dtype_to_be_kind", "str"),
+]
+
+
+def truncate_last_line(m: pd.DataFrame) -> bytes:
+    data = to_csv_bytes(m)
+    return data[: data.rstrip(b"\n").rfind(b",") - 3]
+
+
+def with_invalid_utf8(m: pd.DataFrame) -> bytes:
+    data = to_csv_bytes(m)
+    cut = len(data) // 2
+    return data[:cut] + b"\xff\xfe" + data[cut:]
+
+
+PARSE = [
+    Case("empty file", "b.csv", lambda m: b"", "parse.empty_file", "batch_file_is_parseable"),
+    Case("header only", "b.csv", lambda m: to_csv_bytes(m.iloc[:0]),
+         "parse.header_only", "batch_file_is_parseable"),
+    Case("semicolon delimiter", "b.csv", lambda m: to_csv_bytes(m, sep=";"),
+         "parse.wrong_delimiter", "batch_file_is_parseable"),
+    Case("truncated last line", "b.csv", truncate_last_line, "parse.truncated", "batch_file_is_parseable"),
+    Case("invalid utf-8", "b.csv", with_invalid_utf8, "parse.invalid_utf8", "batch_file_is_parseable"),
+    Case("binary garbage", "b.csv", lambda m: np.random.default_rng(0).bytes(4096),
+         "parse.binary_content", "batch_file_is_parseable"),
+    Case("gzip content named .csv", "b.csv", lambda m: gzip.compress(to_csv_bytes(m), mtime=0),
+         "parse.compressed_or_binary", "batch_file_is_parseable"),
+    Case("parquet content named .csv", "b.csv", to_parquet_bytes,
+         "parse.compressed_or_binary", "batch_file_is_parseable"),
+    Case("truncated parquet", "b.parquet", lambda m: to_parquet_bytes(m)[:-100],
+         "parse.not_parquet", "batch_file_is_parseable"),
+    Case("txt extension", "b.txt", to_csv_bytes, "parse.unsupported_extension", "batch_file_is_parseable"),
+    Case("xlsx extension", "b.xlsx", lambda m: b"PK\x03\x04" + bytes(200),
+         "parse.unsupported_extension", "batch_file_is_parseable"),
+    Case("larger than max_file_mb", "b.csv", to_csv_bytes, "parse.too_large", "batch_file_is_parseable",
+         max_file_mb=0.01),
+]
+
+
+def list_files(directory: Path) -> set[Path]:
+    return {p for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", GX + PARSE, ids=lambda c: c.name)
+def test_corrupted_batch_is_named_and_quarantined(case, march, params, suite_runner, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    if case.max_file_mb is not None:
+        params = params.model_copy(
+            update={"validate": params.validate.model_copy(update={"max_file_mb": case.max_file_mb})}
+        )
+    source = tmp_path / "inbox" / case.file
+    source.parent.mkdir()
+    original = case.build(march)
+    source.write_bytes(original)
+    root = tmp_path / "root"
+
+    outcome = validate_batch_file(source, params, root, reference=None, trained_until=case.trained_until)
+
+    assert outcome.passed is False
+    assert outcome.frame is None
+    named = {(f["check"], f["expectation"]) for f in outcome.failures}
+    assert (case.check, case.expectation) in named, format_outcome(outcome)
+    failure = next(f for f in outcome.failures if f["check"] == case.check)
+    if case.example is not None:
+        assert case.example in failure["examples"] + [failure["observed"]]
+    assert all(len(f["examples"]) <= 5 for f in outcome.failures + outcome.warnings)
+
+    assert outcome.batch_id == hashlib.sha256(original).hexdigest()[:16]
+    qdir = root / "data" / "quarantine" / outcome.batch_id
+    assert outcome.quarantine_dir == qdir
+    assert (qdir / case.file).read_bytes() == original
+    assert source.read_bytes() == original
+    report = json.loads((qdir / "validation.json").read_text())
+    assert report["passed"] is False
+    assert case.check in [f["check"] for f in report["failures"]]
+    assert json.loads(json.dumps(outcome.report)) == outcome.report
+    html = (qdir / "report.html").read_text()
+    assert case.check in html
+
+    written = list_files(tmp_path) - {source}
+    assert written and all(qdir in p.parents for p in written)
+    assert not any(cwd.iterdir())
+    if case.check.startswith("parse."):
+        assert report["reason"] and "Traceback" not in report["reason"]
+        assert report["parse_error"] == case.check.removeprefix("parse.")
+    else:
+        assert (qdir / "data_docs" / "index.html").is_file()
+        pages = list((qdir / "data_docs" / "validations").rglob("*.html"))
+        page = pages[0].read_text()
+        assert len(pages) == 1 and "Unsuccessful Expectations" in page and "Failed" in page
+
+
+def test_catalogue_covers_the_issue():
+    assert len(GX + PARSE) >= 20
+    assert len({c.name for c in GX + PARSE}) == len(GX + PARSE)
+
+
+def test_schema_break_skips_dependent_checks(march, params, suite_runner, tmp_path):
+    source = tmp_path / "b.csv"
+    source.write_bytes(to_csv_bytes(march.drop(columns="month")))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, None)
+    assert [f["check"] for f in outcome.failures] == ["columns"]
+    skipped = {s["check"] for s in outcome.report["skipped"]}
+    assert {"types.month", "not_null.month", "ranges.month", "unique_key"} <= skipped
+
+
+def test_same_bad_batch_twice_reuses_its_quarantine(march, params, suite_runner, tmp_path):
+    source = tmp_path / "b.csv"
+    source.write_bytes(to_csv_bytes(set_rows(march, "origin", "XXX")))
+    first = validate_batch_file(source, params, tmp_path / "root", None, None)
+    second = validate_batch_file(source, params, tmp_path / "root", None, None)
+    assert first.quarantine_dir == second.quarantine_dir
+    assert len(list((tmp_path / "root" / "data" / "quarantine").iterdir())) == 1
+    assert (first.quarantine_dir / "b.csv").read_bytes() == source.read_bytes()
+
+
+# -- controls: these must pass ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_clean_batch_passes(fmt, march, params, suite_runner, tmp_path):
+    source = tmp_path / f"march.{fmt}"
+    source.write_bytes(to_csv_bytes(march) if fmt == "csv" else to_parquet_bytes(march))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    assert outcome.failures == [] and outcome.warnings == []
+    assert outcome.quarantine_dir is None
+    assert not (tmp_path / "root").exists()
+    assert len(outcome.frame) == len(march)
+    assert isinstance(outcome.frame["time_hour"].dtype, pd.DatetimeTZDtype)
+    assert outcome.frame["time_hour"].min() == march["time_hour"].min()
+    freshness = next(c for c in outcome.report["checks"] if c["check"] == "freshness")
+    assert freshness["success"] is True
+    assert outcome.report["statistics"]["evaluated_expectations"] == len(outcome.report["checks"])
+
+
+def test_reordered_columns_and_an_extra_column_pass(march, params, suite_runner, tmp_path):
+    shuffled = march[list(reversed(march.columns))].assign(note="extra")
+    source = tmp_path / "march.csv"
+    source.write_bytes(to_csv_bytes(shuffled))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, None)
+    assert outcome.passed, format_outcome(outcome)
+    assert outcome.failures == []
+    assert list(outcome.frame.columns) == list(shuffled.columns)
+
+
+def test_complete_last_line_without_newline_passes(march, params, suite_runner, tmp_path):
+    source = tmp_path / "march.csv"
+    source.write_bytes(to_csv_bytes(march).rstrip(b"\n"))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, None)
+    assert outcome.passed, format_outcome(outcome)
+    assert len(outcome.frame) == len(march)
+
+
+def test_warn_severity_reports_and_goes_on(march, params, suite_runner, tmp_path):
+    source = tmp_path / "march.csv"
+    source.write_bytes(to_csv_bytes(set_rows(march, "carrier", "ZZ", rows=3)))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, None)
+    assert outcome.passed
+    assert [(w["check"], w["severity"], w["unexpected_count"]) for w in outcome.warnings] == [
+        ("categories.carrier", "warn", 3)
+    ]
+    assert outcome.quarantine_dir is None and not (tmp_path / "root").exists()
+    assert "categories.carrier" in format_outcome(outcome)
+
+
+def test_drift_is_measured_per_feature_and_warns(march, february, params, suite_runner, tmp_path):
+    shifted = march.assign(distance=march["distance"] * 3)
+    source = tmp_path / "march.parquet"
+    source.write_bytes(to_parquet_bytes(shifted))
+    outcome = validate_batch_file(source, params, tmp_path / "root", february, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    assert set(outcome.drift) == set(params.validate.drift.features)
+    assert outcome.drift["distance"]["drifted"] and outcome.drift["distance"]["ks"] > 0.5
+    assert outcome.drift["origin"]["psi"] < 0.05 and not outcome.drift["origin"]["drifted"]
+    assert "ks" not in outcome.drift["carrier"]
+    warned = {w["check"] for w in outcome.warnings}
+    assert "drift.distance" in warned and "drift.origin" not in warned
+    assert "drift.month" in warned  # a new month is, by construction, outside the reference
