@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -15,7 +16,7 @@ from retrainer.io.batches import BatchRecord, accept, batch_id, inbox_files
 from retrainer.io.project import home_dir
 from retrainer.io.tables import read_json
 from retrainer.io.tracking import connect
-from retrainer.io.workspace import reproduce
+from retrainer.io.workspace import commit_stage, stage_changed
 from retrainer.stages import REGISTRATION, STAGES
 
 STATUS_PROMOTED, STATUS_REJECTED, STATUS_FAILED = "promoted", "rejected", "failed"
@@ -33,10 +34,14 @@ def accept_batch(path: Path, params: Params, root: Path, identifier: str) -> str
 
 
 @task(task_run_name="stage {name}")
-def run_stage(root: Path, name: str) -> dict:
-    """One DVC stage (`dvc repro --single-item NAME`): skipped by DVC when its inputs did not change."""
-    result = reproduce(root, name, single=True)
-    return {"stage": name, "ran": bool(result.ran), "seconds": round(result.seconds, 2)}
+def run_stage(params: Params, root: Path, name: str) -> dict:
+    """One dvc.yaml stage, run in-process and committed to dvc.lock; skipped when DVC sees no change."""
+    started = time.perf_counter()
+    ran = stage_changed(root, name)
+    if ran:
+        STAGES[name](params, root)
+        commit_stage(root, name)
+    return {"stage": name, "ran": ran, "seconds": round(time.perf_counter() - started, 2)}
 
 
 @task(retries=2, retry_delay_seconds=2, task_run_name="mark challenger")
@@ -128,7 +133,7 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
         raise RuntimeError(f"batch {identifier} is being processed by another run")
     try:
         accept_batch(path, params, workspace, identifier)
-        stages = [run_stage(workspace, name) for name in STAGES]
+        stages = [run_stage(params, workspace, name) for name in STAGES]
         registration = read_json(workspace / REGISTRATION)
         name, version = params.tracking.registered_model, registration["version"]
         cached = read_json(workspace / "models" / "gate_report.json") if not any(s["ran"] for s in stages) else None

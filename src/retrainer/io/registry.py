@@ -82,4 +82,5 @@ def promote_if_current(model_name: str, version: str, expected_champion: str | N
         if alias_version(model_name, CHALLENGER) == version:
             clear_alias(model_name, CHALLENGER)
         tag_version(model_name, version, {"promoted_from": expected_champion or "none"})
-        return Promotion(True, version, f"v{version} promoted over v{expected_champion or 'none'}")
+        previous = f"v{expected_champion}" if expected_champion else "no champion"
+        return Promotion(True, version, f"v{version} promoted over {previous}")

@@ -46,6 +46,13 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_location(root))
 
 
+def _requirements() -> list[str]:
+    """Pinned serving requirements, stated rather than inferred (inference re-imports the model: slow)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle", "pyarrow")]
+
+
 def log_training_run(
     *,
     experiment: str,
@@ -85,6 +92,7 @@ def log_training_run(
             serialization_format="cloudpickle",
             pyfunc_predict_fn="predict_proba",
             registered_model_name=model_name,
+            pip_requirements=_requirements(),
         )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -102,3 +103,19 @@ def create_workspace(source: Path, dest: Path, params_file: Path | None = None, 
         subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
         subprocess.run(["git", "commit", "-q", "-m", "workspace"], cwd=dest, check=True)
     return dest
+
+
+def stage_changed(root: Path, name: str) -> bool:
+    """Whether DVC would rerun a stage: its deps, params or outs differ from dvc.lock."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo, repo.lock:
+        return bool(repo.stage.collect(name)[0].changed())
+
+
+def commit_stage(root: Path, name: str) -> None:
+    """Record a stage that ran in-process in dvc.lock and the DVC cache, exactly as `dvc repro` would."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo, contextlib.redirect_stdout(sys.stderr):
+        repo.commit(name, force=True)
