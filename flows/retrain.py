@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
@@ -14,17 +15,47 @@ from retrainer.cycle import data_counts, finite, gather_and_decide, write_gate_r
 from retrainer.io import registry
 from retrainer.io.batches import BatchRecord, accept, batch_id, inbox_files
 from retrainer.io.project import home_dir
-from retrainer.io.tables import read_json
+from retrainer.io.tables import read_json, write_json
+from retrainer.runner import BatchQuarantined
 from retrainer.io.tracking import connect
 from retrainer.io.workspace import commit_stage, stage_changed
-from retrainer.stages import REGISTRATION, STAGES
+from retrainer.stages import DATASET, REGISTRATION, STAGES, TRAIN
 
 STATUS_PROMOTED, STATUS_REJECTED, STATUS_FAILED = "promoted", "rejected", "failed"
+STATUS_QUARANTINED = "quarantined"
 
 
 def project_params(root: Path) -> Params:
     """$RETRAINER_PARAMS if set, else the workspace's params.yaml."""
     return load_params(os.environ.get(PARAMS_ENV) or root / "params.yaml")
+
+
+@task(task_run_name="validate batch")
+def validate_batch(path: Path, params: Params, root: Path, identifier: str) -> dict:
+    """Run the GX suite and drift checks; a blocking failure quarantines the batch byte-for-byte."""
+    from retrainer.validation import format_outcome, validate_batch_file
+
+    accepted = list((root / params.data.batches_dir).glob(f"{identifier}.*"))
+    trained_until = None
+    if not accepted and (root / DATASET).exists():
+        trained_until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[params.data.time_column].max()
+    reference = pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
+    outcome = validate_batch_file(path, params, root, reference=reference, trained_until=trained_until)
+    summary = {
+        "passed": outcome.passed,
+        "text": format_outcome(outcome),
+        "failures": outcome.failures,
+        "warnings": outcome.warnings,
+        "quarantine_dir": str(outcome.quarantine_dir) if outcome.quarantine_dir else None,
+        "report": outcome.report,
+    }
+    create_markdown_artifact(
+        f"# Validation: {'PASSED' if outcome.passed else 'QUARANTINED'}\n\n```\n{summary['text']}\n```\n",
+        key="validation", description=f"validation of batch {identifier}",
+    )
+    if outcome.passed:
+        write_json(outcome.report, root / params.data.batches_dir / f"{identifier}.validation.json")
+    return summary
 
 
 @task(retries=2, retry_delay_seconds=2, task_run_name="accept batch")
@@ -87,6 +118,8 @@ def record_lineage(params: Params, root: Path, result: dict) -> None:
         "gate_reasons": " | ".join(result["reasons"])[:4000],
         "parent_champion": result["compared_champion"] or "none",
         "batch_id": result["batch_id"],
+        "validation": f"passed, {len(result['validation']['warnings'])} warnings "
+                      f"({', '.join(result['validation']['warnings'])[:300]})",
     })
     mlflow.MlflowClient().log_dict(result["registration"]["run_id"], result["gate"], "gate/gate_report.json")
 
@@ -132,6 +165,20 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
     if not record.claim(identifier, str(path), force=force):
         raise RuntimeError(f"batch {identifier} is being processed by another run")
     try:
+        validation = validate_batch(path, params, workspace, identifier)
+        if not validation["passed"]:
+            result = {
+                "status": STATUS_QUARANTINED, "batch_id": identifier, "batch": path.name,
+                "reasons": [f"{f.get('check')}: {f.get('column') or ''} {f.get('unexpected_count') or ''} "
+                            f"e.g. {f.get('examples') or f.get('reason') or ''}".strip()
+                            for f in validation["failures"]],
+                "quarantine_dir": validation["quarantine_dir"],
+                "champion_version": registry.alias_version(params.tracking.registered_model, registry.CHAMPION),
+                "challenger_version": None, "metrics": {}, "validation": validation["text"],
+            }
+            record.finish(identifier, STATUS_QUARANTINED, result)
+            logger.error("batch %s quarantined:\n%s", identifier, validation["text"])
+            raise BatchQuarantined(result)
         accept_batch(path, params, workspace, identifier)
         stages = [run_stage(params, workspace, name) for name in STAGES]
         registration = read_json(workspace / REGISTRATION)
@@ -156,11 +203,14 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
             "registration": registration,
             "stages": stages,
         }
+        result["validation"] = {"batch_id": identifier, "warnings": [w.get("check") for w in validation["warnings"]]}
         record_lineage(params, workspace, result)
         publish_artifacts(workspace, result)
         record.finish(identifier, status, result)
         logger.info("batch %s: %s (%s)", identifier, status.upper(), "; ".join(reasons))
         return result
+    except BatchQuarantined:
+        raise
     except BaseException as exc:
         record.finish(identifier, STATUS_FAILED, {"status": STATUS_FAILED, "reasons": [str(exc)[:2000]]})
         raise

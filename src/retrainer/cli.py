@@ -40,7 +40,7 @@ def _params():
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="ingest | split | train | evaluate | register")],
+    name: Annotated[str, typer.Argument(help="validate | ingest | split | train | evaluate | register")],
 ) -> None:
     """Run one pipeline stage in the current folder (this is what `dvc repro` calls)."""
     from retrainer.stages import STAGES
@@ -88,6 +88,34 @@ def run(
         raise typer.Exit(EXIT_QUARANTINED)
     if result["status"] == "failed":
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def validate(
+    batch: Annotated[Path, typer.Option("--batch", help="A batch file (CSV or Parquet) in the raw schema.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the validation report as JSON.")] = False,
+) -> None:
+    """Validate one batch alone (GX suite, parse checks, drift vs the training data); quarantine it if blocked.
+
+    Exit codes: 0 passed (warnings allowed), 3 quarantined.
+    """
+    import pandas as pd
+
+    from retrainer.stages import DATASET, TRAIN
+    from retrainer.validation import format_outcome, validate_batch_file
+
+    if not batch.is_file():
+        typer.secho(f"error: batch file not found: {batch}", fg="red", err=True)
+        raise typer.Exit(2)
+    params, root = _params(), Path.cwd()
+    reference = pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
+    until = None
+    if (root / DATASET).exists():
+        until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[params.data.time_column].max()
+    outcome = validate_batch_file(batch, params, root, reference=reference, trained_until=until)
+    _print_json(outcome.report) if as_json else typer.echo(format_outcome(outcome))
+    if not outcome.passed:
+        raise typer.Exit(EXIT_QUARANTINED)
 
 
 @app.command()

@@ -78,6 +78,8 @@ def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | No
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # a fresh Prefect database is migrated at first start: allow for that on a busy 2-core machine
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
     })
     os.environ.pop("RETRAINER_PARAMS", None)

@@ -12,6 +12,7 @@ import pandas as pd
 from retrainer.config import Params, params_hash
 from retrainer.io.tables import list_batches, read_json, read_table, write_json, write_parquet
 
+VALIDATION_SUMMARY = Path("data/validated/summary.json")
 DATASET = Path("data/interim/dataset.parquet")
 INGEST_REPORT = Path("data/interim/ingest_report.json")
 TRAIN = Path("data/processed/train.parquet")
@@ -45,6 +46,26 @@ def load_raw(params: Params, root: Path) -> pd.DataFrame:
     frames = [seed.loc[(seed[data.time_column] >= start) & (seed[data.time_column] < end)]]
     frames += [parse_time_column(read_table(p), data.time_column) for p in list_batches(root / data.batches_dir)]
     return pd.concat(frames, ignore_index=True)
+
+
+class BatchRejected(RuntimeError):
+    """An accepted batch failed a blocking expectation; it was quarantined."""
+
+
+def validate(params: Params, root: Path) -> dict:
+    """Validate every accepted batch with the GX suite; a blocking failure quarantines it and stops the pipeline."""
+    from retrainer.validation import format_outcome, validate_batch_file
+
+    batches = {}
+    for path in list_batches(root / params.data.batches_dir):
+        outcome = validate_batch_file(path, params, root)
+        if not outcome.passed:
+            raise BatchRejected(format_outcome(outcome))
+        batches[path.name] = {"batch_id": outcome.batch_id, "rows": outcome.report["rows"],
+                              "warnings": [w["check"] for w in outcome.warnings]}
+    summary = {"batches": batches, "validated": len(batches)}
+    write_json(summary, root / VALIDATION_SUMMARY)
+    return {"validated": len(batches)}
 
 
 def ingest(params: Params, root: Path) -> dict:
@@ -186,6 +207,7 @@ def register(params: Params, root: Path) -> dict:
 
 
 STAGES: dict[str, Callable[[Params, Path], dict]] = {
+    "validate": validate,
     "ingest": ingest,
     "split": split,
     "train": train,

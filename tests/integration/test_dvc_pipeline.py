@@ -14,7 +14,7 @@ from retrainer.io.workspace import create_workspace, reproduce
 from retrainer.stages import REGISTRATION
 
 pytestmark = pytest.mark.integration
-ALL_STAGES = {"ingest", "split", "train", "evaluate", "register"}
+ALL_STAGES = {"validate", "ingest", "split", "train", "evaluate", "register"}
 
 
 def small_params(source: Path, dest: Path) -> Path:
@@ -79,5 +79,5 @@ def test_changing_a_training_param_reruns_only_the_stages_that_read_it(workspace
     _set_params(ws, lambda raw: raw["train"].update(seed=43))
     rerun = reproduce(ws, env=env)
     assert set(rerun.ran) == {"train", "evaluate", "register"}
-    assert {"ingest", "split"} <= set(rerun.skipped)
+    assert {"validate", "ingest", "split"} <= set(rerun.skipped)
     assert int(read_json(ws / REGISTRATION)["version"]) == int(before) + 1

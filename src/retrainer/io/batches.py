@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -10,6 +9,7 @@ from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from retrainer.io.batch_files import hash_file
 from retrainer.io.tables import BATCH_SUFFIXES
 
 CLAIMED = "running"
@@ -18,12 +18,8 @@ STALE_CLAIM = timedelta(hours=6)
 
 
 def batch_id(path: Path) -> str:
-    """A batch's id: the first 12 hex digits of the SHA-256 of its bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    """A batch's id: a prefix of the SHA-256 of its bytes (the same id names its quarantine folder)."""
+    return hash_file(path)
 
 
 def inbox_files(inbox: Path) -> list[Path]:

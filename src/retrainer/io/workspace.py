@@ -106,10 +106,13 @@ def create_workspace(source: Path, dest: Path, params_file: Path | None = None, 
 
 
 def stage_changed(root: Path, name: str) -> bool:
-    """Whether DVC would rerun a stage: its deps, params or outs differ from dvc.lock."""
+    """Whether DVC would rerun a stage: its deps, params or outs differ from dvc.lock.
+
+    DVC's Python API resolves some paths against the working directory, hence the chdir.
+    """
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo, repo.lock:
+    with contextlib.chdir(root), Repo(str(root)) as repo, repo.lock:
         return bool(repo.stage.collect(name)[0].changed())
 
 
@@ -117,5 +120,5 @@ def commit_stage(root: Path, name: str) -> None:
     """Record a stage that ran in-process in dvc.lock and the DVC cache, exactly as `dvc repro` would."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo, contextlib.redirect_stdout(sys.stderr):
+    with contextlib.chdir(root), Repo(str(root)) as repo, contextlib.redirect_stdout(sys.stderr):
         repo.commit(name, force=True)

@@ -1,0 +1,278 @@
+"""The retrain flow end to end under Prefect's test harness, on a small DVC workspace with real MLflow on SQLite.
+
+The tests in this module run in order and share one workspace: a first promotion, cached reruns, an honest
+rejection, the inbox drain, and failures that must come back as a status rather than an exception.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retrainer.demo import write_month_batch
+from retrainer.io import registry
+from retrainer.io.batches import BatchRecord, batch_id
+from retrainer.io.tables import read_json
+from retrainer.stages import TRAIN, TRAIN_REPORT, file_md5
+
+pytestmark = pytest.mark.integration
+MODEL = "flights-delay"
+ALL_STAGES = ("validate", "ingest", "split", "train", "evaluate", "register")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def _small_params(source: Path, dest: Path) -> Path:
+    """The real params with a one-month bootstrap, a two-candidate search and fewer rows timed or permuted."""
+    raw = yaml.safe_load((source / "params.yaml").read_text())
+    raw["data"]["bootstrap"] = {"start": "2013-01-01", "end": "2013-02-01"}
+    raw["train"]["search"]["n_candidates"] = 2
+    raw["evaluate"]["importance_rows"] = 500
+    raw["gate"]["latency_rows"] = 50
+    path = dest / "small-params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _sample_batch(project_root: Path, month: int, staging: Path, name: str, every: int, offset: int = 0) -> Path:
+    """Every `every`-th flight of a month, cut line by line from the provider-style CSV `write_month_batch` writes."""
+    full = write_month_batch(project_root / "seeds" / "flights.parquet", month, staging / f"full-{month:02d}")
+    header, *rows = full.read_text().splitlines(keepends=True)
+    path = staging / name
+    path.write_text(header + "".join(rows[offset::every]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ws(project_root, tmp_path_factory, prefect_harness):
+    """A fresh workspace with its own MLflow store and run record; no bootstrap model, no champion."""
+    import mlflow
+
+    from retrainer.io.workspace import create_workspace
+
+    tmp = tmp_path_factory.mktemp("retrain-flow")
+    workspace = create_workspace(project_root, tmp / "ws", _small_params(project_root, tmp))
+    home = workspace / ".retrainer"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETRAINER_HOME", str(home))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        patch.delenv("RETRAINER_PARAMS", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        yield workspace
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="module")
+def batches(project_root, tmp_path_factory) -> dict[str, Path]:
+    """Small real batches as a provider would drop them: a quarter of February and March, an eighth of April."""
+    staging = tmp_path_factory.mktemp("provider")
+    return {
+        "feb": _sample_batch(project_root, 2, staging, "flights-2013-02-sample.csv", every=4),
+        "mar": _sample_batch(project_root, 3, staging, "flights-2013-03-sample.csv", every=4),
+        "apr": _sample_batch(project_root, 4, staging, "flights-2013-04-sample.csv", every=8),
+    }
+
+
+@pytest.fixture(scope="module")
+def memo() -> dict:
+    """What earlier tests in this module observed (results, timings) for the later ones."""
+    return {}
+
+
+def _record(ws: Path) -> BatchRecord:
+    return BatchRecord(ws / ".retrainer" / "batches.db")
+
+
+def _versions() -> set[str]:
+    import mlflow
+
+    return {str(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{MODEL}'")}
+
+
+def test_first_batch_without_a_champion_is_gated_on_floors_and_budgets_and_promoted(ws, batches, memo):
+    from flows.retrain import retrain
+
+    started = time.perf_counter()
+    result = retrain(batch=str(batches["feb"]), root=str(ws))
+    memo["first_seconds"] = time.perf_counter() - started
+    memo["first"] = result
+
+    assert result["status"] == "promoted", result["reasons"]
+    assert [s["stage"] for s in result["stages"]] == list(ALL_STAGES)
+    assert all(s["ran"] for s in result["stages"]), result["stages"]
+    checks = result["gate"]["checks"]
+    assert checks and all(c["name"].startswith(("floor:", "budget:")) for c in checks), [c["name"] for c in checks]
+    assert {"floor:roc_auc", "floor:pr_auc"} <= {c["name"] for c in checks}
+    assert result["compared_champion"] is None
+    version = result["challenger_version"]
+    assert registry.alias_version(MODEL, registry.CHAMPION) == version == result["champion_version"]
+    assert registry.alias_version(MODEL, registry.CHALLENGER) is None
+    tags = registry.version_tags(MODEL, version)
+    assert tags["gate_verdict"] == "pass"
+    assert tags["batch_id"] == batch_id(batches["feb"]) == result["batch_id"]
+    assert tags["parent_champion"] == "none"
+    assert tags["data_md5"] == file_md5(ws / TRAIN)
+    assert (ws / "data" / "batches" / f"{result['batch_id']}.csv").read_bytes() == batches["feb"].read_bytes()
+    stored = _record(ws).get(result["batch_id"])
+    assert stored["status"] == "promoted"
+    assert stored["result"]["challenger_version"] == version
+
+
+def test_rerunning_a_processed_batch_returns_its_recorded_outcome_without_work(ws, batches, memo):
+    from flows.retrain import retrain
+
+    before = _versions()
+    result = retrain(batch=str(batches["feb"]), root=str(ws))
+    assert result["already_processed"] is True
+    assert result["status"] == memo["first"]["status"] == "promoted"
+    assert result["challenger_version"] == memo["first"]["challenger_version"]
+    assert "stages" in result and result["stages"] == memo["first"]["stages"], "the recorded result, not a new run"
+    assert _versions() == before
+
+
+def test_a_renamed_copy_of_a_processed_batch_is_recognised_by_its_content(ws, batches, tmp_path, memo):
+    from flows.retrain import retrain
+
+    copy = tmp_path / "renamed.csv"
+    shutil.copyfile(batches["feb"], copy)
+    result = retrain(batch=str(copy), root=str(ws))
+    assert result["already_processed"] is True
+    assert result["batch_id"] == memo["first"]["batch_id"]
+
+
+def test_a_forced_rerun_with_nothing_changed_skips_every_stage_and_reuses_the_decision(ws, batches, memo):
+    from flows.retrain import retrain
+
+    before = _versions()
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    started = time.perf_counter()
+    result = retrain(batch=str(batches["feb"]), root=str(ws), force=True)
+    seconds = time.perf_counter() - started
+
+    assert result.get("reused") is True
+    assert [s["stage"] for s in result["stages"]] == list(ALL_STAGES)
+    assert not any(s["ran"] for s in result["stages"]), result["stages"]
+    assert result["status"] == "promoted"
+    assert result["challenger_version"] == memo["first"]["challenger_version"]
+    assert _versions() == before, "a cached rerun must not register a new version"
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    # behavioural check of the DVC cache, kept generous: no training, no evaluation, no registration
+    assert seconds < 0.5 * memo["first_seconds"], (seconds, memo["first_seconds"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG flows/retrain.py: the reuse path returns without record.finish(), so a forced rerun leaves the batch "
+    "'running' with result NULL (claim() used INSERT OR REPLACE)"
+))
+def test_a_forced_rerun_leaves_the_batch_recorded_with_its_outcome(ws, batches, memo):
+    from flows.retrain import retrain
+
+    stored = _record(ws).get(memo["first"]["batch_id"])
+    assert stored["status"] == "promoted"
+    assert stored["result"] is not None
+    again = retrain(batch=str(batches["feb"]), root=str(ws))
+    assert again["status"] == "promoted"
+
+
+def _make_next_challenger_worse(ws: Path) -> None:
+    """A one-feature model under a policy that demands a supported improvement: honestly worse, honestly judged."""
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    raw["train"]["feature_selection"] = {"enabled": True, "method": "mutual_info", "k": 1, "sample_rows": 2000}
+    raw["gate"]["improvement"].update(policy="must_improve", margin=0.0)
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_a_worse_challenger_is_rejected_with_the_failing_checks_as_reasons(ws, batches, memo):
+    from flows.retrain import retrain
+
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    assert champion == memo["first"]["challenger_version"]
+    _make_next_challenger_worse(ws)
+    result = retrain(batch=str(batches["mar"]), root=str(ws))
+    memo["rejected"] = result
+
+    assert result["status"] == "rejected", result["reasons"]
+    assert len(read_json(ws / TRAIN_REPORT)["features"]) == 1, "the challenger really is a one-feature model"
+    challenger = result["challenger_version"]
+    assert challenger != champion
+    assert result["compared_champion"] == champion
+    failed = {c["name"]: c["detail"] for c in result["gate"]["checks"] if not c["passed"]}
+    assert "improvement:roc_auc" in failed, failed
+    assert failed["improvement:roc_auc"] in result["reasons"]
+    assert set(result["reasons"]) == set(failed.values())
+    assert any(n.startswith("regression:") for n in {c["name"] for c in result["gate"]["checks"]})
+    assert result["metrics"]["challenger"]["roc_auc"] < result["metrics"]["champion"]["roc_auc"]
+
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    assert registry.alias_version(MODEL, registry.CHALLENGER) is None
+    tags = registry.version_tags(MODEL, challenger)
+    assert tags["gate_verdict"] == "fail"
+    assert tags["gate_status"] == "rejected"
+    assert tags["parent_champion"] == champion
+    assert tags["batch_id"] == batch_id(batches["mar"])
+    assert "promoted_from" not in tags
+    assert _record(ws).get(result["batch_id"])["status"] == "rejected"
+
+
+def test_drain_inbox_processes_each_waiting_batch_exactly_once(ws, batches, memo):
+    from flows.retrain import drain_inbox
+
+    inbox = ws / "data" / "incoming"
+    inbox.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(batches["feb"], inbox / "resent-february.csv")
+    shutil.copyfile(batches["apr"], inbox / batches["apr"].name)
+    (inbox / "notes.txt").write_text("not a batch")
+    before = _versions()
+
+    results = drain_inbox(root=str(ws))
+    assert [r["batch_id"] for r in results] == [batch_id(batches["apr"])]
+    (result,) = results
+    assert result["status"] in {"promoted", "rejected"}, result["reasons"]
+    assert len(_versions() - before) == 1
+    assert _record(ws).get(result["batch_id"])["status"] == result["status"]
+
+    assert drain_inbox(root=str(ws)) == []
+    assert len(_versions() - before) == 1
+
+
+def test_run_cycle_on_a_missing_file_returns_failed(ws, memo):
+    from retrainer.runner import run_cycle
+
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    result = run_cycle(ws / "data" / "incoming" / "no-such-batch.csv", ws)
+    assert result["status"] == "failed"
+    assert "no-such-batch.csv" in " ".join(result["reasons"])
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+
+
+def test_run_cycle_on_a_garbage_file_quarantines_it_and_keeps_it_out_of_training(ws, tmp_path):
+    from retrainer.runner import run_cycle
+
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    versions = _versions()
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(b"\x00\x01 this is not a table \xff\xfe\n" * 50)
+    identifier = batch_id(garbage)
+
+    result = run_cycle(garbage, ws)
+    assert result["status"] in {"quarantined", "failed"}, result
+    assert result["reasons"]
+    assert not list((ws / "data" / "batches").glob(f"{identifier}.*")), "a bad batch must never reach training"
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    assert _versions() == versions
+    if result["status"] == "quarantined":
+        quarantined = Path(result["quarantine_dir"])
+        assert any(p.read_bytes() == garbage.read_bytes() for p in quarantined.rglob("*") if p.is_file())
+    assert _record(ws).get(identifier)["status"] == result["status"]

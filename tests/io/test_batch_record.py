@@ -1,0 +1,163 @@
+"""The processed-batch record (real SQLite in tmp_path), content ids and the inbox listing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from retrainer.io.batches import CLAIMED, STALE_CLAIM, BatchRecord, accept, batch_id, inbox_files
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> BatchRecord:
+    return BatchRecord(tmp_path / "state" / "batches.db")
+
+
+def _set_claimed_at(record: BatchRecord, identifier: str, when: datetime) -> None:
+    with sqlite3.connect(record.path) as db:
+        updated = db.execute("UPDATE batches SET claimed_at = ? WHERE batch_id = ?", (when.isoformat(), identifier))
+        assert updated.rowcount == 1
+
+
+def test_a_batch_can_be_claimed_once(record):
+    assert record.claim("b1", "/in/b1.csv") is True
+    assert record.claim("b1", "/in/b1.csv") is False
+    row = record.get("b1")
+    assert row["status"] == CLAIMED
+    assert row["source"] == "/in/b1.csv"
+    assert row["result"] is None and row["finished_at"] is None
+
+
+def test_claims_are_per_batch(record):
+    assert record.claim("b1", "a.csv")
+    assert record.claim("b2", "b.csv")
+    assert record.get("b3") is None
+
+
+def test_finish_stores_status_and_result(record):
+    record.claim("b1", "a.csv")
+    record.finish("b1", "promoted", {"status": "promoted", "challenger_version": "3", "reasons": ["ok"]})
+    row = record.get("b1")
+    assert row["status"] == "promoted"
+    assert row["result"] == {"status": "promoted", "challenger_version": "3", "reasons": ["ok"]}
+    assert datetime.fromisoformat(row["finished_at"]) >= datetime.fromisoformat(row["claimed_at"])
+
+
+def test_a_finished_batch_is_not_claimed_again_without_force(record):
+    record.claim("b1", "a.csv")
+    record.finish("b1", "rejected", {"status": "rejected"})
+    assert record.claim("b1", "a.csv") is False
+    assert record.get("b1")["status"] == "rejected"
+
+
+def test_a_failed_batch_can_be_claimed_again(record):
+    record.claim("b1", "a.csv")
+    record.finish("b1", "failed", {"status": "failed", "reasons": ["boom"]})
+    assert record.claim("b1", "a.csv") is True
+    row = record.get("b1")
+    assert row["status"] == CLAIMED
+    assert row["finished_at"] is None
+
+
+def test_force_reclaims_a_finished_batch(record):
+    record.claim("b1", "a.csv")
+    record.finish("b1", "promoted", {"status": "promoted"})
+    assert record.claim("b1", "a.csv", force=True) is True
+    assert record.get("b1")["status"] == CLAIMED
+    assert record.claim("b1", "a.csv") is False, "the forced claim is itself a live claim"
+
+
+def test_force_does_not_steal_a_live_claim(record):
+    record.claim("b1", "a.csv")
+    assert record.claim("b1", "a.csv", force=True) is False
+
+
+def test_a_stale_running_claim_can_be_taken_over(record):
+    record.claim("b1", "a.csv")
+    _set_claimed_at(record, "b1", datetime.now(UTC) - STALE_CLAIM - timedelta(minutes=5))
+    assert record.claim("b1", "b.csv") is True
+    row = record.get("b1")
+    assert row["source"] == "b.csv"
+    assert datetime.now(UTC) - datetime.fromisoformat(row["claimed_at"]) < timedelta(minutes=1)
+
+
+def test_a_running_claim_younger_than_the_stale_limit_still_blocks(record):
+    record.claim("b1", "a.csv")
+    _set_claimed_at(record, "b1", datetime.now(UTC) - STALE_CLAIM + timedelta(minutes=5))
+    assert record.claim("b1", "b.csv") is False
+    assert record.get("b1")["source"] == "a.csv"
+
+
+def test_the_record_survives_reopening(tmp_path):
+    path = tmp_path / "batches.db"
+    first = BatchRecord(path)
+    first.claim("b1", "a.csv")
+    first.finish("b1", "promoted", {"status": "promoted", "challenger_version": "2"})
+    first.claim("b2", "b.csv")
+    del first
+
+    reopened = BatchRecord(path)
+    assert reopened.get("b1")["result"] == {"status": "promoted", "challenger_version": "2"}
+    assert reopened.get("b2")["status"] == CLAIMED
+    assert reopened.claim("b1", "a.csv") is False
+    assert reopened.claim("b2", "b.csv") is False
+
+
+def test_recent_lists_newest_claims_first(record):
+    for index, name in enumerate(("old", "mid", "new")):
+        record.claim(name, f"{name}.csv")
+        _set_claimed_at(record, name, datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=index))
+    assert [r["batch_id"] for r in record.recent()] == ["new", "mid", "old"]
+    assert [r["batch_id"] for r in record.recent(limit=2)] == ["new", "mid"]
+
+
+def test_batch_id_depends_on_content_not_name(tmp_path):
+    payload = b"year,month,day\n2013,2,1\n2013,2,2\n"
+    a, b, c = tmp_path / "a.csv", tmp_path / "other-name.csv", tmp_path / "c.csv"
+    a.write_bytes(payload)
+    b.write_bytes(payload)
+    c.write_bytes(payload.replace(b"2013,2,2", b"2013,2,3"))
+    assert batch_id(a) == batch_id(b)
+    assert batch_id(a) != batch_id(c)
+    full = hashlib.sha256(payload).hexdigest()
+    assert len(batch_id(a)) >= 12 and full.startswith(batch_id(a))
+
+
+def test_batch_id_reads_large_files_in_blocks(tmp_path):
+    """A file bigger than one read block still hashes all its bytes: a change past the first MiB counts."""
+    big = bytearray(b"x" * (3 << 20))
+    first, second = tmp_path / "big1.csv", tmp_path / "big2.csv"
+    first.write_bytes(bytes(big))
+    big[-1:] = b"y"
+    second.write_bytes(bytes(big))
+    assert batch_id(first) != batch_id(second)
+
+
+def test_inbox_files_lists_only_batch_files_oldest_first(tmp_path):
+    inbox = tmp_path / "incoming"
+    inbox.mkdir()
+    names = ["newest.csv", "oldest.parquet", "middle.CSV", "notes.txt", ".gitkeep", "half.csv.part", "readme"]
+    for name in names:
+        (inbox / name).write_text("x")
+    (inbox / "folder.csv").mkdir()
+    for offset, name in enumerate(["oldest.parquet", "middle.CSV", "newest.csv"]):
+        stamp = 1_700_000_000 + offset * 60
+        os.utime(inbox / name, (stamp, stamp))
+    assert [p.name for p in inbox_files(inbox)] == ["oldest.parquet", "middle.CSV", "newest.csv"]
+
+
+def test_inbox_files_of_a_missing_inbox_is_empty(tmp_path):
+    assert inbox_files(tmp_path / "nowhere") == []
+
+
+def test_accept_copies_byte_for_byte_under_the_batch_id(tmp_path):
+    source = tmp_path / "Flights.CSV"
+    source.write_bytes(b"a,b\n1,2\n")
+    dest = accept(source, tmp_path / "batches", batch_id(source))
+    assert dest == tmp_path / "batches" / f"{batch_id(source)}.csv"
+    assert dest.read_bytes() == source.read_bytes()

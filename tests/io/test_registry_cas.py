@@ -1,0 +1,183 @@
+"""Compare-and-set promotion against a real MLflow registry on SQLite, raced by real processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from filelock import FileLock, Timeout
+
+from retrainer.io import registry
+
+# mlflow and sklearn are imported inside the fixture and tests only: the spawned children import this module,
+# and the lock-holding ones must start fast.
+
+MODEL = "cas-model"
+ROUNDS = 3
+EXITED_HOLDING = 7
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """A registry with versions 1..3 of a tiny model; MLFLOW_TRACKING_URI is exported so spawned children use it."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    home = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        experiment = mlflow.create_experiment("cas", artifact_location=(home / "artifacts").as_uri())
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(20, 2))
+        y = (x[:, 0] > 0).astype(int)
+        for _ in range(3):
+            with mlflow.start_run(experiment_id=experiment):
+                mlflow.sklearn.log_model(
+                    LogisticRegression().fit(x, y), name="model", registered_model_name=MODEL,
+                    serialization_format="cloudpickle", pip_requirements=["scikit-learn"],
+                )
+        yield home
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+def _race(version: str, lock_path: str, rounds: int, barrier, results) -> None:
+    """Child: at each round's barrier, try to promote `version` over champion v1."""
+    registry.alias_version(MODEL, registry.CHAMPION)  # import MLflow and open the store before the race starts
+    for _ in range(rounds):
+        barrier.wait(timeout=120)
+        outcome = registry.promote_if_current(MODEL, version, "1", Path(lock_path))
+        results.put((version, outcome.promoted, outcome.champion_version, outcome.reason))
+
+
+def _hold_lock(lock_path: str, held) -> None:
+    """Child: take the registry lock, say so, and hang on to it until killed."""
+    lock = FileLock(lock_path)
+    lock.acquire()
+    held.set()
+    time.sleep(600)
+
+
+def _hold_lock_and_exit(lock_path: str) -> None:
+    """Child: take the registry lock and die without releasing it."""
+    FileLock(lock_path).acquire()
+    os._exit(EXITED_HOLDING)
+
+
+def _reset_champion(version: str) -> None:
+    registry.set_alias(MODEL, registry.CHAMPION, version)
+    for candidate in ("2", "3"):
+        registry.tag_version(MODEL, candidate, {"promoted_from": "-"})
+
+
+def test_the_registry_fixture_has_three_versions(tracking):
+    import mlflow
+
+    versions = {v.version for v in mlflow.MlflowClient().search_model_versions(f"name='{MODEL}'")}
+    assert {str(v) for v in versions} == {"1", "2", "3"}
+
+
+def test_two_processes_racing_to_promote_over_the_same_champion_never_both_win(tracking):
+    lock_path = tracking / "registry.lock"
+    barrier = SPAWN.Barrier(3)
+    results = SPAWN.Queue()
+    workers = [SPAWN.Process(target=_race, args=(v, str(lock_path), ROUNDS, barrier, results)) for v in ("2", "3")]
+    for worker in workers:
+        worker.start()
+    winners = []
+    try:
+        for _ in range(ROUNDS):
+            _reset_champion("1")
+            assert registry.alias_version(MODEL, registry.CHAMPION) == "1"
+            barrier.wait(timeout=120)
+            outcomes = {version: (promoted, champion, reason)
+                        for version, promoted, champion, reason in (results.get(timeout=120) for _ in range(2))}
+            assert set(outcomes) == {"2", "3"}
+            won = [v for v, (promoted, _, _) in outcomes.items() if promoted]
+            assert len(won) == 1, f"both or neither promoted: {outcomes}"
+            winner = won[0]
+            loser = "3" if winner == "2" else "2"
+            _, champion_seen, reason = outcomes[loser]
+            assert reason.startswith(registry.STALE), reason
+            assert champion_seen == winner
+            assert f"champion is v{winner}" in reason
+            assert outcomes[winner][1] == winner
+            assert registry.alias_version(MODEL, registry.CHAMPION) == winner
+            assert registry.version_tags(MODEL, winner)["promoted_from"] == "1"
+            assert registry.version_tags(MODEL, loser)["promoted_from"] == "-"
+            winners.append(winner)
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert len(winners) == ROUNDS
+
+
+def test_promotion_clears_the_challenger_alias_only_when_it_points_at_the_winner(tracking):
+    lock_path = tracking / "registry.lock"
+    _reset_champion("1")
+    registry.set_alias(MODEL, registry.CHALLENGER, "3")
+    outcome = registry.promote_if_current(MODEL, "2", "1", lock_path)
+    assert outcome.promoted and outcome.reason == "v2 promoted over v1"
+    assert registry.alias_version(MODEL, registry.CHALLENGER) == "3"
+    outcome = registry.promote_if_current(MODEL, "3", "2", lock_path)
+    assert outcome.promoted
+    assert registry.alias_version(MODEL, registry.CHAMPION) == "3"
+    assert registry.alias_version(MODEL, registry.CHALLENGER) is None
+
+
+def test_a_stale_expectation_of_no_champion_does_not_promote(tracking):
+    _reset_champion("1")
+    outcome = registry.promote_if_current(MODEL, "2", None, tracking / "registry.lock")
+    assert not outcome.promoted
+    assert outcome.reason == f"{registry.STALE}: champion is v1, compared against vNone"
+    assert registry.alias_version(MODEL, registry.CHAMPION) == "1"
+
+
+def test_a_lock_held_by_a_killed_process_does_not_block_promotion(tracking):
+    lock_path = tracking / "killed.lock"
+    held = SPAWN.Event()
+    holder = SPAWN.Process(target=_hold_lock, args=(str(lock_path), held))
+    holder.start()
+    try:
+        assert held.wait(timeout=60), "the child never took the lock"
+        with pytest.raises(Timeout):
+            FileLock(str(lock_path), timeout=0.2).acquire()  # the lock really is held while the child lives
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(timeout=30)
+        assert holder.exitcode == -signal.SIGKILL
+    finally:
+        if holder.is_alive():
+            holder.kill()
+    _reset_champion("1")
+    started = time.perf_counter()
+    outcome = registry.promote_if_current(MODEL, "2", "1", lock_path)
+    assert outcome.promoted
+    assert time.perf_counter() - started < 5
+    assert registry.alias_version(MODEL, registry.CHAMPION) == "2"
+
+
+def test_a_lock_held_by_a_process_that_exits_without_releasing_does_not_block_promotion(tracking):
+    lock_path = tracking / "exited.lock"
+    holder = SPAWN.Process(target=_hold_lock_and_exit, args=(str(lock_path),))
+    holder.start()
+    holder.join(timeout=60)
+    assert holder.exitcode == EXITED_HOLDING, "the child failed before it took the lock"
+    _reset_champion("1")
+    started = time.perf_counter()
+    outcome = registry.promote_if_current(MODEL, "3", "1", lock_path)
+    assert outcome.promoted
+    assert time.perf_counter() - started < 5
+    assert registry.alias_version(MODEL, registry.CHAMPION) == "3"
