@@ -16,9 +16,9 @@ from retrainer.io import registry
 from retrainer.io.batches import BatchRecord, accept, batch_id, inbox_files
 from retrainer.io.project import home_dir
 from retrainer.io.tables import read_json, write_json
-from retrainer.runner import BatchQuarantined
 from retrainer.io.tracking import connect
 from retrainer.io.workspace import commit_stage, stage_changed
+from retrainer.runner import BatchQuarantined
 from retrainer.stages import DATASET, REGISTRATION, STAGES, TRAIN
 
 STATUS_PROMOTED, STATUS_REJECTED, STATUS_FAILED = "promoted", "rejected", "failed"
@@ -38,7 +38,9 @@ def validate_batch(path: Path, params: Params, root: Path, identifier: str) -> d
     accepted = list((root / params.data.batches_dir).glob(f"{identifier}.*"))
     trained_until = None
     if not accepted and (root / DATASET).exists():
-        trained_until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[params.data.time_column].max()
+        trained_until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[
+            params.data.time_column
+        ].max()
     reference = pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
     outcome = validate_batch_file(path, params, root, reference=reference, trained_until=trained_until)
     summary = {
@@ -51,7 +53,8 @@ def validate_batch(path: Path, params: Params, root: Path, identifier: str) -> d
     }
     create_markdown_artifact(
         f"# Validation: {'PASSED' if outcome.passed else 'QUARANTINED'}\n\n```\n{summary['text']}\n```\n",
-        key="validation", description=f"validation of batch {identifier}",
+        key="validation",
+        description=f"validation of batch {identifier}",
     )
     if outcome.passed:
         write_json(outcome.report, root / params.data.batches_dir / f"{identifier}.validation.json")
@@ -91,7 +94,9 @@ def run_gate(params: Params, root: Path) -> dict:
 
 
 @task(retries=2, retry_delay_seconds=2, task_run_name="promote or reject")
-def promote_or_reject(params: Params, root: Path, gate: dict, expected_champion: str | None) -> tuple[str, list[str]]:
+def promote_or_reject(
+    params: Params, root: Path, gate: dict, expected_champion: str | None
+) -> tuple[str, list[str]]:
     """Compare-and-set promotion on a pass; on a fail the challenger alias is removed."""
     name, version = params.tracking.registered_model, gate["challenger_version"]
     if not gate["passed"]:
@@ -99,8 +104,12 @@ def promote_or_reject(params: Params, root: Path, gate: dict, expected_champion:
             registry.clear_alias(name, registry.CHALLENGER)
         return STATUS_REJECTED, gate["reasons"]
     if params.canary.enabled:
-        raise RuntimeError("canary.enabled is true but canary rollout is not available yet; set canary.enabled: false")
-    promotion = registry.promote_if_current(name, version, expected_champion, home_dir(root) / "registry.lock")
+        raise RuntimeError(
+            "canary.enabled is true but canary rollout is not available yet; set canary.enabled: false"
+        )
+    promotion = registry.promote_if_current(
+        name, version, expected_champion, home_dir(root) / "registry.lock"
+    )
     if not promotion.promoted:
         return STATUS_REJECTED, [promotion.reason]
     return STATUS_PROMOTED, [*gate["reasons"], promotion.reason]
@@ -112,15 +121,19 @@ def record_lineage(params: Params, root: Path, result: dict) -> None:
     import mlflow
 
     name, version = params.tracking.registered_model, result["challenger_version"]
-    registry.tag_version(name, version, {
-        "gate_verdict": "pass" if result["gate"]["passed"] else "fail",
-        "gate_status": result["status"],
-        "gate_reasons": " | ".join(result["reasons"])[:4000],
-        "parent_champion": result["compared_champion"] or "none",
-        "batch_id": result["batch_id"],
-        "validation": f"passed, {len(result['validation']['warnings'])} warnings "
-                      f"({', '.join(result['validation']['warnings'])[:300]})",
-    })
+    registry.tag_version(
+        name,
+        version,
+        {
+            "gate_verdict": "pass" if result["gate"]["passed"] else "fail",
+            "gate_status": result["status"],
+            "gate_reasons": " | ".join(result["reasons"])[:4000],
+            "parent_champion": result["compared_champion"] or "none",
+            "batch_id": result["batch_id"],
+            "validation": f"passed, {len(result['validation']['warnings'])} warnings "
+            f"({', '.join(result['validation']['warnings'])[:300]})",
+        },
+    )
     mlflow.MlflowClient().log_dict(result["registration"]["run_id"], result["gate"], "gate/gate_report.json")
 
 
@@ -130,7 +143,8 @@ def publish_artifacts(root: Path, result: dict) -> None:
     markdown = (root / "models" / "gate_report.md").read_text()
     create_markdown_artifact(
         f"# Retrain {result['status'].upper()}\n\nbatch `{result['batch_id']}`\n\n{markdown}",
-        key="gate-report", description=f"gate decision for {key}",
+        key="gate-report",
+        description=f"gate decision for {key}",
     )
     create_table_artifact(data_counts(root), key="data-counts", description=f"rows per step for {key}")
     registration = result["registration"]
@@ -140,12 +154,14 @@ def publish_artifacts(root: Path, result: dict) -> None:
         f"| model version | {registration['model_name']} v{registration['version']} |\n"
         f"| tracking store | `{registration['tracking_uri']}` |\n"
         f"| champion now | v{result['champion_version']} |\n",
-        key="mlflow-lineage", description="MLflow ids for this run",
+        key="mlflow-lineage",
+        description="MLflow ids for this run",
     )
     if registration["tracking_uri"].startswith("http"):
         create_link_artifact(
             f"{registration['tracking_uri']}/#/experiments/{registration['experiment_id']}/runs/{registration['run_id']}",
-            link_text="MLflow run", key="mlflow-run",
+            link_text="MLflow run",
+            key="mlflow-run",
         )
 
 
@@ -168,13 +184,21 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
         validation = validate_batch(path, params, workspace, identifier)
         if not validation["passed"]:
             result = {
-                "status": STATUS_QUARANTINED, "batch_id": identifier, "batch": path.name,
-                "reasons": [f"{f.get('check')}: {f.get('column') or ''} {f.get('unexpected_count') or ''} "
-                            f"e.g. {f.get('examples') or f.get('reason') or ''}".strip()
-                            for f in validation["failures"]],
+                "status": STATUS_QUARANTINED,
+                "batch_id": identifier,
+                "batch": path.name,
+                "reasons": [
+                    f"{f.get('check')}: {f.get('column') or ''} {f.get('unexpected_count') or ''} "
+                    f"e.g. {f.get('examples') or f.get('reason') or ''}".strip()
+                    for f in validation["failures"]
+                ],
                 "quarantine_dir": validation["quarantine_dir"],
-                "champion_version": registry.alias_version(params.tracking.registered_model, registry.CHAMPION),
-                "challenger_version": None, "metrics": {}, "validation": validation["text"],
+                "champion_version": registry.alias_version(
+                    params.tracking.registered_model, registry.CHAMPION
+                ),
+                "challenger_version": None,
+                "metrics": {},
+                "validation": validation["text"],
             }
             record.finish(identifier, STATUS_QUARANTINED, result)
             logger.error("batch %s quarantined:\n%s", identifier, validation["text"])
@@ -183,8 +207,17 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
         stages = [run_stage(params, workspace, name) for name in STAGES]
         registration = read_json(workspace / REGISTRATION)
         name, version = params.tracking.registered_model, registration["version"]
-        cached = read_json(workspace / "models" / "gate_report.json") if not any(s["ran"] for s in stages) else None
-        if cached is not None and cached.get("challenger_version") == version and previous and previous["result"]:
+        cached = (
+            read_json(workspace / "models" / "gate_report.json")
+            if not any(s["ran"] for s in stages)
+            else None
+        )
+        if (
+            cached is not None
+            and cached.get("challenger_version") == version
+            and previous
+            and previous["result"]
+        ):
             logger.info("nothing changed since the last run: reusing its decision")
             return {**previous["result"], "reused": True, "stages": stages}
         expected = mark_challenger(name, version)
@@ -198,12 +231,18 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
             "challenger_version": version,
             "compared_champion": expected,
             "champion_version": registry.alias_version(name, registry.CHAMPION),
-            "metrics": {"challenger": finite(gate["challenger_metrics"]), "champion": finite(gate["champion_metrics"])},
+            "metrics": {
+                "challenger": finite(gate["challenger_metrics"]),
+                "champion": finite(gate["champion_metrics"]),
+            },
             "gate": gate,
             "registration": registration,
             "stages": stages,
         }
-        result["validation"] = {"batch_id": identifier, "warnings": [w.get("check") for w in validation["warnings"]]}
+        result["validation"] = {
+            "batch_id": identifier,
+            "warnings": [w.get("check") for w in validation["warnings"]],
+        }
         record_lineage(params, workspace, result)
         publish_artifacts(workspace, result)
         record.finish(identifier, status, result)

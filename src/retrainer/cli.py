@@ -19,7 +19,9 @@ app = typer.Typer(
 
 ParamsOption = Annotated[
     Path | None,
-    typer.Option("--params", help=f"Params file (default: ${PARAMS_ENV} or ./params.yaml).", show_default=False),
+    typer.Option(
+        "--params", help=f"Params file (default: ${PARAMS_ENV} or ./params.yaml).", show_default=False
+    ),
 ]
 
 
@@ -49,7 +51,9 @@ def stage(
         typer.secho(f"error: unknown stage '{name}'; choose from {', '.join(STAGES)}", fg="red", err=True)
         raise typer.Exit(2)
     result = STAGES[name](_params(), Path.cwd())
-    typer.echo(f"{name}: done " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, dict | list)))
+    typer.echo(
+        f"{name}: done " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, dict | list))
+    )
 
 
 EXIT_QUARANTINED, EXIT_FAILED = 3, 1
@@ -111,7 +115,9 @@ def validate(
     reference = pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
     until = None
     if (root / DATASET).exists():
-        until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[params.data.time_column].max()
+        until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[
+            params.data.time_column
+        ].max()
     outcome = validate_batch_file(batch, params, root, reference=reference, trained_until=until)
     _print_json(outcome.report) if as_json else typer.echo(format_outcome(outcome))
     if not outcome.passed:
@@ -148,10 +154,14 @@ def deploy() -> None:
     from flows.retrain import drain_inbox
 
     params = _params()
-    typer.echo(f"serving deployment '{params.retrain.deployment}' (cron '{params.retrain.schedule_cron}'), "
-               f"draining {params.retrain.inbox_dir}/ — Ctrl-C to stop")
+    typer.echo(
+        f"serving deployment '{params.retrain.deployment}' (cron '{params.retrain.schedule_cron}'), "
+        f"draining {params.retrain.inbox_dir}/ — Ctrl-C to stop"
+    )
     drain_inbox.serve(
-        name=params.retrain.deployment, cron=params.retrain.schedule_cron, parameters={"root": str(Path.cwd())}
+        name=params.retrain.deployment,
+        cron=params.retrain.schedule_cron,
+        parameters={"root": str(Path.cwd())},
     )
 
 
@@ -160,7 +170,9 @@ def demo(
     workdir: Annotated[
         Path, typer.Option(help="Where the demo builds its own workspace; wiped at the start of every run.")
     ] = Path(".retrainer-demo"),
-    months: Annotated[str, typer.Option(help="Months fed one by one after the bootstrap, as FIRST-LAST.")] = "3-12",
+    months: Annotated[
+        str, typer.Option(help="Months fed one by one after the bootstrap, as FIRST-LAST.")
+    ] = "3-12",
 ) -> None:
     """The main job on embedded defaults: bootstrap a model, then retrain month by month on real 2013 flights."""
     from retrainer.demo import run_demo

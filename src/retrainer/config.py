@@ -233,8 +233,11 @@ class ValidateConfig(_Frozen):
 
     @model_validator(mode="after")
     def _known_columns(self) -> ValidateConfig:
-        for section, names in (("ranges", self.ranges), ("categories", self.categories),
-                               ("drift.features", self.drift.features)):
+        for section, names in (
+            ("ranges", self.ranges),
+            ("categories", self.categories),
+            ("drift.features", self.drift.features),
+        ):
             unknown = sorted(set(names) - set(self.columns))
             if unknown:
                 raise ValueError(f"{section}: columns {unknown} are not in validate.columns")
@@ -282,7 +285,9 @@ class Params(_WithValidate):
             )
         hidden = sorted(set(self.data.identifiers) & set(self.features.all))
         if hidden:
-            raise ValueError(f"features: identifier columns {hidden} are pseudonymised and cannot be features")
+            raise ValueError(
+                f"features: identifier columns {hidden} are pseudonymised and cannot be features"
+            )
         if self.train.model not in self.train.search.space:
             raise ValueError(f"train.search.space: no search space for train.model '{self.train.model}'")
         return self

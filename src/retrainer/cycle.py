@@ -11,7 +11,16 @@ import pandas as pd
 from retrainer.config import Params
 from retrainer.io import registry
 from retrainer.io.tables import read_json, write_json
-from retrainer.stages import HOLDOUT, INGEST_REPORT, METRICS, MODEL, REGISTRATION, SPLIT_REPORT, TRAIN_REPORT, load_model
+from retrainer.stages import (
+    HOLDOUT,
+    INGEST_REPORT,
+    METRICS,
+    MODEL,
+    REGISTRATION,
+    SPLIT_REPORT,
+    TRAIN_REPORT,
+    load_model,
+)
 from retrainer.steps.evaluate import classification_metrics, latency_p95_ms
 from retrainer.steps.gate import Evidence, GateDecision, decide_gate
 
@@ -79,12 +88,19 @@ def data_counts(root: Path) -> list[dict]:
     rows = [
         {"step": "raw rows (bootstrap + accepted batches)", "rows": ingest["rows_in"]},
         {"step": "excluded: no outcome (cancelled)", "rows": ingest["excluded_unlabelled"]},
-        *({"step": f"unmatched join: {k} (kept, features null)", "rows": v} for k, v in ingest["unmatched"].items()),
+        *(
+            {"step": f"unmatched join: {k} (kept, features null)", "rows": v}
+            for k, v in ingest["unmatched"].items()
+        ),
         {"step": "labelled rows", "rows": ingest["rows_out"]},
-        {"step": f"train window ({split['train']['start'][:10]} .. {split['train']['end'][:10]})",
-         "rows": split["train"]["rows"]},
-        {"step": f"holdout ({split['holdout']['start'][:10]} .. {split['holdout']['end'][:10]})",
-         "rows": split["holdout"]["rows"]},
+        {
+            "step": f"train window ({split['train']['start'][:10]} .. {split['train']['end'][:10]})",
+            "rows": split["train"]["rows"],
+        },
+        {
+            "step": f"holdout ({split['holdout']['start'][:10]} .. {split['holdout']['end'][:10]})",
+            "rows": split["holdout"]["rows"],
+        },
     ]
     return rows
 

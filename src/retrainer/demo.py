@@ -73,33 +73,51 @@ def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | No
     console.print(f"[bold]retrainer demo[/bold]: fresh workspace in {workdir}")
     create_workspace(root, workdir, Path(params_file) if params_file else None)
     home = workdir / ".retrainer"
-    os.environ.update({
-        "RETRAINER_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # a fresh Prefect database is migrated at first start: allow for that on a busy 2-core machine
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
-    })
+    os.environ.update(
+        {
+            "RETRAINER_HOME": str(home),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # a fresh Prefect database is migrated at first start: allow for that on a busy 2-core machine
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+            "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        }
+    )
     os.environ.pop("RETRAINER_PARAMS", None)
 
-    console.print("[bold]1. bootstrap[/bold]: dvc repro on the bootstrap months (ingest -> split -> train -> "
-                  "evaluate -> register)")
+    console.print(
+        "[bold]1. bootstrap[/bold]: dvc repro on the bootstrap months (ingest -> split -> train -> "
+        "evaluate -> register)"
+    )
     bootstrap = reproduce(workdir, echo=_stream)
     trained, metrics = read_json(workdir / TRAIN_REPORT), read_json(workdir / METRICS)
     split, registration = read_json(workdir / SPLIT_REPORT), read_json(workdir / REGISTRATION)
-    console.print(f"   trained on {split['train']['rows']:,} rows, {len(trained['features'])} features; "
-                  f"CV {trained['cv_scoring']} {trained['cv_best_score']:.3f}; holdout ROC AUC "
-                  f"{metrics['roc_auc']:.3f}, PR AUC {metrics['pr_auc']:.3f}; registered v{registration['version']} "
-                  f"({bootstrap.seconds:.0f}s). No champion yet: the first batch makes one.")
+    console.print(
+        f"   trained on {split['train']['rows']:,} rows, {len(trained['features'])} features; "
+        f"CV {trained['cv_scoring']} {trained['cv_best_score']:.3f}; holdout ROC AUC "
+        f"{metrics['roc_auc']:.3f}, PR AUC {metrics['pr_auc']:.3f}; registered v{registration['version']} "
+        f"({bootstrap.seconds:.0f}s). No champion yet: the first batch makes one."
+    )
 
     from retrainer.runner import run_cycle
 
-    console.print(f"[bold]2. monthly batches[/bold]: {len(months)} months through the retrain flow "
-                  "(validate -> stages -> gate -> promote/reject)")
-    table = Table("month", "holdout", "challenger", "AUC", "champ AUC", "diff 95% CI", "decision", "champion",
-                  "time", "first reason")
+    console.print(
+        f"[bold]2. monthly batches[/bold]: {len(months)} months through the retrain flow "
+        "(validate -> stages -> gate -> promote/reject)"
+    )
+    table = Table(
+        "month",
+        "holdout",
+        "challenger",
+        "AUC",
+        "champ AUC",
+        "diff 95% CI",
+        "decision",
+        "champion",
+        "time",
+        "first reason",
+    )
     results = []
     for month in months:
         batch = write_month_batch(root / "seeds" / "flights.parquet", month, workdir / "data" / "incoming")
@@ -113,10 +131,12 @@ def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | No
     console.print(table)
     promoted = sum(r["status"] == "promoted" for r in results)
     final = results[-1].get("champion_version") if results else None
-    console.print(f"[bold]summary[/bold]: {promoted} promoted, "
-                  f"{sum(r['status'] == 'rejected' for r in results)} rejected, "
-                  f"{sum(r['status'] in ('quarantined', 'failed') for r in results)} quarantined or failed; "
-                  f"champion is v{final}.")
+    console.print(
+        f"[bold]summary[/bold]: {promoted} promoted, "
+        f"{sum(r['status'] == 'rejected' for r in results)} rejected, "
+        f"{sum(r['status'] in ('quarantined', 'failed') for r in results)} quarantined or failed; "
+        f"champion is v{final}."
+    )
     console.print("look closer:")
     console.print(f"  mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --workers 1")
     console.print(f"  cd {workdir} && retrainer status && retrainer lineage {final}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from retrainer.config import Params
@@ -31,8 +32,13 @@ def run_cycle(batch: Path, root: Path, force: bool = False) -> dict:
     error = state.result(raise_on_failure=False)
     if isinstance(error, BatchQuarantined):
         return error.result
-    return {"status": "failed", "reasons": [f"{type(error).__name__}: {error}"], "champion_version": None,
-            "challenger_version": None, "metrics": {}}
+    return {
+        "status": "failed",
+        "reasons": [f"{type(error).__name__}: {error}"],
+        "champion_version": None,
+        "challenger_version": None,
+        "metrics": {},
+    }
 
 
 def _metric_line(metrics: dict | None) -> str:
@@ -47,8 +53,10 @@ def format_result(result: dict) -> str:
     if result.get("already_processed"):
         lines.append("  (already processed earlier; use --force to run it again)")
     if result.get("challenger_version"):
-        lines.append(f"  challenger v{result['challenger_version']}   champion now "
-                     f"v{result.get('champion_version') or '-'}   compared against v{result.get('compared_champion') or '-'}")
+        lines.append(
+            f"  challenger v{result['challenger_version']}   champion now "
+            f"v{result.get('champion_version') or '-'}   compared against v{result.get('compared_champion') or '-'}"
+        )
     metrics = result.get("metrics") or {}
     if metrics.get("challenger"):
         lines.append(f"  challenger  {_metric_line(metrics['challenger'])}")
@@ -86,8 +94,13 @@ def project_status(params: Params, root: Path) -> dict:
         "champion": _version_summary(name, registry.alias_version(name, registry.CHAMPION)),
         "challenger": _version_summary(name, registry.alias_version(name, registry.CHALLENGER)),
         "last_runs": [
-            {"batch_id": r["batch_id"], "source": Path(r["source"]).name, "status": r["status"],
-             "finished_at": r["finished_at"], "challenger_version": (r["result"] or {}).get("challenger_version")}
+            {
+                "batch_id": r["batch_id"],
+                "source": Path(r["source"]).name,
+                "status": r["status"],
+                "finished_at": r["finished_at"],
+                "challenger_version": (r["result"] or {}).get("challenger_version"),
+            }
             for r in runs
         ],
     }
@@ -101,11 +114,16 @@ def format_status(report: dict) -> str:
         if entry is None:
             lines.append(f"  {role:<10}  none")
             continue
-        lines.append(f"  {role:<10}  v{entry['version']}  data {str(entry['data_md5'])[:10]}  "
-                     f"{_metric_line(entry['metrics'])}")
+        lines.append(
+            f"  {role:<10}  v{entry['version']}  data {str(entry['data_md5'])[:10]}  "
+            f"{_metric_line(entry['metrics'])}"
+        )
     lines.append("last runs:")
-    lines += [f"  {r['finished_at'] or 'running':<32} {r['status']:<11} batch {r['batch_id']} ({r['source']}) "
-              f"-> v{r['challenger_version'] or '-'}" for r in report["last_runs"]] or ["  none"]
+    lines += [
+        f"  {r['finished_at'] or 'running':<32} {r['status']:<11} batch {r['batch_id']} ({r['source']}) "
+        f"-> v{r['challenger_version'] or '-'}"
+        for r in report["last_runs"]
+    ] or ["  none"]
     return "\n".join(lines)
 
 
@@ -124,10 +142,8 @@ def version_lineage(params: Params, root: Path, version: str) -> dict:
     run = client.get_run(model_version.run_id)
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reports"))
     gate = None
-    try:
+    with contextlib.suppress(MlflowException, OSError):
         gate = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/gate/gate_report.json")
-    except (MlflowException, OSError):
-        pass
     return {
         "model": name,
         "version": version,
@@ -147,7 +163,7 @@ def format_lineage(lineage: dict) -> str:
         f"{lineage['model']} v{lineage['version']}  (MLflow run {lineage['run_id']})",
         f"  data        train md5 {tags.get('data_md5')}  holdout md5 {tags.get('holdout_md5')}  "
         f"batch {tags.get('batch_id', 'bootstrap')}",
-        f"  datasets    " + ", ".join(f"{d['name']} digest {d['digest']}" for d in lineage["datasets"]),
+        "  datasets    " + ", ".join(f"{d['name']} digest {d['digest']}" for d in lineage["datasets"]),
         f"  code        git {tags.get('git_commit')} (dirty: {tags.get('git_dirty')})",
         f"  params      hash {tags.get('params_hash')}  model {tags.get('model_family')}  "
         f"threshold {tags.get('threshold')}",

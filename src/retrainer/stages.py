@@ -44,7 +44,9 @@ def load_raw(params: Params, root: Path) -> pd.DataFrame:
     start = pd.Timestamp(data.bootstrap.start, tz="UTC")
     end = pd.Timestamp(data.bootstrap.end, tz="UTC")
     frames = [seed.loc[(seed[data.time_column] >= start) & (seed[data.time_column] < end)]]
-    frames += [parse_time_column(read_table(p), data.time_column) for p in list_batches(root / data.batches_dir)]
+    frames += [
+        parse_time_column(read_table(p), data.time_column) for p in list_batches(root / data.batches_dir)
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -61,8 +63,11 @@ def validate(params: Params, root: Path) -> dict:
         outcome = validate_batch_file(path, params, root)
         if not outcome.passed:
             raise BatchRejected(format_outcome(outcome))
-        batches[path.name] = {"batch_id": outcome.batch_id, "rows": outcome.report["rows"],
-                              "warnings": [w["check"] for w in outcome.warnings]}
+        batches[path.name] = {
+            "batch_id": outcome.batch_id,
+            "rows": outcome.report["rows"],
+            "warnings": [w["check"] for w in outcome.warnings],
+        }
     summary = {"batches": batches, "validated": len(batches)}
     write_json(summary, root / VALIDATION_SUMMARY)
     return {"validated": len(batches)}
@@ -107,11 +112,19 @@ def train(params: Params, root: Path) -> dict:
 
     frame = pd.read_parquet(root / TRAIN)
     result = fit_model(
-        frame, list(params.features.numeric), list(params.features.categorical), params.data.target.name,
-        params.data.time_column, params.train, params.train.feature_selection, params.split.validation_fraction,
+        frame,
+        list(params.features.numeric),
+        list(params.features.categorical),
+        params.data.target.name,
+        params.data.time_column,
+        params.train,
+        params.train.feature_selection,
+        params.split.validation_fraction,
     )
     (root / MODEL).parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump({"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL)
+    joblib.dump(
+        {"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL
+    )
     report = {
         "best_params": result.best_params,
         "cv_best_score": result.cv_best_score,
@@ -145,7 +158,11 @@ def evaluate(params: Params, root: Path) -> dict:
     metrics = classification_metrics(y, proba, bundle["threshold"])
     curves = evaluation_curves(y, proba, bundle["threshold"], params.evaluate.calibration_bins)
     importance = feature_importance(
-        bundle["model"], holdout[bundle["features"]], holdout[label], params.evaluate.importance_rows, params.train.seed
+        bundle["model"],
+        holdout[bundle["features"]],
+        holdout[label],
+        params.evaluate.importance_rows,
+        params.train.seed,
     )
     plots = root / PLOTS
     plots.mkdir(parents=True, exist_ok=True)
@@ -177,10 +194,15 @@ def register(params: Params, root: Path) -> dict:
     }
     logged_params = {
         **{f"best.{k}": v for k, v in train_report["best_params"].items()},
-        "model": params.train.model, "class_weight": params.train.class_weight, "seed": params.train.seed,
-        "search": params.train.search.method, "cv_splits": params.train.cv_splits,
-        "window_months": params.split.window_months, "holdout_fraction": params.split.holdout_fraction,
-        "features": ",".join(bundle["features"]), "threshold": bundle["threshold"],
+        "model": params.train.model,
+        "class_weight": params.train.class_weight,
+        "seed": params.train.seed,
+        "search": params.train.search.method,
+        "cv_splits": params.train.cv_splits,
+        "window_months": params.split.window_months,
+        "holdout_fraction": params.split.holdout_fraction,
+        "features": ",".join(bundle["features"]),
+        "threshold": bundle["threshold"],
     }
     registration = log_training_run(
         experiment=params.tracking.experiment,
@@ -189,8 +211,11 @@ def register(params: Params, root: Path) -> dict:
         features=bundle["features"],
         train_frame=pd.read_parquet(root / TRAIN),
         params=logged_params,
-        metrics={**{f"holdout_{k}": v for k, v in metrics.items()}, "cv_best_score": train_report["cv_best_score"],
-                 "fit_seconds": train_report["fit_seconds"]},
+        metrics={
+            **{f"holdout_{k}": v for k, v in metrics.items()},
+            "cv_best_score": train_report["cv_best_score"],
+            "fit_seconds": train_report["fit_seconds"],
+        },
         tags=tags,
         artifacts=sorted((root / PLOTS).glob("*.png")),
         reports={

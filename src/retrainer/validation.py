@@ -48,8 +48,12 @@ def validate_batch_file(
     """Parse and validate a batch file; a blocking failure quarantines it under root (frame set on a pass)."""
     path = Path(path)
     batch_id = hash_file(path)
-    base = {"batch_id": batch_id, "file": path.name, "bytes": path.stat().st_size,
-            "trained_until": steps.to_jsonable(trained_until)}
+    base = {
+        "batch_id": batch_id,
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "trained_until": steps.to_jsonable(trained_until),
+    }
     try:
         frame = read_batch_file(path, params.validate.max_file_mb, params.data.time_column)
     except BatchParseError as exc:
@@ -89,8 +93,9 @@ def validate_batch_file(
         write_data_docs(runner.context, result, directory)
         report["quarantine_dir"] = str(directory)
         quarantine_batch(path, directory, report)
-    return ValidationOutcome(passed, batch_id, failures, warnings, drift, directory, report,
-                             frame if passed else None)
+    return ValidationOutcome(
+        passed, batch_id, failures, warnings, drift, directory, report, frame if passed else None
+    )
 
 
 def reject_unparseable(
@@ -108,9 +113,18 @@ def reject_unparseable(
         "reason": str(error),
     }
     directory = locate_quarantine(root, params.validate.quarantine_dir, base["batch_id"])
-    report = {**base, "passed": False, "reason": str(error), "parse_error": error.reason,
-              "failures": [failure], "warnings": [], "skipped": [], "drift": {},
-              "quarantine_dir": str(directory), "params_hash": params_hash(params)}
+    report = {
+        **base,
+        "passed": False,
+        "reason": str(error),
+        "parse_error": error.reason,
+        "failures": [failure],
+        "warnings": [],
+        "skipped": [],
+        "drift": {},
+        "quarantine_dir": str(directory),
+        "params_hash": params_hash(params),
+    }
     quarantine_batch(path, directory, report)
     return ValidationOutcome(False, base["batch_id"], [failure], [], {}, directory, report, None)
 
@@ -135,8 +149,10 @@ def format_outcome(outcome: ValidationOutcome) -> str:
     """A short human-readable account of a validation outcome."""
     report = outcome.report
     verdict = "PASSED" if outcome.passed else "QUARANTINED"
-    lines = [f"batch {outcome.batch_id} ({report.get('file')}): {verdict}"
-             + (f", {report['rows']:,} rows" if "rows" in report else "")]
+    lines = [
+        f"batch {outcome.batch_id} ({report.get('file')}): {verdict}"
+        + (f", {report['rows']:,} rows" if "rows" in report else "")
+    ]
     if outcome.failures:
         lines.append(f"blocking failures ({len(outcome.failures)}):")
         lines.extend(format_entry(e) for e in outcome.failures)
@@ -145,8 +161,10 @@ def format_outcome(outcome: ValidationOutcome) -> str:
         lines.extend(format_entry(e) for e in outcome.warnings)
     drifted = sorted(f for f, s in outcome.drift.items() if s.get("drifted"))
     if outcome.drift:
-        lines.append(f"drift: {len(drifted)} of {len(outcome.drift)} features over threshold"
-                     + (f" ({', '.join(drifted)})" if drifted else ""))
+        lines.append(
+            f"drift: {len(drifted)} of {len(outcome.drift)} features over threshold"
+            + (f" ({', '.join(drifted)})" if drifted else "")
+        )
     if outcome.quarantine_dir is not None:
         lines.append(f"quarantined in {outcome.quarantine_dir}")
     return "\n".join(lines)

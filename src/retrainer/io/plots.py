@@ -46,9 +46,13 @@ def write_evaluation_plots(
 
     plt, fig, ax = _figure()
     cal = curves["calibration"]
-    ax.plot(cal["mean_predicted"], cal["fraction_positive"], marker="o", label=f"Brier {metrics['brier']:.3f}")
+    ax.plot(
+        cal["mean_predicted"], cal["fraction_positive"], marker="o", label=f"Brier {metrics['brier']:.3f}"
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="grey")
-    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (holdout)")
+    ax.set(
+        xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (holdout)"
+    )
     ax.legend(loc="upper left")
     save(plt, fig, "calibration")
 
@@ -57,8 +61,13 @@ def write_evaluation_plots(
     ax.imshow(matrix, cmap="Blues")
     for (row, col), value in pd.DataFrame(matrix).stack().items():
         ax.text(col, row, f"{value:,}", ha="center", va="center")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="actual",
-           title=f"Confusion matrix at threshold {metrics['threshold']:.2f}")
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xlabel="predicted",
+        ylabel="actual",
+        title=f"Confusion matrix at threshold {metrics['threshold']:.2f}",
+    )
     save(plt, fig, "confusion_matrix")
 
     plt, fig, ax = _figure()

@@ -67,8 +67,14 @@ def render_rows(entries: list[dict[str, Any]]) -> str:
     rows = []
     for e in entries:
         detail = e.get("reason") or e.get("error") or json.dumps(e.get("examples") or e.get("observed"))
-        cells = (e.get("check"), e.get("expectation"), e.get("column"), e.get("severity"),
-                 e.get("unexpected_count"), detail)
+        cells = (
+            e.get("check"),
+            e.get("expectation"),
+            e.get("column"),
+            e.get("severity"),
+            e.get("unexpected_count"),
+            detail,
+        )
         tds = "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in cells)
         rows.append(f"<tr>{tds}</tr>")
     return "\n".join(rows) or '<tr><td colspan="6">none</td></tr>'
@@ -76,8 +82,10 @@ def render_rows(entries: list[dict[str, Any]]) -> str:
 
 def render_html_report(report: dict[str, Any], directory: Path) -> str:
     """A self-contained HTML summary of validation.json (links the GX Data Docs when they were built)."""
-    head = "<tr><th>check</th><th>expectation</th><th>column</th><th>severity</th><th>unexpected</th>" \
-           "<th>detail</th></tr>"
+    head = (
+        "<tr><th>check</th><th>expectation</th><th>column</th><th>severity</th><th>unexpected</th>"
+        "<th>detail</th></tr>"
+    )
     groups = (("Blocking failures", "failures"), ("Warnings", "warnings"), ("Skipped", "skipped"))
     sections = "".join(
         f"<h2>{title} ({len(entries)})</h2><table>{head}{render_rows(entries)}</table>"
@@ -85,8 +93,10 @@ def render_html_report(report: dict[str, Any], directory: Path) -> str:
     )
     docs = directory / DATA_DOCS_DIR / "index.html"
     link = f'<p><a href="{DATA_DOCS_DIR}/index.html">GX Data Docs</a></p>' if docs.exists() else ""
-    title = html.escape(f"Batch {report.get('batch_id')} ({report.get('file')}): "
-                        f"{'passed' if report.get('passed') else 'quarantined'}")
+    title = html.escape(
+        f"Batch {report.get('batch_id')} ({report.get('file')}): "
+        f"{'passed' if report.get('passed') else 'quarantined'}"
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>" + title + "</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

@@ -67,7 +67,9 @@ def clear_alias(model_name: str, alias: str) -> None:
         _client().delete_registered_model_alias(model_name, alias)
 
 
-def promote_if_current(model_name: str, version: str, expected_champion: str | None, lock_path: Path) -> Promotion:
+def promote_if_current(
+    model_name: str, version: str, expected_champion: str | None, lock_path: Path
+) -> Promotion:
     """Make `version` the champion only if the champion is still `expected_champion`.
 
     MLflow aliases are last-writer-wins, so the check and the set happen under an OS file lock
@@ -77,7 +79,9 @@ def promote_if_current(model_name: str, version: str, expected_champion: str | N
     with FileLock(str(lock_path), timeout=120):
         current = alias_version(model_name, CHAMPION)
         if current != expected_champion:
-            return Promotion(False, current, f"{STALE}: champion is v{current}, compared against v{expected_champion}")
+            return Promotion(
+                False, current, f"{STALE}: champion is v{current}, compared against v{expected_champion}"
+            )
         set_alias(model_name, CHAMPION, version)
         if alias_version(model_name, CHALLENGER) == version:
             clear_alias(model_name, CHALLENGER)

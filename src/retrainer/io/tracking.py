@@ -50,7 +50,9 @@ def _requirements() -> list[str]:
     """Pinned serving requirements, stated rather than inferred (inference re-imports the model: slow)."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle", "pyarrow")]
+    return [
+        f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle", "pyarrow")
+    ]
 
 
 def log_training_run(

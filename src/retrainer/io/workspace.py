@@ -44,8 +44,12 @@ def dvc(
     """Run a DVC command in `root`, passing each output line to `echo`; raise PipelineError if it fails."""
     lines: list[str] = []
     with subprocess.Popen(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=tool_env(env),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "dvc", *args],
+        cwd=root,
+        env=tool_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
@@ -59,7 +63,10 @@ def dvc(
 
 
 def reproduce(
-    root: Path, *targets: str, single: bool = False, env: dict[str, str] | None = None,
+    root: Path,
+    *targets: str,
+    single: bool = False,
+    env: dict[str, str] | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> ReproResult:
     """`dvc repro [targets]`; report which stages ran and which were skipped as unchanged."""
@@ -93,8 +100,11 @@ def create_workspace(source: Path, dest: Path, params_file: Path | None = None, 
     (dest / "data" / "batches").mkdir(parents=True)
     (dest / "data" / "batches" / ".gitkeep").touch()
     if git:
-        for args in (["init", "-q"], ["config", "user.email", "retrainer@localhost"],
-                     ["config", "user.name", "retrainer"]):
+        for args in (
+            ["init", "-q"],
+            ["config", "user.email", "retrainer@localhost"],
+            ["config", "user.name", "retrainer"],
+        ):
             subprocess.run(["git", *args], cwd=dest, check=True)
         (dest / ".gitignore").write_text("/.retrainer/\n")
     dvc(dest, "init", "-q", *([] if git else ["--no-scm"]))

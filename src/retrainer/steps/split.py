@@ -16,7 +16,9 @@ def select_window(frame: pd.DataFrame, time_column: str, window_months: int) -> 
     return frame.loc[months.isin(keep)]
 
 
-def split_by_time(frame: pd.DataFrame, time_column: str, newest_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_time(
+    frame: pd.DataFrame, time_column: str, newest_fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split into (older, newest) at a timestamp so the newest part holds about `newest_fraction` of rows."""
     if len(frame) < 2:
         raise ValueError(f"need at least 2 rows to split by time, got {len(frame)}")

@@ -47,7 +47,10 @@ def build_pipeline(numeric: list[str], categorical: list[str], config: TrainConf
     cat_impute = SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)
     if config.model == "hgb":
         encoder = OrdinalEncoder(
-            handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan, max_categories=250
+            handle_unknown="use_encoded_value",
+            unknown_value=np.nan,
+            encoded_missing_value=np.nan,
+            max_categories=250,
         )
         numeric_steps = Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True))])
         estimator = HistGradientBoostingClassifier(
@@ -58,7 +61,10 @@ def build_pipeline(numeric: list[str], categorical: list[str], config: TrainConf
     else:
         encoder = OneHotEncoder(handle_unknown="ignore", min_frequency=20, sparse_output=False)
         numeric_steps = Pipeline(
-            [("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("scale", StandardScaler())]
+            [
+                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                ("scale", StandardScaler()),
+            ]
         )
         estimator = LogisticRegression(class_weight=class_weight, max_iter=2000, random_state=config.seed)
     preprocess = ColumnTransformer(
@@ -72,8 +78,12 @@ def build_pipeline(numeric: list[str], categorical: list[str], config: TrainConf
 
 
 def select_features(
-    frame: pd.DataFrame, numeric: list[str], categorical: list[str], target: pd.Series,
-    config: FeatureSelection, seed: int,
+    frame: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    target: pd.Series,
+    config: FeatureSelection,
+    seed: int,
 ) -> list[str]:
     """Rank raw features by mutual information or L1 weight on a sample; keep the best k (input order kept)."""
     columns = [*numeric, *categorical]
@@ -110,18 +120,36 @@ def _search(pipeline: Pipeline, config: TrainConfig, n_rows: int):
     if config.search.method == "halving":
         rounds = max(1, math.ceil(math.log(config.search.n_candidates) / math.log(config.search.factor)))
         return HalvingRandomSearchCV(
-            pipeline, space, n_candidates=config.search.n_candidates, factor=config.search.factor,
-            min_resources=max(n_rows // config.search.factor ** (rounds - 1), 1), max_resources=n_rows,
-            cv=cv, scoring=config.scoring, random_state=config.seed, n_jobs=1, refit=True,
+            pipeline,
+            space,
+            n_candidates=config.search.n_candidates,
+            factor=config.search.factor,
+            min_resources=max(n_rows // config.search.factor ** (rounds - 1), 1),
+            max_resources=n_rows,
+            cv=cv,
+            scoring=config.scoring,
+            random_state=config.seed,
+            n_jobs=1,
+            refit=True,
         )
     return RandomizedSearchCV(
-        pipeline, space, n_iter=config.search.n_candidates, cv=cv, scoring=config.scoring,
-        random_state=config.seed, n_jobs=1, refit=True,
+        pipeline,
+        space,
+        n_iter=config.search.n_candidates,
+        cv=cv,
+        scoring=config.scoring,
+        random_state=config.seed,
+        n_jobs=1,
+        refit=True,
     )
 
 
 def _cv_summary(cv_results: dict) -> list[dict]:
-    keys = [k for k in ("iter", "n_resources", "mean_test_score", "std_test_score", "rank_test_score") if k in cv_results]
+    keys = [
+        k
+        for k in ("iter", "n_resources", "mean_test_score", "std_test_score", "rank_test_score")
+        if k in cv_results
+    ]
     rows = []
     for i, params in enumerate(cv_results["params"]):
         row = {k: float(cv_results[k][i]) for k in keys}
@@ -131,8 +159,14 @@ def _cv_summary(cv_results: dict) -> list[dict]:
 
 
 def fit_model(
-    train: pd.DataFrame, numeric: list[str], categorical: list[str], label: str, time_column: str,
-    config: TrainConfig, feature_selection: FeatureSelection, validation_fraction: float,
+    train: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    label: str,
+    time_column: str,
+    config: TrainConfig,
+    feature_selection: FeatureSelection,
+    validation_fraction: float,
 ) -> TrainResult:
     """Search on the older part with time-aware CV, pick the threshold on the newest part, refit on all."""
     started = time.perf_counter()

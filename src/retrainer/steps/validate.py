@@ -84,56 +84,101 @@ def build_expectation_specs(config: ValidateConfig, data: DataConfig) -> list[Ex
     sev = config.severity
     specs = [
         ExpectationSpec(
-            "columns", "ExpectTableColumnsToMatchSet",
-            {"column_set": list(config.columns), "exact_match": False}, sev.columns,
+            "columns",
+            "ExpectTableColumnsToMatchSet",
+            {"column_set": list(config.columns), "exact_match": False},
+            sev.columns,
         )
     ]
     for name, rule in config.columns.items():
-        specs.append(ExpectationSpec(
-            f"types.{name}", "ExpectColumnDtypeToBeKind", {"column": name, "kind": rule.kind}, sev.types, name
-        ))
+        specs.append(
+            ExpectationSpec(
+                f"types.{name}",
+                "ExpectColumnDtypeToBeKind",
+                {"column": name, "kind": rule.kind},
+                sev.types,
+                name,
+            )
+        )
     for name, rule in config.columns.items():
         if not rule.nullable:
-            specs.append(ExpectationSpec(
-                f"not_null.{name}", "ExpectColumnValuesToNotBeNull", {"column": name}, sev.not_null, name
-            ))
+            specs.append(
+                ExpectationSpec(
+                    f"not_null.{name}", "ExpectColumnValuesToNotBeNull", {"column": name}, sev.not_null, name
+                )
+            )
     for name, rng in config.ranges.items():
-        kwargs = {"column": name, "min_value": rng.min, "max_value": rng.max,
-                  "strict_min": rng.strict_min, "strict_max": rng.strict_max}
-        specs.append(ExpectationSpec(
-            f"ranges.{name}", "ExpectColumnValuesToBeBetween", kwargs, rng.severity or sev.ranges, name
-        ))
+        kwargs = {
+            "column": name,
+            "min_value": rng.min,
+            "max_value": rng.max,
+            "strict_min": rng.strict_min,
+            "strict_max": rng.strict_max,
+        }
+        specs.append(
+            ExpectationSpec(
+                f"ranges.{name}", "ExpectColumnValuesToBeBetween", kwargs, rng.severity or sev.ranges, name
+            )
+        )
     for name, cat in config.categories.items():
-        specs.append(ExpectationSpec(
-            f"categories.{name}", "ExpectColumnValuesToBeInSet",
-            {"column": name, "value_set": list(cat.values)}, cat.severity or sev.categories, name,
-        ))
+        specs.append(
+            ExpectationSpec(
+                f"categories.{name}",
+                "ExpectColumnValuesToBeInSet",
+                {"column": name, "value_set": list(cat.values)},
+                cat.severity or sev.categories,
+                name,
+            )
+        )
     if data.key_columns:
-        specs.append(ExpectationSpec(
-            "unique_key", "ExpectCompoundColumnsToBeUnique", {"column_list": list(data.key_columns)},
-            sev.unique_key,
-        ))
-    specs.append(ExpectationSpec(
-        "row_count", "ExpectTableRowCountToBeBetween",
-        {"min_value": config.row_count.min, "max_value": config.row_count.max}, sev.row_count,
-    ))
-    specs.append(ExpectationSpec(
-        "freshness", "ExpectColumnMinToBeBetween",
-        {"column": data.time_column, "min_value": {"$PARAMETER": TRAINED_UNTIL_PARAMETER},
-         "strict_min": True},
-        sev.freshness, data.time_column,
-    ))
-    specs.append(ExpectationSpec(
-        "labelled_share", "ExpectColumnValuesToNotBeNull",
-        {"column": data.target.column, "mostly": config.label.min_labelled_share}, sev.labelled_share,
-        data.target.column,
-    ))
+        specs.append(
+            ExpectationSpec(
+                "unique_key",
+                "ExpectCompoundColumnsToBeUnique",
+                {"column_list": list(data.key_columns)},
+                sev.unique_key,
+            )
+        )
+    specs.append(
+        ExpectationSpec(
+            "row_count",
+            "ExpectTableRowCountToBeBetween",
+            {"min_value": config.row_count.min, "max_value": config.row_count.max},
+            sev.row_count,
+        )
+    )
+    specs.append(
+        ExpectationSpec(
+            "freshness",
+            "ExpectColumnMinToBeBetween",
+            {
+                "column": data.time_column,
+                "min_value": {"$PARAMETER": TRAINED_UNTIL_PARAMETER},
+                "strict_min": True,
+            },
+            sev.freshness,
+            data.time_column,
+        )
+    )
+    specs.append(
+        ExpectationSpec(
+            "labelled_share",
+            "ExpectColumnValuesToNotBeNull",
+            {"column": data.target.column, "mostly": config.label.min_labelled_share},
+            sev.labelled_share,
+            data.target.column,
+        )
+    )
     rate = config.label.positive_rate
-    specs.append(ExpectationSpec(
-        "positive_rate", "ExpectColumnMeanToBeBetween",
-        {"column": label_rate_column(data), "min_value": rate.min, "max_value": rate.max}, sev.positive_rate,
-        label_rate_column(data),
-    ))
+    specs.append(
+        ExpectationSpec(
+            "positive_rate",
+            "ExpectColumnMeanToBeBetween",
+            {"column": label_rate_column(data), "min_value": rate.min, "max_value": rate.max},
+            sev.positive_rate,
+            label_rate_column(data),
+        )
+    )
     return specs
 
 
@@ -188,8 +233,10 @@ def build_expectation(spec: ExpectationSpec) -> Any:
     """A GX expectation object from its spec, tagged with the check name and severity."""
     import great_expectations.expectations as gxe
 
-    cls = define_dtype_kind_expectation() if spec.expectation == "ExpectColumnDtypeToBeKind" else (
-        getattr(gxe, spec.expectation)
+    cls = (
+        define_dtype_kind_expectation()
+        if spec.expectation == "ExpectColumnDtypeToBeKind"
+        else (getattr(gxe, spec.expectation))
     )
     kwargs = {k: v for k, v in spec.kwargs.items() if v is not None}
     return cls(
@@ -277,8 +324,11 @@ def extract_check_results(result: Any) -> list[CheckResult]:
         config = item.expectation_config
         meta = config.meta or {}
         payload = item.result or {}
-        errors = [v.get("exception_message") for v in (item.exception_info or {}).values()
-                  if isinstance(v, dict) and v.get("raised_exception")]
+        errors = [
+            v.get("exception_message")
+            for v in (item.exception_info or {}).values()
+            if isinstance(v, dict) and v.get("raised_exception")
+        ]
         if item.exception_info.get("raised_exception"):
             errors.append(item.exception_info.get("exception_message"))
         observed = payload.get("observed_value")
@@ -292,17 +342,19 @@ def extract_check_results(result: Any) -> list[CheckResult]:
         column = config.kwargs.get("column")
         if column is None and "column_list" in config.kwargs:
             column = ",".join(config.kwargs["column_list"])
-        out.append(CheckResult(
-            check=meta.get("check", config.type),
-            expectation=config.type,
-            column=column,
-            severity=meta.get("severity", "block"),
-            success=bool(item.success),
-            unexpected_count=to_jsonable(payload.get("unexpected_count")),
-            examples=to_jsonable(list(examples)[:MAX_EXAMPLES]),
-            observed=to_jsonable(observed),
-            error=next((e for e in errors if e), None),
-        ))
+        out.append(
+            CheckResult(
+                check=meta.get("check", config.type),
+                expectation=config.type,
+                column=column,
+                severity=meta.get("severity", "block"),
+                success=bool(item.success),
+                unexpected_count=to_jsonable(payload.get("unexpected_count")),
+                examples=to_jsonable(list(examples)[:MAX_EXAMPLES]),
+                observed=to_jsonable(observed),
+                error=next((e for e in errors if e), None),
+            )
+        )
     return out
 
 
@@ -312,8 +364,10 @@ def find_schema_breaks(checks: Iterable[CheckResult], columns: Iterable[str]) ->
     broken: dict[str, str] = {}
     for check in checks:
         if check.check.startswith("types.") and not check.success and check.column:
-            broken[check.column] = "column missing" if check.column not in present else (
-                f"dtype {check.observed} is not the expected kind"
+            broken[check.column] = (
+                "column missing"
+                if check.column not in present
+                else (f"dtype {check.observed} is not the expected kind")
             )
     return broken
 
@@ -378,9 +432,7 @@ def compute_categorical_psi(reference: pd.Series, batch: pd.Series) -> float:
     return compute_psi(ref.reindex(cats, fill_value=0).to_numpy(), new.reindex(cats, fill_value=0).to_numpy())
 
 
-def measure_feature_drift(
-    reference: pd.Series, batch: pd.Series, kind: str, bins: int
-) -> dict[str, Any]:
+def measure_feature_drift(reference: pd.Series, batch: pd.Series, kind: str, bins: int) -> dict[str, Any]:
     """PSI (and KS for numeric features) between the reference and the batch for one feature."""
     from scipy.stats import ks_2samp
 
@@ -392,8 +444,12 @@ def measure_feature_drift(
         if len(ref) == 0 or len(new) == 0:
             return {"kind": "numeric", "skipped": "no values"}
         ks = ks_2samp(ref, new, method="asymp")
-        return {"kind": "numeric", "psi": round(compute_numeric_psi(ref, new, bins), 6),
-                "ks": round(float(ks.statistic), 6), "ks_pvalue": float(ks.pvalue)}
+        return {
+            "kind": "numeric",
+            "psi": round(compute_numeric_psi(ref, new, bins), 6),
+            "ks": round(float(ks.statistic), 6),
+            "ks_pvalue": float(ks.pvalue),
+        }
     return {"kind": "categorical", "psi": round(compute_categorical_psi(reference, batch), 6)}
 
 
@@ -423,16 +479,18 @@ def list_drift_alerts(
         if not stats.get("drifted"):
             continue
         observed = {k: stats[k] for k in ("psi", "ks") if k in stats}
-        alerts.append({
-            "check": f"drift.{feature}",
-            "expectation": "feature_distribution_stable",
-            "column": feature,
-            "severity": severity,
-            "unexpected_count": None,
-            "examples": [],
-            "observed": observed,
-            "thresholds": {"psi_max": config.psi_max, "ks_max": config.ks_max},
-        })
+        alerts.append(
+            {
+                "check": f"drift.{feature}",
+                "expectation": "feature_distribution_stable",
+                "column": feature,
+                "severity": severity,
+                "unexpected_count": None,
+                "examples": [],
+                "observed": observed,
+                "thresholds": {"psi_max": config.psi_max, "ks_max": config.ks_max},
+            }
+        )
     return alerts
 
 
