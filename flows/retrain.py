@@ -56,7 +56,7 @@ def validate_batch(path: Path, params: Params, root: Path, identifier: str) -> d
         key="validation",
         description=f"validation of batch {identifier}",
     )
-    if outcome.passed:
+    if outcome.passed and not accepted:
         write_json(outcome.report, root / params.data.batches_dir / f"{identifier}.validation.json")
     return summary
 
@@ -219,6 +219,7 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
             and previous["result"]
         ):
             logger.info("nothing changed since the last run: reusing its decision")
+            record.finish(identifier, previous["status"], previous["result"])
             return {**previous["result"], "reused": True, "stages": stages}
         expected = mark_challenger(name, version)
         gate = run_gate(params, workspace)

@@ -166,6 +166,32 @@ def deploy() -> None:
 
 
 @app.command()
+def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000) -> None:
+    """Serve the champion (and a weighted challenger) over HTTP with BentoML on 127.0.0.1.
+
+    Admin routes need RETRAINER_ADMIN_TOKEN set (closed without it).
+    """
+    import sys
+
+    from retrainer.serving.package import use_project_bentoml_home
+
+    _params()
+    use_project_bentoml_home(Path.cwd())
+    os.environ.setdefault("RETRAINER_ROOT", str(Path.cwd()))
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    args = [bentoml, "serve", "retrainer.serving.service:RetrainerService", "--host", "127.0.0.1", "--port", str(port)]
+    os.execv(bentoml, args)
+
+
+@app.command()
+def package(versions: Annotated[list[str], typer.Argument(help="Registered model versions to pack.")]) -> None:
+    """Build a Bento holding the given model versions; prints its tag (also set as MLflow tag `bento_tag`)."""
+    from retrainer.serving.package import build_bento
+
+    typer.echo(build_bento(_params().tracking.registered_model, versions, Path.cwd()))
+
+
+@app.command()
 def demo(
     workdir: Annotated[
         Path, typer.Option(help="Where the demo builds its own workspace; wiped at the start of every run.")

@@ -88,6 +88,7 @@ class TrainConfig(_Frozen):
     class_weight: Literal["balanced", "none"] = "balanced"
     cv_splits: int = Field(ge=2)
     scoring: str = "roc_auc"
+    n_jobs: int = Field(ge=1, default=1)
     search: SearchConfig
     feature_selection: FeatureSelection = FeatureSelection()
 

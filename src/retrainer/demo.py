@@ -20,9 +20,17 @@ def _stream(line: str) -> None:
 
 
 def write_month_batch(seed_path: Path, month: int, inbox: Path) -> Path:
-    """One month of the seed flights as a CSV batch in the raw schema, as a data provider would deliver it."""
+    """One month of the seed flights as a CSV batch in the raw schema, as a data provider would deliver it.
+
+    Months are cut on the UTC time column, as the bootstrap window is, so no flight falls between the two;
+    the last month of the year keeps everything after its start.
+    """
     flights = pd.read_parquet(seed_path)
-    batch = flights.loc[flights["month"] == month].copy()
+    start = pd.Timestamp(year=2013, month=month, day=1, tz="UTC")
+    in_month = flights["time_hour"] >= start
+    if month < 12:
+        in_month &= flights["time_hour"] < start + pd.DateOffset(months=1)
+    batch = flights.loc[in_month].copy()
     batch["time_hour"] = batch["time_hour"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     inbox.mkdir(parents=True, exist_ok=True)
     path = inbox / f"flights-2013-{month:02d}.csv"

@@ -55,18 +55,26 @@ class BatchRejected(RuntimeError):
 
 
 def validate(params: Params, root: Path) -> dict:
-    """Validate every accepted batch with the GX suite; a blocking failure quarantines it and stops the pipeline."""
+    """Validate every accepted batch with the GX suite; a blocking failure quarantines it and stops the pipeline.
+
+    A batch whose stored report (written when the flow accepted it) was made under the same params is not re-run.
+    """
     from retrainer.validation import format_outcome, validate_batch_file
 
+    current = params_hash(params)
     batches = {}
     for path in list_batches(root / params.data.batches_dir):
-        outcome = validate_batch_file(path, params, root)
-        if not outcome.passed:
-            raise BatchRejected(format_outcome(outcome))
+        stored = path.with_name(f"{path.stem}.validation.json")
+        report = read_json(stored) if stored.exists() else None
+        if report is None or report.get("params_hash") != current or not report.get("passed"):
+            outcome = validate_batch_file(path, params, root)
+            if not outcome.passed:
+                raise BatchRejected(format_outcome(outcome))
+            report = outcome.report
         batches[path.name] = {
-            "batch_id": outcome.batch_id,
-            "rows": outcome.report["rows"],
-            "warnings": [w["check"] for w in outcome.warnings],
+            "batch_id": report["batch_id"],
+            "rows": report["rows"],
+            "warnings": sorted({w["check"] for w in report["warnings"]}),
         }
     summary = {"batches": batches, "validated": len(batches)}
     write_json(summary, root / VALIDATION_SUMMARY)

@@ -1,4 +1,4 @@
-"""The retrain flow end to end under Prefect's test harness, on a small DVC workspace with real MLflow on SQLite.
+"""The retrain flow end to end under Prefect's test harness, on a small DVC workspace, real MLflow on SQLite.
 
 The tests in this module run in order and share one workspace: a first promotion, cached reruns, an honest
 rejection, the inbox drain, and failures that must come back as a status rather than an exception.
@@ -33,37 +33,55 @@ def prefect_harness():
 
 
 def _small_params(source: Path, dest: Path) -> Path:
-    """The real params with a one-month bootstrap, a two-candidate search and fewer rows timed or permuted."""
+    """The real params with a one-month bootstrap, a two-candidate search and fewer rows timed or permuted.
+
+    Two gate values are set for this small, shared setting; the gate logic itself is untouched (and
+    table-tested in tests/steps/test_gate.py):
+    - floors roc_auc 0.55 / pr_auc 0.10: a model trained on one month and a quarter of the next, judged on
+      late February, scored 0.598 ROC AUC, just under the production floor of 0.60; the test is about the
+      flow, so the floor is set honestly below what this tiny data reaches.
+    - latency budget 2000 ms: on a busy 2-core machine one-row predict_proba p95 was measured at 15 ms alone
+      and over 900 ms while other processes trained; a 50 ms budget would make this test a load test.
+    """
     raw = yaml.safe_load((source / "params.yaml").read_text())
     raw["data"]["bootstrap"] = {"start": "2013-01-01", "end": "2013-02-01"}
     raw["train"]["search"]["n_candidates"] = 2
     raw["evaluate"]["importance_rows"] = 500
     raw["gate"]["latency_rows"] = 50
+    raw["gate"]["floors"] = {"roc_auc": 0.55, "pr_auc": 0.10}
+    raw["gate"]["budgets"]["latency_p95_ms"] = 2000
     path = dest / "small-params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
-def _sample_batch(project_root: Path, month: int, staging: Path, name: str, every: int, offset: int = 0) -> Path:
-    """Every `every`-th flight of a month, cut line by line from the provider-style CSV `write_month_batch` writes."""
+def _sample_batch(project_root: Path, month: int, staging: Path, name: str, every: int) -> Path:
+    """Every `every`-th flight of a month, cut line by line from the CSV `write_month_batch` writes."""
     full = write_month_batch(project_root / "seeds" / "flights.parquet", month, staging / f"full-{month:02d}")
     header, *rows = full.read_text().splitlines(keepends=True)
     path = staging / name
-    path.write_text(header + "".join(rows[offset::every]))
+    path.write_text(header + "".join(rows[::every]))
     return path
 
 
 @pytest.fixture(scope="module")
 def ws(project_root, tmp_path_factory, prefect_harness):
-    """A fresh workspace with its own MLflow store and run record; no bootstrap model, no champion."""
+    """A fresh workspace with its own MLflow store and run record; no bootstrap model, no champion.
+
+    OpenMP and BLAS are held to one thread in this process (Prefect runs sync flows and tasks in the
+    calling thread): on a 2-core machine shared with other jobs, the HGB search took 58 s with two spinning
+    OpenMP threads and 9 s with one. It changes how fast the flow runs, not what it decides.
+    """
     import mlflow
+    import sklearn.ensemble  # noqa: F401  (loads OpenMP, so the limit below applies to it)
+    from threadpoolctl import threadpool_limits
 
     from retrainer.io.workspace import create_workspace
 
     tmp = tmp_path_factory.mktemp("retrain-flow")
     workspace = create_workspace(project_root, tmp / "ws", _small_params(project_root, tmp))
     home = workspace / ".retrainer"
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1):
         patch.setenv("RETRAINER_HOME", str(home))
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
         patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -76,7 +94,7 @@ def ws(project_root, tmp_path_factory, prefect_harness):
 
 @pytest.fixture(scope="module")
 def batches(project_root, tmp_path_factory) -> dict[str, Path]:
-    """Small real batches as a provider would drop them: a quarter of February and March, an eighth of April."""
+    """Small real batches as a provider would drop them: 1/4 of February and March, 1/8 of April."""
     staging = tmp_path_factory.mktemp("provider")
     return {
         "feb": _sample_batch(project_root, 2, staging, "flights-2013-02-sample.csv", every=4),
@@ -113,8 +131,9 @@ def test_first_batch_without_a_champion_is_gated_on_floors_and_budgets_and_promo
     assert [s["stage"] for s in result["stages"]] == list(ALL_STAGES)
     assert all(s["ran"] for s in result["stages"]), result["stages"]
     checks = result["gate"]["checks"]
-    assert checks and all(c["name"].startswith(("floor:", "budget:")) for c in checks), [c["name"] for c in checks]
-    assert {"floor:roc_auc", "floor:pr_auc"} <= {c["name"] for c in checks}
+    names = [c["name"] for c in checks]
+    assert names and all(n.startswith(("floor:", "budget:")) for n in names), names
+    assert {"floor:roc_auc", "floor:pr_auc"} <= set(names)
     assert result["compared_champion"] is None
     version = result["challenger_version"]
     assert registry.alias_version(MODEL, registry.CHAMPION) == version == result["champion_version"]
@@ -138,7 +157,7 @@ def test_rerunning_a_processed_batch_returns_its_recorded_outcome_without_work(w
     assert result["already_processed"] is True
     assert result["status"] == memo["first"]["status"] == "promoted"
     assert result["challenger_version"] == memo["first"]["challenger_version"]
-    assert "stages" in result and result["stages"] == memo["first"]["stages"], "the recorded result, not a new run"
+    assert result["stages"] == memo["first"]["stages"], "the recorded result, not a new run"
     assert _versions() == before
 
 
@@ -152,44 +171,57 @@ def test_a_renamed_copy_of_a_processed_batch_is_recognised_by_its_content(ws, ba
     assert result["batch_id"] == memo["first"]["batch_id"]
 
 
-def test_a_forced_rerun_with_nothing_changed_skips_every_stage_and_reuses_the_decision(ws, batches, memo):
+
+
+def _forced_rerun(ws: Path, batch: Path) -> tuple[dict, float]:
     from flows.retrain import retrain
 
-    before = _versions()
-    champion = registry.alias_version(MODEL, registry.CHAMPION)
     started = time.perf_counter()
-    result = retrain(batch=str(batches["feb"]), root=str(ws), force=True)
-    seconds = time.perf_counter() - started
+    result = retrain(batch=str(batch), root=str(ws), force=True)
+    return result, time.perf_counter() - started
 
-    assert result.get("reused") is True
+
+def test_a_forced_rerun_with_nothing_changed_is_served_from_the_dvc_cache_and_keeps_the_lineage(
+    ws, batches, memo
+):
+    """All stages skipped by DVC, the recorded decision reused, and nothing re-tagged or re-promoted.
+
+    The time bound is a generous behavioural check of the cache: no training, evaluation or registration.
+    """
+    before = _versions()
+    version = memo["first"]["challenger_version"]
+    result, seconds = _forced_rerun(ws, batches["feb"])
+
     assert [s["stage"] for s in result["stages"]] == list(ALL_STAGES)
-    assert not any(s["ran"] for s in result["stages"]), result["stages"]
+    assert [s["stage"] for s in result["stages"] if s["ran"]] == []
+    assert result.get("reused") is True
     assert result["status"] == "promoted"
-    assert result["challenger_version"] == memo["first"]["challenger_version"]
-    assert _versions() == before, "a cached rerun must not register a new version"
-    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
-    # behavioural check of the DVC cache, kept generous: no training, no evaluation, no registration
+    assert result["challenger_version"] == version
+    assert _versions() == before, "a rerun of the same data must not register a new version"
+    assert registry.alias_version(MODEL, registry.CHAMPION) == version
+    tags = registry.version_tags(MODEL, version)
+    assert tags["promoted_from"] == "none", "promoted over no champion, not over itself"
+    assert tags["parent_champion"] == "none"
     assert seconds < 0.5 * memo["first_seconds"], (seconds, memo["first_seconds"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG flows/retrain.py: the reuse path returns without record.finish(), so a forced rerun leaves the batch "
-    "'running' with result NULL (claim() used INSERT OR REPLACE)"
-))
-def test_a_forced_rerun_leaves_the_batch_recorded_with_its_outcome(ws, batches, memo):
+def test_after_a_reused_forced_rerun_the_batch_keeps_its_recorded_outcome(ws, batches, memo):
     from flows.retrain import retrain
 
     stored = _record(ws).get(memo["first"]["batch_id"])
     assert stored["status"] == "promoted"
     assert stored["result"] is not None
-    again = retrain(batch=str(batches["feb"]), root=str(ws))
-    assert again["status"] == "promoted"
+    assert stored["result"]["challenger_version"] == memo["first"]["challenger_version"]
+    assert retrain(batch=str(batches["feb"]), root=str(ws)).get("status") == "promoted"
+    again, _ = _forced_rerun(ws, batches["feb"])
+    assert again.get("reused") is True
 
 
 def _make_next_challenger_worse(ws: Path) -> None:
-    """A one-feature model under a policy that demands a supported improvement: honestly worse, honestly judged."""
+    """A one-feature model under a policy that demands a supported improvement: honestly worse."""
     raw = yaml.safe_load((ws / "params.yaml").read_text())
-    raw["train"]["feature_selection"] = {"enabled": True, "method": "mutual_info", "k": 1, "sample_rows": 2000}
+    selection = {"enabled": True, "method": "mutual_info", "k": 1, "sample_rows": 2000}
+    raw["train"]["feature_selection"] = selection
     raw["gate"]["improvement"].update(policy="must_improve", margin=0.0)
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -257,7 +289,7 @@ def test_run_cycle_on_a_missing_file_returns_failed(ws, memo):
     assert registry.alias_version(MODEL, registry.CHAMPION) == champion
 
 
-def test_run_cycle_on_a_garbage_file_quarantines_it_and_keeps_it_out_of_training(ws, tmp_path):
+def test_run_cycle_on_a_garbage_file_returns_quarantined_and_keeps_it_out_of_training(ws, tmp_path):
     from retrainer.runner import run_cycle
 
     champion = registry.alias_version(MODEL, registry.CHAMPION)
@@ -267,12 +299,12 @@ def test_run_cycle_on_a_garbage_file_quarantines_it_and_keeps_it_out_of_training
     identifier = batch_id(garbage)
 
     result = run_cycle(garbage, ws)
-    assert result["status"] in {"quarantined", "failed"}, result
-    assert result["reasons"]
-    assert not list((ws / "data" / "batches").glob(f"{identifier}.*")), "a bad batch must never reach training"
+    assert result["status"] == "quarantined", result
+    assert any("binary content" in reason for reason in result["reasons"]), result["reasons"]
+    accepted = list((ws / "data" / "batches").glob(f"{identifier}.*"))
+    assert not accepted, "a bad batch must never reach training"
     assert registry.alias_version(MODEL, registry.CHAMPION) == champion
     assert _versions() == versions
-    if result["status"] == "quarantined":
-        quarantined = Path(result["quarantine_dir"])
-        assert any(p.read_bytes() == garbage.read_bytes() for p in quarantined.rglob("*") if p.is_file())
+    quarantined = Path(result["quarantine_dir"])
+    assert any(p.read_bytes() == garbage.read_bytes() for p in quarantined.rglob("*") if p.is_file())
     assert _record(ws).get(identifier)["status"] == result["status"]

@@ -20,7 +20,8 @@ def record(tmp_path: Path) -> BatchRecord:
 
 def _set_claimed_at(record: BatchRecord, identifier: str, when: datetime) -> None:
     with sqlite3.connect(record.path) as db:
-        updated = db.execute("UPDATE batches SET claimed_at = ? WHERE batch_id = ?", (when.isoformat(), identifier))
+        sql = "UPDATE batches SET claimed_at = ? WHERE batch_id = ?"
+        updated = db.execute(sql, (when.isoformat(), identifier))
         assert updated.rowcount == 1
 
 

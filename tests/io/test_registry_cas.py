@@ -24,7 +24,7 @@ SPAWN = multiprocessing.get_context("spawn")
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
-    """A registry with versions 1..3 of a tiny model; MLFLOW_TRACKING_URI is exported so spawned children use it."""
+    """A registry with versions 1..3 of a tiny model; MLFLOW_TRACKING_URI is exported for spawned children."""
     import mlflow
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -43,8 +43,11 @@ def tracking(tmp_path_factory):
         for _ in range(3):
             with mlflow.start_run(experiment_id=experiment):
                 mlflow.sklearn.log_model(
-                    LogisticRegression().fit(x, y), name="model", registered_model_name=MODEL,
-                    serialization_format="cloudpickle", pip_requirements=["scikit-learn"],
+                    LogisticRegression().fit(x, y),
+                    name="model",
+                    registered_model_name=MODEL,
+                    serialization_format="cloudpickle",
+                    pip_requirements=["scikit-learn"],
                 )
         yield home
         mlflow.set_tracking_uri(None)
@@ -53,7 +56,7 @@ def tracking(tmp_path_factory):
 
 def _race(version: str, lock_path: str, rounds: int, barrier, results) -> None:
     """Child: at each round's barrier, try to promote `version` over champion v1."""
-    registry.alias_version(MODEL, registry.CHAMPION)  # import MLflow and open the store before the race starts
+    registry.alias_version(MODEL, registry.CHAMPION)  # import MLflow and open the store before the race
     for _ in range(rounds):
         barrier.wait(timeout=120)
         outcome = registry.promote_if_current(MODEL, version, "1", Path(lock_path))
@@ -91,7 +94,10 @@ def test_two_processes_racing_to_promote_over_the_same_champion_never_both_win(t
     lock_path = tracking / "registry.lock"
     barrier = SPAWN.Barrier(3)
     results = SPAWN.Queue()
-    workers = [SPAWN.Process(target=_race, args=(v, str(lock_path), ROUNDS, barrier, results)) for v in ("2", "3")]
+    workers = [
+        SPAWN.Process(target=_race, args=(version, str(lock_path), ROUNDS, barrier, results))
+        for version in ("2", "3")
+    ]
     for worker in workers:
         worker.start()
     winners = []
@@ -100,8 +106,8 @@ def test_two_processes_racing_to_promote_over_the_same_champion_never_both_win(t
             _reset_champion("1")
             assert registry.alias_version(MODEL, registry.CHAMPION) == "1"
             barrier.wait(timeout=120)
-            outcomes = {version: (promoted, champion, reason)
-                        for version, promoted, champion, reason in (results.get(timeout=120) for _ in range(2))}
+            reports = [results.get(timeout=120) for _ in range(2)]
+            outcomes = {report[0]: report[1:] for report in reports}
             assert set(outcomes) == {"2", "3"}
             won = [v for v, (promoted, _, _) in outcomes.items() if promoted]
             assert len(won) == 1, f"both or neither promoted: {outcomes}"

@@ -78,6 +78,8 @@ def promote_if_current(
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_path), timeout=120):
         current = alias_version(model_name, CHAMPION)
+        if current == version:
+            return Promotion(False, current, f"v{version} is already the champion")
         if current != expected_champion:
             return Promotion(
                 False, current, f"{STALE}: champion is v{current}, compared against v{expected_champion}"

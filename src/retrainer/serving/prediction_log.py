@@ -1,0 +1,113 @@
+"""Prediction log adapter: every served prediction and every feedback label, in a local SQLite file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+LOG_FILE = "predictions.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id TEXT PRIMARY KEY,
+    time TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    features_digest TEXT NOT NULL,
+    probability REAL NOT NULL,
+    label INTEGER NOT NULL,
+    latency_ms REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    prediction_id TEXT PRIMARY KEY REFERENCES predictions(id),
+    time TEXT NOT NULL,
+    label INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_time ON predictions(time);
+"""
+
+
+@dataclass(frozen=True)
+class LoggedPrediction:
+    """One row of the prediction log."""
+
+    id: str
+    time: str
+    arm: str
+    model_version: str
+    features_digest: str
+    probability: float
+    label: int
+    latency_ms: float
+
+
+def features_digest(record: Mapping[str, object]) -> str:
+    """SHA-256 of the record as canonical JSON: identifies the input without storing it."""
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class PredictionLog:
+    """A SQLite prediction log shared by the service's worker threads."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+
+    def record(self, rows: Iterable[LoggedPrediction]) -> int:
+        """Append predictions in one transaction; returns how many were written."""
+        values = [astuple(row) for row in rows]
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        return len(values)
+
+    def record_feedback(self, prediction_id: str, label: int, time: str) -> bool:
+        """Store the observed label of a logged prediction; False when the prediction is unknown."""
+        with self._lock:
+            known = self._conn.execute("SELECT 1 FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
+            if known is None:
+                return False
+            self._conn.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?) "
+                "ON CONFLICT(prediction_id) DO UPDATE SET time = excluded.time, label = excluded.label",
+                (prediction_id, time, int(label)),
+            )
+        return True
+
+    def get(self, prediction_id: str) -> LoggedPrediction | None:
+        """One logged prediction by id."""
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
+        return LoggedPrediction(*row) if row else None
+
+    def feedback_label(self, prediction_id: str) -> int | None:
+        """The observed label recorded for a prediction, if any."""
+        with self._lock:
+            row = self._conn.execute("SELECT label FROM feedback WHERE prediction_id = ?", (prediction_id,)).fetchone()
+        return int(row[0]) if row else None
+
+    def count_by_arm(self) -> dict[str, int]:
+        """How many predictions each arm served."""
+        with self._lock:
+            rows = self._conn.execute("SELECT arm, COUNT(*) FROM predictions GROUP BY arm").fetchall()
+        return {arm: int(n) for arm, n in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,248 @@
+"""The serving runtime behind the HTTP layer: models, rollout state, routing, scoring and the prediction log."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from retrainer.config import Params, load_params
+from retrainer.io.project import home_dir
+from retrainer.serving.features import FeatureBuilder, load_references
+from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_source
+from retrainer.serving.prediction_log import LOG_FILE, LoggedPrediction, PredictionLog, features_digest
+from retrainer.serving.routing import CHALLENGER, CHAMPION, RolloutState, routing_key
+from retrainer.serving.state import load_state, save_state, state_path
+
+ROOT_ENV = "RETRAINER_ROOT"
+TOKEN_ENV = "RETRAINER_ADMIN_TOKEN"
+THREADS_ENV = "RETRAINER_SERVING_THREADS"
+
+
+class RolloutConflict(RuntimeError):
+    """An admin action that does not apply to the current rollout (no challenger, stale champion, ...)."""
+
+
+class ScoringError(RuntimeError):
+    """One arm's model failed on its rows."""
+
+    def __init__(self, arm: str):
+        super().__init__(f"the {arm} model failed to score")
+        self.arm = arm
+
+
+class UnknownPrediction(KeyError):
+    """Feedback for a prediction id that was never logged."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything the service reads from the environment, once, at start-up."""
+
+    root: Path
+    home: Path
+    params: Params
+    admin_token: str | None
+    threads: int = 1
+
+    @classmethod
+    def from_env(cls) -> ServingConfig:
+        bento = _bento_root()
+        root = Path(os.environ.get(ROOT_ENV) or bento or Path.cwd()).resolve()
+        params = load_params(os.environ.get("RETRAINER_PARAMS") or root / "params.yaml")
+        return cls(
+            root=root,
+            home=home_dir(Path.cwd() if bento else root),
+            params=params,
+            admin_token=os.environ.get(TOKEN_ENV) or None,
+            threads=int(os.environ.get(THREADS_ENV) or 1),
+        )
+
+
+def _bento_root() -> Path | None:
+    """Inside a built Bento the library sits next to the model manifest: that folder is the project root."""
+    folder = Path(__file__).resolve().parents[2]
+    return folder if (folder / MANIFEST).is_file() else None
+
+
+@dataclass
+class ArmResult:
+    """What one arm did for one request: how many records, how long the model took, whether it failed."""
+
+    records: int = 0
+    seconds: float = 0.0
+    failed: bool = False
+
+
+@dataclass
+class Scored:
+    predictions: list[dict]
+    arms: dict[str, ArmResult] = field(default_factory=dict)
+
+
+class ServingRuntime:
+    """Champion/challenger scoring with sticky routing; admin actions persist the rollout state."""
+
+    def __init__(self, config: ServingConfig, source: ModelSource | None = None):
+        from threadpoolctl import threadpool_limits
+
+        # Small requests lose more to OpenMP thread start-up than they gain; the server scales by workers instead.
+        threadpool_limits(limits=config.threads)
+        self.config = config
+        params = config.params
+        self.features = FeatureBuilder(params, load_references(params, config.root))
+        self.source = source or open_source(
+            config.root, params.tracking.registered_model, config.home / "registry.lock"
+        )
+        self.log = PredictionLog(config.home / LOG_FILE)
+        self.state_file = state_path(config.home)
+        self._lock = threading.Lock()
+        self._models: dict[str, LoadedModel] = {}
+        self.state = self._start_state()
+
+    def _start_state(self) -> RolloutState:
+        saved = load_state(self.state_file) or RolloutState()
+        champion = self.source.champion_version() or saved.champion_version
+        if champion is None:
+            return saved
+        state = saved.with_champion(champion)
+        if state.challenger_version == champion:
+            state = replace(state, challenger_version=None, challenger_weight=0.0)
+        self._models[champion] = self.source.load(champion)
+        if state.challenger_version and state.challenger_weight > 0:
+            self._models[state.challenger_version] = self.source.load(state.challenger_version)
+        if state != saved:
+            save_state(state, self.state_file)
+        return state
+
+    @property
+    def ready(self) -> bool:
+        """True when the champion (and a weighted challenger) are loaded."""
+        state = self.state
+        needed = [state.champion_version] + ([state.challenger_version] if state.effective_weight > 0 else [])
+        return state.champion_version is not None and all(v in self._models for v in needed)
+
+    def check_token(self, header: str | None) -> int:
+        """0 when the Authorization header carries the admin token, else the HTTP status to refuse with."""
+        import hmac
+
+        expected = self.config.admin_token
+        if not expected:
+            return 403
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return 401
+        return 0
+
+    def predict(self, records: Sequence[dict]) -> Scored:
+        """Score raw records: route each by its key, score each arm's rows together, log every prediction."""
+        started = time.perf_counter()
+        with self._lock:
+            state, models = self.state, dict(self._models)
+        versions = {CHAMPION: state.champion_version, CHALLENGER: state.challenger_version}
+        arms = [state.arm_for(routing_key(r)) for r in records]
+        frame = self.features.transform(records)
+        proba = np.empty(len(records))
+        result = Scored(predictions=[])
+        for arm in (CHAMPION, CHALLENGER):
+            rows = [i for i, a in enumerate(arms) if a == arm]
+            if not rows:
+                continue
+            outcome = result.arms[arm] = ArmResult(records=len(rows))
+            tick = time.perf_counter()
+            try:
+                proba[rows] = models[versions[arm]].pipeline.predict_proba(frame.iloc[rows])[:, 1]
+            except Exception as exc:
+                outcome.failed = True
+                raise ScoringError(arm) from exc
+            finally:
+                outcome.seconds = time.perf_counter() - tick
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        latency_ms = (time.perf_counter() - started) * 1000
+        logged = []
+        for record, arm, p in zip(records, arms, proba, strict=True):
+            model = models[versions[arm]]
+            row = LoggedPrediction(
+                id=str(uuid.uuid4()),
+                time=now,
+                arm=arm,
+                model_version=model.version,
+                features_digest=features_digest(record),
+                probability=float(p),
+                label=int(p >= model.threshold),
+                latency_ms=round(latency_ms, 3),
+            )
+            logged.append(row)
+            result.predictions.append(
+                {
+                    "prediction_id": row.id,
+                    "probability": row.probability,
+                    "label": row.label,
+                    "model_version": row.model_version,
+                    "arm": arm,
+                }
+            )
+        self.log.record(logged)
+        return result
+
+    def feedback(self, prediction_id: str, label: int) -> None:
+        """Record the observed label of a logged prediction."""
+        if not self.log.record_feedback(prediction_id, label, datetime.now(UTC).isoformat(timespec="seconds")):
+            raise UnknownPrediction(prediction_id)
+
+    def set_weight(self, weight: float) -> RolloutState:
+        """Give the challenger a share of traffic, loading it (from the state, else the alias) first."""
+        with self._lock:
+            version = self.state.challenger_version or self.source.challenger_version()
+            try:
+                state = self.state.with_weight(weight, version)
+            except ValueError as exc:
+                raise RolloutConflict(str(exc)) from None
+            if weight > 0 and version not in self._models:
+                self._models[version] = self.source.load(version)
+            return self._commit(state)
+
+    def promote(self) -> RolloutState:
+        """Make the challenger the champion (compare-and-set against the champion it was compared with)."""
+        with self._lock:
+            state = self.state
+            if not state.challenger_version or state.challenger_version not in self._models:
+                raise RolloutConflict("there is no loaded challenger to promote")
+            promoted, reason = self.source.set_champion(state.challenger_version, state.champion_version)
+            if not promoted:
+                raise RolloutConflict(reason)
+            return self._commit(state.promoted())
+
+    def rollback(self) -> RolloutState:
+        """Drop the challenger, or restore the champion the last promotion replaced."""
+        with self._lock:
+            state = self.state
+            try:
+                target = state.rolled_back()
+            except ValueError as exc:
+                raise RolloutConflict(str(exc)) from None
+            if target.champion_version != state.champion_version:
+                if target.champion_version not in self._models:
+                    self._models[target.champion_version] = self.source.load(target.champion_version)
+                restored, reason = self.source.set_champion(target.champion_version, state.champion_version)
+                if not restored:
+                    raise RolloutConflict(reason)
+            return self._commit(target)
+
+    def _commit(self, state: RolloutState) -> RolloutState:
+        save_state(state, self.state_file)
+        self.state = state
+        keep = {state.champion_version, state.challenger_version, state.previous_champion_version}
+        for version in [v for v in self._models if v not in keep]:
+            del self._models[version]
+        return state
+
+    def close(self) -> None:
+        self.log.close()

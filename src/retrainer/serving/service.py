@@ -1,0 +1,144 @@
+"""The BentoML service: champion/challenger prediction, feedback, health, metrics and admin rollout endpoints.
+
+Start it with `bentoml serve retrainer.serving.service:RetrainerService` (or `retrainer serve`). Configuration is
+read from the environment when the service starts, never at import: RETRAINER_ROOT (project folder, default the
+working folder), RETRAINER_HOME, RETRAINER_PARAMS, MLFLOW_TRACKING_URI, RETRAINER_PSEUDO_KEY, RETRAINER_ADMIN_TOKEN.
+"""
+
+from http import HTTPStatus
+from uuid import UUID
+
+import bentoml
+from bentoml.exceptions import BentoMLException, NotFound
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from retrainer.serving.schema import FeedbackRequest, FlightRecord, PredictRequest, PredictResponse, WeightsRequest
+
+# bentoml.metrics builds these lazily, inside the server process, in Prometheus multiprocess mode.
+REQUESTS = bentoml.metrics.Counter(
+    name="retrainer_requests", documentation="Prediction requests that reached an arm", labelnames=["arm"]
+)
+RECORDS = bentoml.metrics.Counter(
+    name="retrainer_records", documentation="Records scored by each arm", labelnames=["arm"]
+)
+ERRORS = bentoml.metrics.Counter(
+    name="retrainer_errors",
+    documentation="Prediction requests that failed, by arm (none: before routing)",
+    labelnames=["arm"],
+)
+LATENCY = bentoml.metrics.Histogram(
+    name="retrainer_model_latency_seconds",
+    documentation="Time one arm's model took to score its records of one request",
+    labelnames=["arm"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def _refuse(status: int) -> None:
+    message = "admin is closed: RETRAINER_ADMIN_TOKEN is not set" if status == 403 else "a valid bearer token is needed"
+    raise BentoMLException(message, error_code=HTTPStatus(status))
+
+
+async def _rollout(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse(service.runtime.state.to_dict())
+
+
+# Mounted at the root: BentoML's passive mount only claims the paths this app routes.
+rollout_app = Starlette(routes=[Route("/rollout", _rollout, methods=["GET"])])
+
+
+@bentoml.asgi_app(rollout_app, path="/")
+@bentoml.service(name="retrainer", workers=1, traffic={"timeout": 60})
+class RetrainerService:
+    """Scores flights with the champion, and with the challenger for its share of sticky-routed traffic."""
+
+    def __init__(self) -> None:
+        from retrainer.serving.runtime import ServingConfig, ServingRuntime
+
+        self.runtime = ServingRuntime(ServingConfig.from_env())
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    def __metrics__(self, content: str) -> str:
+        state = self.runtime.state
+        champion, challenger = state.champion_version or "", state.challenger_version or ""
+        labels = f'champion_version="{champion}",challenger_version="{challenger}"'
+        return content + (
+            "# HELP retrainer_challenger_weight Share of traffic routed to the challenger\n"
+            "# TYPE retrainer_challenger_weight gauge\n"
+            f"retrainer_challenger_weight{{{labels}}} {state.effective_weight}\n"
+        )
+
+    @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
+    def predict(self, records: list[FlightRecord]) -> PredictResponse:
+        """Score each record; the response carries probability, label, model version, arm and a prediction id."""
+        if not self.runtime.ready:
+            ERRORS.labels(arm="none").inc()
+            raise BentoMLException("no champion model is loaded", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        from retrainer.serving.runtime import ScoringError
+
+        rows = [r.model_dump(mode="json") for r in records]
+        try:
+            scored = self.runtime.predict(rows)
+        except ScoringError as exc:
+            ERRORS.labels(arm=exc.arm).inc()
+            raise
+        except Exception:
+            ERRORS.labels(arm="none").inc()
+            raise
+        for arm, outcome in scored.arms.items():
+            REQUESTS.labels(arm=arm).inc()
+            RECORDS.labels(arm=arm).inc(outcome.records)
+            LATENCY.labels(arm=arm).observe(outcome.seconds)
+        return PredictResponse.model_validate({"predictions": scored.predictions})
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
+    def feedback(self, prediction_id: UUID, label: int) -> dict:
+        """Record the observed label (0/1) of an earlier prediction; 404 for an unknown prediction id."""
+        from retrainer.serving.runtime import UnknownPrediction
+
+        try:
+            self.runtime.feedback(str(prediction_id), label)
+        except UnknownPrediction:
+            raise NotFound(f"prediction_id {prediction_id} is unknown") from None
+        return {"prediction_id": str(prediction_id), "label": label, "recorded": True}
+
+    @bentoml.api(route="/admin/weights", input_spec=WeightsRequest)
+    def admin_weights(self, challenger_weight: float, ctx: bentoml.Context) -> dict:
+        """Set the challenger's share of traffic (bearer token required)."""
+        self._authorise(ctx)
+        return self._admin(lambda: self.runtime.set_weight(challenger_weight))
+
+    @bentoml.api(route="/admin/promote")
+    def admin_promote(self, ctx: bentoml.Context) -> dict:
+        """Make the challenger the champion, compare-and-set in the registry (bearer token required)."""
+        self._authorise(ctx)
+        return self._admin(self.runtime.promote)
+
+    @bentoml.api(route="/admin/rollback")
+    def admin_rollback(self, ctx: bentoml.Context) -> dict:
+        """Drop the challenger, or restore the champion the last promotion replaced (bearer token required)."""
+        self._authorise(ctx)
+        return self._admin(self.runtime.rollback)
+
+    def _authorise(self, ctx: bentoml.Context) -> None:
+        status = self.runtime.check_token(ctx.request.headers.get("authorization"))
+        if status:
+            _refuse(status)
+
+    def _admin(self, action) -> dict:
+        from retrainer.serving.runtime import RolloutConflict
+
+        try:
+            return action().to_dict()
+        except RolloutConflict as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from None
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        self.runtime.close()

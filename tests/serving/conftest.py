@@ -1,0 +1,157 @@
+"""A tiny real registry (two versions of a real pipeline on January flights) and a real server over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from retrainer.config import Params
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TOKEN = "test-admin-token"
+THRESHOLDS = {"1": 0.5, "2": 0.3}
+
+
+@dataclass
+class Registry:
+    """Where the test models live and which env points at them."""
+
+    home: Path
+    env: dict[str, str]
+    model_name: str
+
+
+def _register_versions(params: Params, flights: pd.DataFrame, references: dict[str, pd.DataFrame]) -> None:
+    from retrainer.io import registry
+    from retrainer.io.project import pseudonymisation_key
+    from retrainer.io.tracking import log_training_run
+    from retrainer.steps.ingest import integrate
+    from retrainer.steps.train import build_pipeline
+
+    raw = flights.loc[flights["month"] == 1].iloc[::13].reset_index(drop=True)
+    frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
+    numeric, categorical = list(params.features.numeric), list(params.features.categorical)
+    features = [*numeric, *categorical]
+    for version, max_iter in (("1", 30), ("2", 60)):
+        model = build_pipeline(numeric, categorical, params.train).set_params(model__max_iter=max_iter)
+        model.fit(frame[features], frame[params.data.target.name])
+        registration = log_training_run(
+            experiment=params.tracking.experiment,
+            model_name=params.tracking.registered_model,
+            model=model,
+            features=features,
+            train_frame=frame,
+            params={"max_iter": max_iter},
+            metrics={},
+            tags={"threshold": str(THRESHOLDS[version])},
+            artifacts=[],
+            reports={},
+        )
+        assert registration.version == version
+    registry.set_alias(params.tracking.registered_model, registry.CHAMPION, "1")
+    registry.set_alias(params.tracking.registered_model, registry.CHALLENGER, "2")
+
+
+@pytest.fixture(scope="session")
+def registry_home(
+    tmp_path_factory: pytest.TempPathFactory,
+    params: Params,
+    seed_flights: pd.DataFrame,
+    references: dict[str, pd.DataFrame],
+) -> Registry:
+    """RETRAINER_HOME with an MLflow store holding v1 (champion) and v2 (challenger alias)."""
+    home = tmp_path_factory.mktemp("serving-home")
+    env = {"RETRAINER_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        _register_versions(params, seed_flights, references)
+    return Registry(home=home, env=env, model_name=params.tracking.registered_model)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` in a subprocess on a loopback port, stopped by its own process group id."""
+
+    def __init__(self, target: str, env: dict[str, str], log: Path, cwd: Path = ROOT):
+        self.target, self.env, self.log_path, self.cwd = target, env, log, cwd
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> Server:
+        env = {**os.environ, **self.env, "BENTOML_DO_NOT_TRACK": "true", "PATH": f"{BIN}:{os.environ['PATH']}"}
+        env.pop("RETRAINER_PARAMS", None)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.cwd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def server(registry_home: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service from source, against the test registry, with an admin token."""
+    env = {
+        **registry_home.env,
+        "RETRAINER_ROOT": str(ROOT),
+        "RETRAINER_ADMIN_TOKEN": TOKEN,
+        "BENTOML_HOME": str(registry_home.home / "bentoml"),
+    }
+    running = Server("retrainer.serving.service:RetrainerService", env, tmp_path_factory.mktemp("logs") / "serve.log")
+    running.start()
+    yield running
+    running.stop()
+
+
+def raw_records(seed_flights: pd.DataFrame, n: int, start: int = 0, outcomes: bool = False) -> list[dict]:
+    """Real February flights as a client would send them (JSON types, time_hour as ISO text)."""
+    rows = seed_flights.loc[seed_flights["month"] == 2].iloc[start : start + n]
+    if not outcomes:
+        rows = rows.drop(columns=["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"])
+    return json.loads(rows.to_json(orient="records", date_format="iso"))

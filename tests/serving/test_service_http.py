@@ -1,0 +1,185 @@
+"""The service over real HTTP on loopback: prediction, validation, admin, routing, feedback, metrics, restart."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import statistics
+import time
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import TOKEN, Registry, Server, raw_records
+
+pytestmark = pytest.mark.integration
+
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        yield http
+
+
+def _weights(client: httpx.Client, weight: float) -> dict:
+    response = client.post("/admin/weights", json={"challenger_weight": weight}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_health_and_readiness(client: httpx.Client):
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_predict_one_record_from_the_champion(client: httpx.Client, seed_flights: pd.DataFrame):
+    _weights(client, 0.0)
+    response = client.post("/predict", json={"records": raw_records(seed_flights, 1)})
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["predictions"]
+    assert prediction["arm"] == "champion"
+    assert prediction["model_version"] == "1"
+    assert 0.0 <= prediction["probability"] <= 1.0
+    assert prediction["label"] == int(prediction["probability"] >= 0.5)
+    assert re.fullmatch(r"[0-9a-f-]{36}", prediction["prediction_id"])
+
+
+def test_predict_many_records_keeps_order_and_unique_ids(client: httpx.Client, seed_flights: pd.DataFrame):
+    records = raw_records(seed_flights, 300, outcomes=True)
+    first = client.post("/predict", json={"records": records}).json()["predictions"]
+    reversed_ = client.post("/predict", json={"records": records[::-1]}).json()["predictions"]
+    assert len(first) == 300
+    assert len({p["prediction_id"] for p in first + reversed_}) == 600
+    assert [p["probability"] for p in first] == [p["probability"] for p in reversed_[::-1]]
+    assert len({round(p["probability"], 6) for p in first}) > 10, "the model should not answer a constant"
+
+
+def test_malformed_json_is_a_client_error(client: httpx.Client):
+    response = client.post("/predict", content=b'{"records": [', headers={"Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"month": 13}, "month"), ({"hour": 24}, "hour"), ({"carrier": None}, "carrier"), ({"distance": -5}, "distance")],
+)
+def test_bad_field_is_a_client_error_naming_it(client: httpx.Client, seed_flights: pd.DataFrame, change, field):
+    record = {**raw_records(seed_flights, 1)[0], **change}
+    response = client.post("/predict", json={"records": [record]})
+    assert 400 <= response.status_code < 500
+    assert field in json.dumps(response.json())
+
+
+def test_missing_field_and_too_many_records_are_client_errors(client: httpx.Client, seed_flights: pd.DataFrame):
+    record = raw_records(seed_flights, 1)[0]
+    del record["carrier"]
+    response = client.post("/predict", json={"records": [record]})
+    assert response.status_code == 400 and "carrier" in response.text
+    too_many = client.post("/predict", json={"records": [raw_records(seed_flights, 1)[0]] * 10_001})
+    assert too_many.status_code == 400 and "records" in too_many.text
+    assert client.post("/predict", json={"records": []}).status_code == 400
+
+
+def test_admin_needs_the_bearer_token(client: httpx.Client):
+    assert client.post("/admin/weights", json={"challenger_weight": 0.3}).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert client.post("/admin/weights", json={"challenger_weight": 0.3}, headers=wrong).status_code == 401
+    assert client.post("/admin/promote", json={}, headers=wrong).status_code == 401
+    assert client.get("/rollout").json()["challenger_weight"] == 0.0
+    state = _weights(client, 0.3)
+    assert state["challenger_weight"] == 0.3 and state["challenger_version"] == "2"
+    assert client.get("/rollout").json()["challenger_weight"] == 0.3
+    bad = client.post("/admin/weights", json={"challenger_weight": 1.5}, headers=ADMIN)
+    assert bad.status_code == 400 and "challenger_weight" in bad.text
+
+
+def test_routing_is_sticky_and_follows_the_weight(client: httpx.Client, seed_flights: pd.DataFrame):
+    _weights(client, 0.5)
+    records = raw_records(seed_flights, 200, start=1000)
+    first = client.post("/predict", json={"records": records}).json()["predictions"]
+    again = client.post("/predict", json={"records": records}).json()["predictions"]
+    arms = [p["arm"] for p in first]
+    assert arms == [p["arm"] for p in again]
+    assert 60 <= arms.count("challenger") <= 140
+    by_arm = {p["arm"]: p["model_version"] for p in first}
+    assert by_arm == {"champion": "1", "challenger": "2"}
+    challenger = [p for p in first if p["arm"] == "challenger"]
+    assert all(p["label"] == int(p["probability"] >= 0.3) for p in challenger)
+    _weights(client, 0.0)
+    assert {p["arm"] for p in client.post("/predict", json={"records": records}).json()["predictions"]} == {"champion"}
+
+
+def test_feedback_for_known_and_unknown_predictions(
+    client: httpx.Client, seed_flights: pd.DataFrame, registry_home: Registry
+):
+    (prediction,) = client.post("/predict", json={"records": raw_records(seed_flights, 1)}).json()["predictions"]
+    accepted = client.post("/feedback", json={"prediction_id": prediction["prediction_id"], "label": 1})
+    assert accepted.status_code == 200, accepted.text
+    unknown = client.post("/feedback", json={"prediction_id": "00000000-0000-4000-8000-000000000000", "label": 0})
+    assert unknown.status_code == 404
+    assert client.post("/feedback", json={"prediction_id": prediction["prediction_id"], "label": 2}).status_code == 400
+    with sqlite3.connect(registry_home.home / "predictions.db") as db:
+        logged = db.execute(
+            "SELECT arm, model_version, length(features_digest), label FROM predictions WHERE id = ?",
+            (prediction["prediction_id"],),
+        ).fetchone()
+        observed = db.execute(
+            "SELECT label FROM feedback WHERE prediction_id = ?", (prediction["prediction_id"],)
+        ).fetchone()
+    assert logged == ("champion", "1", 64, prediction["label"])
+    assert observed == (1,)
+
+
+def _counter(text: str, name: str, arm: str) -> float:
+    match = re.search(rf'^{name}\{{[^}}]*arm="{arm}"[^}}]*\}} ([0-9.e+]+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_count_requests_per_arm(client: httpx.Client, seed_flights: pd.DataFrame):
+    before = client.get("/metrics").text
+    _weights(client, 0.5)
+    records = raw_records(seed_flights, 50, start=2000)
+    client.post("/predict", json={"records": records})
+    _weights(client, 0.0)
+    after = client.get("/metrics").text
+    for arm in ("champion", "challenger"):
+        assert _counter(after, "retrainer_requests_total", arm) == _counter(before, "retrainer_requests_total", arm) + 1
+        assert _counter(after, "retrainer_model_latency_seconds_count", arm) >= 1
+    scored = sum(
+        _counter(after, "retrainer_records_total", arm) - _counter(before, "retrainer_records_total", arm)
+        for arm in ("champion", "challenger")
+    )
+    assert scored == 50
+    assert "retrainer_challenger_weight{" in after
+
+
+def test_single_record_latency_over_loopback(client: httpx.Client, seed_flights: pd.DataFrame, capsys):
+    records = raw_records(seed_flights, 60, start=3000)
+    timings = []
+    for record in records:
+        tick = time.perf_counter()
+        assert client.post("/predict", json={"records": [record]}).status_code == 200
+        timings.append((time.perf_counter() - tick) * 1000)
+    p50 = statistics.median(timings)
+    with capsys.disabled():
+        print(f"\nsingle-record /predict over loopback: p50 {p50:.1f} ms, max {max(timings):.1f} ms (n=60)")
+    assert p50 > 0
+
+
+def test_weights_survive_a_restart(server: Server, seed_flights: pd.DataFrame):
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert _weights(http, 0.25)["challenger_weight"] == 0.25
+    server.stop()
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        state = http.get("/rollout").json()
+        assert (state["challenger_version"], state["challenger_weight"]) == ("2", 0.25)
+        arms = {
+            p["arm"]
+            for p in http.post("/predict", json={"records": raw_records(seed_flights, 200)}).json()["predictions"]
+        }
+        assert arms == {"champion", "challenger"}
+        _weights(http, 0.0)

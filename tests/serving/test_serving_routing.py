@@ -1,0 +1,88 @@
+"""Sticky weighted routing and rollout state transitions (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from retrainer.serving.routing import RolloutState, choose_arm, hash_unit, routing_key
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_hash_unit_is_stable_and_in_range():
+    assert hash_unit("UA|1545|2013-01-01T10:00:00Z") == hash_unit("UA|1545|2013-01-01T10:00:00Z")
+    assert hash_unit("a") != hash_unit("b")
+    values = [hash_unit(str(i)) for i in range(2000)]
+    assert all(0.0 <= v < 1.0 for v in values)
+    assert 0.45 < sum(values) / len(values) < 0.55
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_choose_arm_respects_the_weight(weight: float):
+    arms = [choose_arm(f"key-{i}", weight) for i in range(4000)]
+    share = arms.count("challenger") / len(arms)
+    assert abs(share - weight) < 0.03
+    if weight == 0.0:
+        assert share == 0.0
+    if weight == 1.0:
+        assert share == 1.0
+
+
+def test_a_key_keeps_its_arm_and_raising_the_weight_only_moves_keys_to_the_challenger():
+    keys = [f"k{i}" for i in range(500)]
+    low = {k: choose_arm(k, 0.2) for k in keys}
+    high = {k: choose_arm(k, 0.6) for k in keys}
+    assert low == {k: choose_arm(k, 0.2) for k in keys}
+    assert all(high[k] == "challenger" for k in keys if low[k] == "challenger")
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.01])
+def test_weights_outside_the_unit_interval_are_refused(weight: float):
+    with pytest.raises(ValueError, match="challenger_weight"):
+        choose_arm("k", weight)
+    with pytest.raises(ValueError, match="challenger_weight"):
+        RolloutState("1", "2", weight)
+
+
+def test_routing_key_uses_flight_identity_only():
+    record = {"carrier": "UA", "flight": 1545, "time_hour": "2013-01-01T10:00:00Z", "distance": 1400}
+    assert routing_key(record) == "UA|1545|2013-01-01T10:00:00Z"
+    assert routing_key({**record, "distance": 1}) == routing_key(record)
+    assert routing_key({**record, "flight": 1546}) != routing_key(record)
+
+
+def test_without_a_challenger_everything_goes_to_the_champion():
+    state = RolloutState("1", None, 0.0)
+    assert {state.arm_for(f"k{i}") for i in range(200)} == {"champion"}
+    with pytest.raises(ValueError, match="no challenger"):
+        state.with_weight(0.5)
+
+
+def test_weight_promote_and_rollback_transitions():
+    state = RolloutState("1").with_weight(0.3, "2", now=NOW)
+    assert (state.champion_version, state.challenger_version, state.challenger_weight) == ("1", "2", 0.3)
+    assert state.updated_at == "2026-01-02T03:04:05+00:00"
+    with pytest.raises(ValueError, match="already the champion"):
+        state.with_weight(0.3, "1")
+    promoted = state.promoted(now=NOW)
+    assert (promoted.champion_version, promoted.challenger_version, promoted.previous_champion_version) == (
+        "2",
+        None,
+        "1",
+    )
+    restored = promoted.rolled_back(now=NOW)
+    assert (restored.champion_version, restored.previous_champion_version) == ("1", None)
+    dropped = state.rolled_back(now=NOW)
+    assert (dropped.champion_version, dropped.challenger_version, dropped.effective_weight) == ("1", None, 0.0)
+    with pytest.raises(ValueError, match="nothing to roll back"):
+        RolloutState("1").rolled_back()
+
+
+def test_state_round_trips_through_a_dict():
+    state = RolloutState("3", "4", 0.25, "2026-01-01T00:00:00+00:00", "2")
+    assert RolloutState.from_dict(state.to_dict()) == state
+    assert RolloutState.from_dict({"champion_version": 5, "challenger_weight": "0.5", "extra": 1}) == RolloutState(
+        "5", None, 0.5
+    )
