@@ -20,6 +20,7 @@ from retrainer.io.tracking import connect
 from retrainer.io.workspace import commit_stage, stage_changed
 from retrainer.runner import BatchQuarantined
 from retrainer.stages import DATASET, REGISTRATION, STAGES, TRAIN
+from retrainer.stages import run_stage as run_stage_in_process
 
 STATUS_PROMOTED, STATUS_REJECTED, STATUS_FAILED = "promoted", "rejected", "failed"
 STATUS_QUARANTINED = "quarantined"
@@ -73,7 +74,7 @@ def run_stage(params: Params, root: Path, name: str) -> dict:
     started = time.perf_counter()
     ran = stage_changed(root, name)
     if ran:
-        STAGES[name](params, root)
+        run_stage_in_process(name, params, root)
         commit_stage(root, name)
     return {"stage": name, "ran": ran, "seconds": round(time.perf_counter() - started, 2)}
 
@@ -94,9 +95,7 @@ def run_gate(params: Params, root: Path) -> dict:
 
 
 @task(retries=2, retry_delay_seconds=2, task_run_name="promote or reject")
-def promote_or_reject(
-    params: Params, root: Path, gate: dict, expected_champion: str | None
-) -> tuple[str, list[str]]:
+def promote_or_reject(params: Params, root: Path, gate: dict, expected_champion: str | None) -> tuple[str, list[str]]:
     """Compare-and-set promotion on a pass; on a fail the challenger alias is removed."""
     name, version = params.tracking.registered_model, gate["challenger_version"]
     if not gate["passed"]:
@@ -104,12 +103,8 @@ def promote_or_reject(
             registry.clear_alias(name, registry.CHALLENGER)
         return STATUS_REJECTED, gate["reasons"]
     if params.canary.enabled:
-        raise RuntimeError(
-            "canary.enabled is true but canary rollout is not available yet; set canary.enabled: false"
-        )
-    promotion = registry.promote_if_current(
-        name, version, expected_champion, home_dir(root) / "registry.lock"
-    )
+        raise RuntimeError("canary.enabled is true but canary rollout is not available yet; set canary.enabled: false")
+    promotion = registry.promote_if_current(name, version, expected_champion, home_dir(root) / "registry.lock")
     if not promotion.promoted:
         return STATUS_REJECTED, [promotion.reason]
     return STATUS_PROMOTED, [*gate["reasons"], promotion.reason]
@@ -193,9 +188,7 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
                     for f in validation["failures"]
                 ],
                 "quarantine_dir": validation["quarantine_dir"],
-                "champion_version": registry.alias_version(
-                    params.tracking.registered_model, registry.CHAMPION
-                ),
+                "champion_version": registry.alias_version(params.tracking.registered_model, registry.CHAMPION),
                 "challenger_version": None,
                 "metrics": {},
                 "validation": validation["text"],
@@ -207,17 +200,8 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
         stages = [run_stage(params, workspace, name) for name in STAGES]
         registration = read_json(workspace / REGISTRATION)
         name, version = params.tracking.registered_model, registration["version"]
-        cached = (
-            read_json(workspace / "models" / "gate_report.json")
-            if not any(s["ran"] for s in stages)
-            else None
-        )
-        if (
-            cached is not None
-            and cached.get("challenger_version") == version
-            and previous
-            and previous["result"]
-        ):
+        cached = read_json(workspace / "models" / "gate_report.json") if not any(s["ran"] for s in stages) else None
+        if cached is not None and cached.get("challenger_version") == version and previous and previous["result"]:
             logger.info("nothing changed since the last run: reusing its decision")
             record.finish(identifier, previous["status"], previous["result"])
             return {**previous["result"], "reused": True, "stages": stages}

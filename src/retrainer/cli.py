@@ -19,9 +19,7 @@ app = typer.Typer(
 
 ParamsOption = Annotated[
     Path | None,
-    typer.Option(
-        "--params", help=f"Params file (default: ${PARAMS_ENV} or ./params.yaml).", show_default=False
-    ),
+    typer.Option("--params", help=f"Params file (default: ${PARAMS_ENV} or ./params.yaml).", show_default=False),
 ]
 
 
@@ -45,15 +43,13 @@ def stage(
     name: Annotated[str, typer.Argument(help="validate | ingest | split | train | evaluate | register")],
 ) -> None:
     """Run one pipeline stage in the current folder (this is what `dvc repro` calls)."""
-    from retrainer.stages import STAGES
+    from retrainer.stages import STAGES, run_stage
 
     if name not in STAGES:
         typer.secho(f"error: unknown stage '{name}'; choose from {', '.join(STAGES)}", fg="red", err=True)
         raise typer.Exit(2)
-    result = STAGES[name](_params(), Path.cwd())
-    typer.echo(
-        f"{name}: done " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, dict | list))
-    )
+    result = run_stage(name, _params(), Path.cwd())
+    typer.echo(f"{name}: done " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, dict | list)))
 
 
 EXIT_QUARANTINED, EXIT_FAILED = 3, 1
@@ -115,9 +111,7 @@ def validate(
     reference = pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
     until = None
     if (root / DATASET).exists():
-        until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[
-            params.data.time_column
-        ].max()
+        until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[params.data.time_column].max()
     outcome = validate_batch_file(batch, params, root, reference=reference, trained_until=until)
     _print_json(outcome.report) if as_json else typer.echo(format_outcome(outcome))
     if not outcome.passed:
@@ -196,9 +190,7 @@ def demo(
     workdir: Annotated[
         Path, typer.Option(help="Where the demo builds its own workspace; wiped at the start of every run.")
     ] = Path(".retrainer-demo"),
-    months: Annotated[
-        str, typer.Option(help="Months fed one by one after the bootstrap, as FIRST-LAST.")
-    ] = "3-12",
+    months: Annotated[str, typer.Option(help="Months fed one by one after the bootstrap, as FIRST-LAST.")] = "3-12",
 ) -> None:
     """The main job on embedded defaults: bootstrap a model, then retrain month by month on real 2013 flights."""
     from retrainer.demo import run_demo

@@ -136,6 +136,29 @@ class GateConfig(_Frozen):
 
 class CanaryConfig(_Frozen):
     enabled: bool = False
+    steps: tuple[float, ...] = Field(default=(10, 25, 50, 100), min_length=1, description="challenger traffic, %")
+    min_requests_per_step: int = Field(default=200, ge=1, description="challenger requests before a step is judged")
+    min_seconds_per_step: float = Field(default=60, ge=0)
+    max_seconds_per_step: float = Field(default=900, gt=0, description="a step still waiting then is rolled back")
+    max_error_rate: float = Field(default=0.02, ge=0, le=1)
+    error_rate_tolerance: float = Field(default=0.01, ge=0, le=1)
+    max_p95_latency_ratio: float = Field(default=2.0, gt=0)
+    max_p95_latency_ms: float = Field(default=250, gt=0)
+    divergence_bins: int = Field(default=10, ge=2)
+    max_divergence: float = Field(default=0.25, ge=0, description="PSI of the arms' predicted probabilities")
+    min_agreement: float = Field(default=0.9, ge=0, le=1)
+    min_labels: int = Field(default=100, ge=1)
+    significance: float = Field(default=0.05, gt=0, lt=1)
+    feedback_delay_seconds: float = Field(default=0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> CanaryConfig:
+        steps = list(self.steps)
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
+            raise ValueError(f"canary.steps must rise strictly within (0, 100] and end at 100, got {steps}")
+        if self.max_seconds_per_step < self.min_seconds_per_step:
+            raise ValueError("canary.max_seconds_per_step must be at least canary.min_seconds_per_step")
+        return self
 
 
 class RetrainConfig(_Frozen):
@@ -286,9 +309,7 @@ class Params(_WithValidate):
             )
         hidden = sorted(set(self.data.identifiers) & set(self.features.all))
         if hidden:
-            raise ValueError(
-                f"features: identifier columns {hidden} are pseudonymised and cannot be features"
-            )
+            raise ValueError(f"features: identifier columns {hidden} are pseudonymised and cannot be features")
         if self.train.model not in self.train.search.space:
             raise ValueError(f"train.search.space: no search space for train.model '{self.train.model}'")
         return self

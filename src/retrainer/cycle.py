@@ -88,10 +88,7 @@ def data_counts(root: Path) -> list[dict]:
     rows = [
         {"step": "raw rows (bootstrap + accepted batches)", "rows": ingest["rows_in"]},
         {"step": "excluded: no outcome (cancelled)", "rows": ingest["excluded_unlabelled"]},
-        *(
-            {"step": f"unmatched join: {k} (kept, features null)", "rows": v}
-            for k, v in ingest["unmatched"].items()
-        ),
+        *({"step": f"unmatched join: {k} (kept, features null)", "rows": v} for k, v in ingest["unmatched"].items()),
         {"step": "labelled rows", "rows": ingest["rows_out"]},
         {
             "step": f"train window ({split['train']['start'][:10]} .. {split['train']['end'][:10]})",

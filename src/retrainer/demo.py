@@ -63,7 +63,7 @@ def month_row(month: int, result: dict, seconds: float) -> list[str]:
         result["status"].upper(),
         f"v{result.get('champion_version') or '-'}",
         f"{seconds:.0f}s",
-        reasons[0][:90] if reasons else "",
+        reasons[0][:110] if reasons else "",
     ]
 
 
@@ -75,7 +75,6 @@ def read_rows(result: dict) -> int:
 def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | None = None) -> list[dict]:
     """Bootstrap a model with `dvc repro`, then feed the following months one by one through the retrain flow."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     console.print(f"[bold]retrainer demo[/bold]: fresh workspace in {workdir}")
@@ -114,18 +113,9 @@ def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | No
         f"[bold]2. monthly batches[/bold]: {len(months)} months through the retrain flow "
         "(validate -> stages -> gate -> promote/reject)"
     )
-    table = Table(
-        "month",
-        "holdout",
-        "challenger",
-        "AUC",
-        "champ AUC",
-        "diff 95% CI",
-        "decision",
-        "champion",
-        "time",
-        "first reason",
-    )
+    widths = (8, 8, 11, 6, 6, 17, 9, 9, 5)
+    header = ("month", "holdout", "challenger", "AUC", "champ", "diff 95% CI", "decision", "champion", "time")
+    console.print("   " + " ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), style="bold")
     results = []
     for month in months:
         batch = write_month_batch(root / "seeds" / "flights.parquet", month, workdir / "data" / "incoming")
@@ -133,10 +123,9 @@ def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | No
         with console.status(f"2013-{month:02d}: retraining on {batch.name} ..."):
             result = run_cycle(batch, workdir)
         row = month_row(month, result, time.perf_counter() - started)
-        table.add_row(*row)
-        console.print("   " + "  ".join(row[:9]))
+        console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], widths, strict=True)), highlight=False)
+        console.print(f"   {'':8} {row[9]}", style="dim", highlight=False)
         results.append(result)
-    console.print(table)
     promoted = sum(r["status"] == "promoted" for r in results)
     final = results[-1].get("champion_version") if results else None
     console.print(

@@ -115,8 +115,7 @@ def format_status(report: dict) -> str:
             lines.append(f"  {role:<10}  none")
             continue
         lines.append(
-            f"  {role:<10}  v{entry['version']}  data {str(entry['data_md5'])[:10]}  "
-            f"{_metric_line(entry['metrics'])}"
+            f"  {role:<10}  v{entry['version']}  data {str(entry['data_md5'])[:10]}  {_metric_line(entry['metrics'])}"
         )
     lines.append("last runs:")
     lines += [

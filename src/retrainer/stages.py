@@ -44,9 +44,7 @@ def load_raw(params: Params, root: Path) -> pd.DataFrame:
     start = pd.Timestamp(data.bootstrap.start, tz="UTC")
     end = pd.Timestamp(data.bootstrap.end, tz="UTC")
     frames = [seed.loc[(seed[data.time_column] >= start) & (seed[data.time_column] < end)]]
-    frames += [
-        parse_time_column(read_table(p), data.time_column) for p in list_batches(root / data.batches_dir)
-    ]
+    frames += [parse_time_column(read_table(p), data.time_column) for p in list_batches(root / data.batches_dir)]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -130,9 +128,7 @@ def train(params: Params, root: Path) -> dict:
         params.split.validation_fraction,
     )
     (root / MODEL).parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(
-        {"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL
-    )
+    joblib.dump({"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL)
     report = {
         "best_params": result.best_params,
         "cv_best_score": result.cv_best_score,
@@ -247,3 +243,17 @@ STAGES: dict[str, Callable[[Params, Path], dict]] = {
     "evaluate": evaluate,
     "register": register,
 }
+
+
+def run_stage(name: str, params: Params, root: Path) -> dict:
+    """Run one stage by name with one OpenMP/BLAS thread per process.
+
+    At these data sizes a second thread gains a few percent on a quiet machine and loses several-fold on a busy
+    one (an idle Prefect server, a service, the other core's work); the flow and `dvc repro` both come here.
+    """
+    from threadpoolctl import threadpool_limits
+
+    if name not in STAGES:
+        raise KeyError(f"unknown stage '{name}'; choose from {', '.join(STAGES)}")
+    with threadpool_limits(limits=1):
+        return STAGES[name](params, root)

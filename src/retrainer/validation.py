@@ -93,9 +93,7 @@ def validate_batch_file(
         write_data_docs(runner.context, result, directory)
         report["quarantine_dir"] = str(directory)
         quarantine_batch(path, directory, report)
-    return ValidationOutcome(
-        passed, batch_id, failures, warnings, drift, directory, report, frame if passed else None
-    )
+    return ValidationOutcome(passed, batch_id, failures, warnings, drift, directory, report, frame if passed else None)
 
 
 def reject_unparseable(

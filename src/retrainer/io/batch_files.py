@@ -112,9 +112,7 @@ def split_header(text: str, name: str) -> tuple[list[str], list[str]]:
     if len(header) == 1:
         used = [d for d in OTHER_DELIMITERS if d in lines[0]]
         if used:
-            raise BatchParseError(
-                "wrong_delimiter", f"{name}: the header is split by {used[0]!r}, expected commas"
-            )
+            raise BatchParseError("wrong_delimiter", f"{name}: the header is split by {used[0]!r}, expected commas")
     if len(lines) == 1:
         raise BatchParseError("header_only", f"{name}: a header and no data rows")
     duplicated = sorted({c for c in header if header.count(c) > 1})

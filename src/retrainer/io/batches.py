@@ -58,14 +58,10 @@ class BatchRecord:
         """Reserve a batch; False if it is being processed, or already processed (unless `force`)."""
         now = datetime.now(UTC).isoformat()
         with closing(self._connect()) as db, db:
-            row = db.execute(
-                "SELECT status, claimed_at FROM batches WHERE batch_id = ?", (identifier,)
-            ).fetchone()
+            row = db.execute("SELECT status, claimed_at FROM batches WHERE batch_id = ?", (identifier,)).fetchone()
             if row is not None:
                 status, claimed_at = row
-                live_claim = (
-                    status == CLAIMED and datetime.fromisoformat(claimed_at) > datetime.now(UTC) - STALE_CLAIM
-                )
+                live_claim = status == CLAIMED and datetime.fromisoformat(claimed_at) > datetime.now(UTC) - STALE_CLAIM
                 if live_claim or (status not in (CLAIMED, "failed") and not force):
                     return False
             db.execute(

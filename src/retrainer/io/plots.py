@@ -46,13 +46,9 @@ def write_evaluation_plots(
 
     plt, fig, ax = _figure()
     cal = curves["calibration"]
-    ax.plot(
-        cal["mean_predicted"], cal["fraction_positive"], marker="o", label=f"Brier {metrics['brier']:.3f}"
-    )
+    ax.plot(cal["mean_predicted"], cal["fraction_positive"], marker="o", label=f"Brier {metrics['brier']:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey")
-    ax.set(
-        xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (holdout)"
-    )
+    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (holdout)")
     ax.legend(loc="upper left")
     save(plt, fig, "calibration")
 

@@ -83,8 +83,7 @@ def render_rows(entries: list[dict[str, Any]]) -> str:
 def render_html_report(report: dict[str, Any], directory: Path) -> str:
     """A self-contained HTML summary of validation.json (links the GX Data Docs when they were built)."""
     head = (
-        "<tr><th>check</th><th>expectation</th><th>column</th><th>severity</th><th>unexpected</th>"
-        "<th>detail</th></tr>"
+        "<tr><th>check</th><th>expectation</th><th>column</th><th>severity</th><th>unexpected</th><th>detail</th></tr>"
     )
     groups = (("Blocking failures", "failures"), ("Warnings", "warnings"), ("Skipped", "skipped"))
     sections = "".join(
@@ -94,8 +93,7 @@ def render_html_report(report: dict[str, Any], directory: Path) -> str:
     docs = directory / DATA_DOCS_DIR / "index.html"
     link = f'<p><a href="{DATA_DOCS_DIR}/index.html">GX Data Docs</a></p>' if docs.exists() else ""
     title = html.escape(
-        f"Batch {report.get('batch_id')} ({report.get('file')}): "
-        f"{'passed' if report.get('passed') else 'quarantined'}"
+        f"Batch {report.get('batch_id')} ({report.get('file')}): {'passed' if report.get('passed') else 'quarantined'}"
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>" + title + "</title><style>"

@@ -67,9 +67,7 @@ def clear_alias(model_name: str, alias: str) -> None:
         _client().delete_registered_model_alias(model_name, alias)
 
 
-def promote_if_current(
-    model_name: str, version: str, expected_champion: str | None, lock_path: Path
-) -> Promotion:
+def promote_if_current(model_name: str, version: str, expected_champion: str | None, lock_path: Path) -> Promotion:
     """Make `version` the champion only if the champion is still `expected_champion`.
 
     MLflow aliases are last-writer-wins, so the check and the set happen under an OS file lock
@@ -81,9 +79,7 @@ def promote_if_current(
         if current == version:
             return Promotion(False, current, f"v{version} is already the champion")
         if current != expected_champion:
-            return Promotion(
-                False, current, f"{STALE}: champion is v{current}, compared against v{expected_champion}"
-            )
+            return Promotion(False, current, f"{STALE}: champion is v{current}, compared against v{expected_champion}")
         set_alias(model_name, CHAMPION, version)
         if alias_version(model_name, CHALLENGER) == version:
             clear_alias(model_name, CHALLENGER)

@@ -19,9 +19,7 @@ def read_table(path: Path) -> pd.DataFrame:
         return pd.read_parquet(path)
     if suffix == ".csv":
         return pd.read_csv(path)
-    raise ValueError(
-        f"{path}: unsupported file type '{suffix}' (expected one of {', '.join(BATCH_SUFFIXES)})"
-    )
+    raise ValueError(f"{path}: unsupported file type '{suffix}' (expected one of {', '.join(BATCH_SUFFIXES)})")
 
 
 def list_batches(directory: Path) -> list[Path]:
@@ -50,9 +48,7 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 def write_json(payload: dict | list, path: Path) -> None:
     """Write JSON (sorted keys, stable across runs) atomically."""
-    _atomic_write(
-        path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    )
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"))
 
 
 def read_json(path: Path) -> dict:

@@ -50,9 +50,7 @@ def _requirements() -> list[str]:
     """Pinned serving requirements, stated rather than inferred (inference re-imports the model: slow)."""
     from importlib.metadata import version
 
-    return [
-        f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle", "pyarrow")
-    ]
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle", "pyarrow")]
 
 
 def log_training_run(
@@ -76,6 +74,8 @@ def log_training_run(
     uri = connect(root)
     experiment_id = ensure_experiment(experiment, root)
     example = train_frame[features].head(5)
+    # integers may be missing at serving time: declare them as doubles in the signature
+    example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
     signature = infer_signature(example, model.predict_proba(example)[:, 1])
     with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import re
 import shutil
@@ -38,9 +40,7 @@ def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def dvc(
-    root: Path, *args: str, env: dict[str, str] | None = None, echo: Callable[[str], None] | None = None
-) -> str:
+def dvc(root: Path, *args: str, env: dict[str, str] | None = None, echo: Callable[[str], None] | None = None) -> str:
     """Run a DVC command in `root`, passing each output line to `echo`; raise PipelineError if it fails."""
     lines: list[str] = []
     with subprocess.Popen(
@@ -130,5 +130,6 @@ def commit_stage(root: Path, name: str) -> None:
     """Record a stage that ran in-process in dvc.lock and the DVC cache, exactly as `dvc repro` would."""
     from dvc.repo import Repo
 
-    with contextlib.chdir(root), Repo(str(root)) as repo, contextlib.redirect_stdout(sys.stderr):
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+    with contextlib.chdir(root), Repo(str(root)) as repo, contextlib.redirect_stdout(io.StringIO()):
         repo.commit(name, force=True)

@@ -39,9 +39,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
     }
 
 
-def evaluation_curves(
-    y_true: np.ndarray, proba: np.ndarray, threshold: float, bins: int
-) -> dict[str, pd.DataFrame]:
+def evaluation_curves(y_true: np.ndarray, proba: np.ndarray, threshold: float, bins: int) -> dict[str, pd.DataFrame]:
     """ROC, precision-recall, calibration and confusion-matrix tables (DVC plots read them)."""
     fpr, tpr, _ = roc_curve(y_true, proba)
     precision, recall, _ = precision_recall_curve(y_true, proba)
@@ -64,9 +62,7 @@ def feature_importance(model, frame: pd.DataFrame, y_true: pd.Series, rows: int,
         model, sample, y_true.loc[sample.index], scoring="roc_auc", n_repeats=3, random_state=seed, n_jobs=1
     )
     return (
-        pd.DataFrame(
-            {"feature": sample.columns, "importance": result.importances_mean, "std": result.importances_std}
-        )
+        pd.DataFrame({"feature": sample.columns, "importance": result.importances_mean, "std": result.importances_std})
         .sort_values("importance", ascending=False)
         .reset_index(drop=True)
     )

@@ -96,8 +96,7 @@ class GateDecision:
         lines += [f"- {reason}" for reason in self.reasons()]
         lines += ["", "| check | result | detail |", "|---|---|---|"]
         lines += [
-            f"| {check.name} | {'pass' if check.passed else 'FAIL'} | {_cell(check.detail)} |"
-            for check in self.checks
+            f"| {check.name} | {'pass' if check.passed else 'FAIL'} | {_cell(check.detail)} |" for check in self.checks
         ]
         improvement = [check for check in self.checks if check.name.startswith("improvement:")]
         for check in improvement:
@@ -268,9 +267,7 @@ def check_regression(challenger: Evidence, champion: Evidence, tolerances: dict[
     return checks
 
 
-def check_improvement(
-    challenger: Evidence, champion: Evidence, y_true: np.ndarray, policy: GateConfig
-) -> Check:
+def check_improvement(challenger: Evidence, champion: Evidence, y_true: np.ndarray, policy: GateConfig) -> Check:
     """The paired bootstrap CI lower bound of the metric difference clears the policy's bar."""
     rule = policy.improvement
     diff, low, high = paired_bootstrap_diff(

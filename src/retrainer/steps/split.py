@@ -16,9 +16,7 @@ def select_window(frame: pd.DataFrame, time_column: str, window_months: int) -> 
     return frame.loc[months.isin(keep)]
 
 
-def split_by_time(
-    frame: pd.DataFrame, time_column: str, newest_fraction: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_time(frame: pd.DataFrame, time_column: str, newest_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split into (older, newest) at a timestamp so the newest part holds about `newest_fraction` of rows."""
     if len(frame) < 2:
         raise ValueError(f"need at least 2 rows to split by time, got {len(frame)}")
@@ -31,9 +29,7 @@ def split_by_time(
     return older.reset_index(drop=True), newest.reset_index(drop=True)
 
 
-def make_train_holdout(
-    frame: pd.DataFrame, time_column: str, config: SplitConfig
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def make_train_holdout(frame: pd.DataFrame, time_column: str, config: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply the training window, then hold out the newest slice."""
     window = select_window(frame, time_column, config.window_months)
     return split_by_time(window, time_column, config.holdout_fraction)

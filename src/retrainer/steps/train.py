@@ -19,7 +19,6 @@ from sklearn.metrics import precision_recall_curve
 from sklearn.model_selection import HalvingRandomSearchCV, RandomizedSearchCV, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
-from threadpoolctl import threadpool_limits
 
 from retrainer.config import FeatureSelection, TrainConfig
 from retrainer.steps.split import split_by_time
@@ -147,9 +146,7 @@ def _search(pipeline: Pipeline, config: TrainConfig, n_rows: int):
 
 def _cv_summary(cv_results: dict) -> list[dict]:
     keys = [
-        k
-        for k in ("iter", "n_resources", "mean_test_score", "std_test_score", "rank_test_score")
-        if k in cv_results
+        k for k in ("iter", "n_resources", "mean_test_score", "std_test_score", "rank_test_score") if k in cv_results
     ]
     rows = []
     for i, params in enumerate(cv_results["params"]):
@@ -169,25 +166,7 @@ def fit_model(
     feature_selection: FeatureSelection,
     validation_fraction: float,
 ) -> TrainResult:
-    """Search on the older part with time-aware CV, pick the threshold on the newest part, refit on all.
-
-    Each fit uses one OpenMP thread: at these sizes a second thread gains ~4 % and, on a busy 2-core machine,
-    loses several-fold; candidates run in parallel instead (train.n_jobs).
-    """
-    with threadpool_limits(limits=1):
-        return _fit_model(train, numeric, categorical, label, time_column, config, feature_selection, validation_fraction)
-
-
-def _fit_model(
-    train: pd.DataFrame,
-    numeric: list[str],
-    categorical: list[str],
-    label: str,
-    time_column: str,
-    config: TrainConfig,
-    feature_selection: FeatureSelection,
-    validation_fraction: float,
-) -> TrainResult:
+    """Search on the older part with time-aware CV, pick the threshold on the newest part, refit on all."""
     started = time.perf_counter()
     fit_part, validation = split_by_time(train, time_column, validation_fraction)
     chosen = select_features(fit_part, numeric, categorical, fit_part[label], feature_selection, config.seed)

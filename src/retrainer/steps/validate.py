@@ -116,9 +116,7 @@ def build_expectation_specs(config: ValidateConfig, data: DataConfig) -> list[Ex
             "strict_max": rng.strict_max,
         }
         specs.append(
-            ExpectationSpec(
-                f"ranges.{name}", "ExpectColumnValuesToBeBetween", kwargs, rng.severity or sev.ranges, name
-            )
+            ExpectationSpec(f"ranges.{name}", "ExpectColumnValuesToBeBetween", kwargs, rng.severity or sev.ranges, name)
         )
     for name, cat in config.categories.items():
         specs.append(
@@ -372,9 +370,7 @@ def find_schema_breaks(checks: Iterable[CheckResult], columns: Iterable[str]) ->
     return broken
 
 
-def summarise_checks(
-    checks: list[CheckResult], columns: Iterable[str], time_checked: bool = True
-) -> ResultSummary:
+def summarise_checks(checks: list[CheckResult], columns: Iterable[str], time_checked: bool = True) -> ResultSummary:
     """Split results into blocking failures, warnings and skipped checks (those a broken schema voids)."""
     present = set(columns)
     broken = find_schema_breaks(checks, present)
@@ -470,9 +466,7 @@ def measure_drift(
     return drift
 
 
-def list_drift_alerts(
-    drift: Mapping[str, Mapping[str, Any]], config: DriftConfig, severity: str
-) -> list[dict]:
+def list_drift_alerts(drift: Mapping[str, Mapping[str, Any]], config: DriftConfig, severity: str) -> list[dict]:
     """One failure/warning entry per drifted feature, shaped like the expectation entries."""
     alerts = []
     for feature, stats in drift.items():

@@ -1,0 +1,153 @@
+"""Traffic replay against a running service (loopback only), and read-only views of its evidence for the canary."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+LOOPBACK_NAMES = {"localhost"}
+
+
+@dataclass
+class ReplayStats:
+    """What one replay did, counted on the client side."""
+
+    sent: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    feedback_sent: int = 0
+    feedback_failed: int = 0
+    by_arm: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: str = ""
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def check_loopback(base_url: str) -> None:
+    """Refuse any URL that does not point at this machine."""
+    host = urlparse(base_url).hostname or ""
+    if host in LOOPBACK_NAMES:
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"replay only talks to loopback, not {base_url!r}")
+
+
+def replay(
+    base_url: str,
+    records: Sequence[dict],
+    labels: Sequence[int | None],
+    feedback_delay_s: float = 0.0,
+    max_requests: int = 1000,
+    timeout_s: float = 60.0,
+    batch_size: int = 1,
+    request_timeout_s: float = 30.0,
+) -> ReplayStats:
+    """POST records to /predict (batch_size per request), then each known label to /feedback after the delay.
+
+    Stops after max_requests prediction requests, when the records run out, or at timeout_s; labels still waiting
+    for their delay at the deadline are dropped (counted as neither sent nor failed).
+    """
+    check_loopback(base_url)
+    if len(labels) != len(records):
+        raise ValueError(f"{len(records)} records but {len(labels)} labels")
+    stats = ReplayStats()
+    started = time.monotonic()
+    deadline = started + timeout_s
+    pending: deque[tuple[float, str, int]] = deque()
+    with httpx.Client(base_url=base_url, timeout=request_timeout_s) as client:
+        for first in range(0, len(records), max(batch_size, 1)):
+            if stats.sent >= max_requests:
+                stats.stopped = "max_requests"
+                break
+            if time.monotonic() >= deadline:
+                stats.stopped = "timeout"
+                break
+            batch = list(records[first : first + batch_size])
+            stats.sent += 1
+            try:
+                response = client.post("/predict", json={"records": batch})
+                response.raise_for_status()
+                predictions = response.json()["predictions"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                stats.failed += 1
+            else:
+                stats.succeeded += 1
+                due = time.monotonic() + feedback_delay_s
+                for prediction, label in zip(predictions, labels[first : first + batch_size], strict=False):
+                    stats.by_arm[prediction["arm"]] = stats.by_arm.get(prediction["arm"], 0) + 1
+                    if label is not None:
+                        pending.append((due, prediction["prediction_id"], int(label)))
+            _send_due(client, pending, stats, time.monotonic())
+        else:
+            stats.stopped = "records exhausted"
+        while pending and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(pending[0][0] - time.monotonic(), deadline - time.monotonic(), 0.5)))
+            _send_due(client, pending, stats, time.monotonic())
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _send_due(client: httpx.Client, pending: deque, stats: ReplayStats, now: float) -> None:
+    while pending and pending[0][0] <= now:
+        _, prediction_id, label = pending.popleft()
+        try:
+            client.post("/feedback", json={"prediction_id": prediction_id, "label": label}).raise_for_status()
+            stats.feedback_sent += 1
+        except httpx.HTTPError:
+            stats.feedback_failed += 1
+
+
+@dataclass(frozen=True)
+class ArmRows:
+    """One arm's logged predictions in a time window, with the feedback labels that arrived for them."""
+
+    probabilities: list[float]
+    latencies_ms: list[float]
+    feedback_labels: list[int]
+    feedback_probabilities: list[float]
+
+
+def read_arm(log_path: Path, arm: str, model_version: str, since: str, until: str | None = None) -> ArmRows:
+    """Read one arm's predictions (by one model version) logged at or after `since` (ISO UTC), read-only."""
+    query = (
+        "SELECT p.probability, p.latency_ms, f.label FROM predictions p "
+        "LEFT JOIN feedback f ON f.prediction_id = p.id "
+        "WHERE p.arm = ? AND p.model_version = ? AND p.time >= ?" + (" AND p.time < ?" if until else "")
+    )
+    args = (arm, model_version, since, *([until] if until else []))
+    with closing(sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=30)) as db:
+        rows = db.execute(query, args).fetchall()
+    labelled = [(int(label), float(p)) for p, _, label in rows if label is not None]
+    return ArmRows(
+        probabilities=[float(p) for p, _, _ in rows],
+        latencies_ms=[float(ms) for _, ms, _ in rows],
+        feedback_labels=[label for label, _ in labelled],
+        feedback_probabilities=[p for _, p in labelled],
+    )
+
+
+def scrape_counters(base_url: str, timeout_s: float = 10.0) -> dict[tuple[str, str], float]:
+    """The service's per-arm request and error counters from /metrics: {(name, arm): value}."""
+    check_loopback(base_url)
+    text = httpx.get(f"{base_url}/metrics", timeout=timeout_s).text
+    counters: dict[tuple[str, str], float] = {}
+    pattern = r'^(retrainer_(?:requests|errors)_total)\{[^}]*arm="([a-z]+)"[^}]*\} ([0-9.e+-]+)$'
+    for name, arm, value in re.findall(pattern, text, re.MULTILINE):
+        counters[(name, arm)] = counters.get((name, arm), 0.0) + float(value)
+    return counters

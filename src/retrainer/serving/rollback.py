@@ -1,0 +1,260 @@
+"""Roll the champion back to the version the last promotion replaced, and prove the restored model is the same.
+
+The previous champion is read from the champion's version tag `promoted_from` (set by
+retrainer.io.registry.promote_if_current). The alias moves back compare-and-set under the registry lock, the rollout
+state file is rewritten (a restarted service, or one that reloads its state, serves the restored version), and then
+the golden set (seeds/golden.csv: real raw flights) is replayed through the restored model in-process, with the same
+feature building as the service, and compared with the golden predictions recorded for that version
+(RETRAINER_HOME/golden/golden_<version>.json, written by record_golden_predictions after each promotion).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from retrainer.config import Params
+from retrainer.io import registry
+from retrainer.io.project import home_dir
+from retrainer.serving.routing import RolloutState
+from retrainer.serving.state import save_state, state_path
+
+GOLDEN_FILE = Path("seeds") / "golden.csv"
+GOLDEN_DIR = "golden"
+TOLERANCE = 1e-9
+LOCK_FILE = "registry.lock"
+MAX_NAMED_MISMATCHES = 20
+
+
+class NoPreviousChampion(LookupError):
+    """There is no champion, or the champion was not promoted over an earlier one."""
+
+
+class RollbackConflict(RuntimeError):
+    """The champion moved since the caller looked at it."""
+
+
+@dataclass(frozen=True)
+class GoldenCheck:
+    """The golden set replayed through one model version against the predictions recorded for it."""
+
+    version: str
+    verified: bool
+    max_abs_diff: float | None
+    rows: int
+    mismatches: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RollbackReport:
+    """What a rollback did."""
+
+    model_name: str
+    from_version: str
+    to_version: str
+    verified: bool
+    max_abs_diff: float | None
+    rows: int
+    mismatches: list[str]
+    reason: str
+    state_file: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def golden_record_path(home: Path, version: str) -> Path:
+    """Where the golden predictions of a version are stored."""
+    return home / GOLDEN_DIR / f"golden_{version}.json"
+
+
+def golden_records(path: Path) -> list[dict]:
+    """The golden set as the service receives it: each row validated by the request schema, dumped as JSON types."""
+    from retrainer.io.tables import read_table
+    from retrainer.serving.schema import FlightRecord
+
+    frame = read_table(path)
+    raw = json.loads(frame.to_json(orient="records", date_format="iso"))
+    return [FlightRecord.model_validate(row).model_dump(mode="json") for row in raw]
+
+
+def _digest(records: list[dict]) -> str:
+    canonical = json.dumps(records, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _row_name(index: int, record: dict) -> str:
+    return f"row {index} ({record.get('carrier')} {record.get('flight')} {record.get('time_hour')})"
+
+
+def score_golden(pipeline, params: Params, root: Path, records: list[dict]) -> np.ndarray:
+    """Probabilities of the golden records, built exactly as the service builds features (single-threaded too)."""
+    from threadpoolctl import threadpool_limits
+
+    from retrainer.serving.features import FeatureBuilder, load_references
+
+    frame = FeatureBuilder(params, load_references(params, root)).transform(records)
+    with threadpool_limits(limits=1):
+        return np.asarray(pipeline.predict_proba(frame)[:, 1], dtype=float)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_golden_predictions(
+    version: str,
+    params: Params,
+    root: Path,
+    golden_path: Path | None = None,
+    *,
+    pipeline=None,
+    overwrite: bool = False,
+) -> Path:
+    """Score the golden set with a registered version and store the probabilities (exact floats) under the home.
+
+    Call it when a version is promoted. An existing record is kept unless overwrite=True: it is the reference later
+    rollbacks verify against. `pipeline` skips loading the version from the registry (it must be that version).
+    """
+    from retrainer.io.tracking import connect
+
+    connect(root)
+    target = golden_record_path(home_dir(root), version)
+    if target.is_file() and not overwrite:
+        return target
+    golden = Path(golden_path or root / GOLDEN_FILE)
+    records = golden_records(golden)
+    name = params.tracking.registered_model
+    model = pipeline if pipeline is not None else registry.load_version(name, version)
+    proba = score_golden(model, params, root, records)
+    payload = {
+        "model_name": name,
+        "version": str(version),
+        "golden_file": str(golden),
+        "golden_sha256": _digest(records),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rows": [
+            {"row": i, "name": _row_name(i, r), "probability": float(p)}
+            for i, (r, p) in enumerate(zip(records, proba, strict=True))
+        ],
+    }
+    _write_json(target, payload)
+    return target
+
+
+def verify_golden(version: str, pipeline, params: Params, root: Path, golden_path: Path | None = None) -> GoldenCheck:
+    """Replay the golden set through `pipeline` and compare with the probabilities recorded for `version`."""
+    record_file = golden_record_path(home_dir(root), version)
+    golden = Path(golden_path or root / GOLDEN_FILE)
+    records = golden_records(golden)
+    if not record_file.is_file():
+        return GoldenCheck(version, False, None, len(records), [], f"no golden predictions recorded for v{version}")
+    recorded = json.loads(record_file.read_text(encoding="utf-8"))
+    if recorded.get("golden_sha256") != _digest(records) or len(recorded.get("rows", [])) != len(records):
+        reason = f"the golden set {golden} differs from the one recorded for v{version}"
+        return GoldenCheck(version, False, None, len(records), [], reason)
+    expected = np.array([float(row["probability"]) for row in recorded["rows"]])
+    actual = score_golden(pipeline, params, root, records)
+    diff = np.abs(actual - expected)
+    bad = np.flatnonzero(~(diff <= TOLERANCE))  # NaN counts as a mismatch
+    mismatches = [
+        f"{_row_name(int(i), records[i])}: recorded {expected[i]!r}, now {actual[i]!r}, |diff| {diff[i]:.3g}"
+        for i in bad[:MAX_NAMED_MISMATCHES]
+    ]
+    max_diff = float(np.nanmax(diff)) if len(diff) else 0.0
+    reason = (
+        f"{len(records)} golden rows match v{version}'s recorded predictions (max |diff| {max_diff:.3g})"
+        if not len(bad)
+        else f"{len(bad)} of {len(records)} golden rows differ from v{version}'s recorded predictions "
+        f"by more than {TOLERANCE:g}; first: {mismatches[0]}"
+    )
+    return GoldenCheck(version, not len(bad), max_diff, len(records), mismatches, reason)
+
+
+def previous_champion(model_name: str) -> tuple[str, str]:
+    """(current champion, the champion it was promoted over); NoPreviousChampion when either is missing."""
+    current = registry.alias_version(model_name, registry.CHAMPION)
+    if current is None:
+        raise NoPreviousChampion(f"model '{model_name}' has no champion: nothing to roll back")
+    previous = registry.version_tags(model_name, current).get("promoted_from")
+    if previous in (None, "", "none"):
+        raise NoPreviousChampion(
+            f"champion v{current} of '{model_name}' was not promoted over an earlier champion "
+            f"(version tag promoted_from={previous!r}): nothing to roll back to"
+        )
+    return current, previous
+
+
+def rollback(
+    params: Params, root: Path, golden_path: Path | None = None, *, expected_champion: str | None = None
+) -> RollbackReport:
+    """Restore the previous champion (compare-and-set under the registry lock), update the rollout state, verify.
+
+    Raises NoPreviousChampion when there is nothing to roll back to, RollbackConflict when `expected_champion` is
+    given and the champion is another version. Verification never raises: it is reported.
+    """
+    from filelock import FileLock
+
+    from retrainer.io.tracking import connect
+
+    connect(root)
+    name = params.tracking.registered_model
+    home = home_dir(root)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with FileLock(str(home / LOCK_FILE), timeout=120):
+        current, previous = previous_champion(name)
+        if expected_champion is not None and current != expected_champion:
+            raise RollbackConflict(f"champion is v{current}, not v{expected_champion}: rollback refused")
+        registry.version_tags(name, previous)  # the previous version must still exist (raises otherwise)
+        registry.set_alias(name, registry.CHAMPION, previous)
+        if registry.alias_version(name, registry.CHALLENGER) == previous:
+            registry.clear_alias(name, registry.CHALLENGER)
+        registry.tag_version(name, current, {"rolled_back_at": now, "rolled_back_to": previous})
+        registry.tag_version(name, previous, {"restored_at": now, "restored_from": current})
+        # Like the service's own rollback: the restored champion serves alone; nothing further to roll back to.
+        state_file = state_path(home)
+        save_state(RolloutState(previous, None, 0.0, now, None), state_file)
+    pipeline = registry.load_version(name, previous)
+    check = verify_golden(previous, pipeline, params, root, golden_path)
+    return RollbackReport(
+        model_name=name,
+        from_version=current,
+        to_version=previous,
+        verified=check.verified,
+        max_abs_diff=check.max_abs_diff,
+        rows=check.rows,
+        mismatches=check.mismatches,
+        reason=check.reason,
+        state_file=str(state_file),
+    )
+
+
+def format_report(report: RollbackReport) -> str:
+    """Text for the command line."""
+    status = "VERIFIED" if report.verified else "NOT VERIFIED"
+    lines = [
+        f"rolled back {report.model_name}: champion v{report.from_version} -> v{report.to_version}",
+        f"rollout state: {report.state_file} (challenger dropped)",
+        f"golden replay: {status}, {report.rows} rows, max |diff| {report.max_abs_diff}",
+        f"  {report.reason}",
+    ]
+    lines += [f"  {m}" for m in report.mismatches[1:]]
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""Canary analysis (pure): compare the challenger arm with the champion arm; continue, promote, roll back or wait."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from retrainer.config import CanaryConfig
+
+Action = Literal["continue", "promote", "rollback", "wait"]
+LATENCY_FLOOR_MS = 1.0  # sub-millisecond p95s are timer noise: ratios are taken against at least this
+_EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """What one arm did: attempted requests, failed ones, latencies, recent probabilities, and labelled feedback."""
+
+    requests: int
+    errors: int = 0
+    latencies_ms: Sequence[float] = ()
+    probabilities: Sequence[float] = ()
+    feedback_labels: Sequence[int] = ()
+    feedback_probabilities: Sequence[float] = ()
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Where the rollout is: which step (0-based) of how many, and how long the current step has run."""
+
+    index: int
+    total: int
+    elapsed_seconds: float
+
+    @property
+    def last(self) -> bool:
+        return self.index >= self.total - 1
+
+
+@dataclass(frozen=True)
+class CanaryDecision:
+    action: Action
+    reasons: list[str]
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"action": self.action, "reasons": list(self.reasons), "numbers": dict(self.numbers)}
+
+
+def error_rate(arm: ArmStats) -> float:
+    """Failed requests over attempted requests (0 when nothing was attempted)."""
+    return arm.errors / arm.requests if arm.requests else 0.0
+
+
+def p95(values: Sequence[float]) -> float:
+    """The 95th percentile, NaN for no values."""
+    return float(np.percentile(np.asarray(values, dtype=float), 95)) if len(values) else math.nan
+
+
+def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> float:
+    """Population stability index of `actual` against `expected`, on quantile bins of `expected` (smoothed)."""
+    base, other = np.asarray(expected, dtype=float), np.asarray(actual, dtype=float)
+    edges = np.unique(np.quantile(base, np.linspace(0, 1, bins + 1)[1:-1]))
+    p = np.bincount(np.searchsorted(edges, base, side="right"), minlength=len(edges) + 1) / len(base)
+    q = np.bincount(np.searchsorted(edges, other, side="right"), minlength=len(edges) + 1) / len(other)
+    p, q = np.clip(p, _EPS, None), np.clip(q, _EPS, None)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def psi_p_value(value: float, bins: int, n_expected: int, n_actual: int) -> float:
+    """Chance of a PSI this large between two samples of one distribution (PSI * n_eff ~ chi2(bins - 1))."""
+    from scipy.stats import chi2
+
+    n_eff = 1.0 / (1.0 / n_expected + 1.0 / n_actual)
+    return float(chi2.sf(value * n_eff, max(bins - 1, 1)))
+
+
+def positive_rate(probabilities: Sequence[float], threshold: float) -> float:
+    values = np.asarray(probabilities, dtype=float)
+    return float(np.mean(values >= threshold)) if len(values) else math.nan
+
+
+def accuracy(labels: Sequence[int], probabilities: Sequence[float], threshold: float) -> float:
+    predicted = np.asarray(probabilities, dtype=float) >= threshold
+    return float(np.mean(predicted == (np.asarray(labels) == 1)))
+
+
+def accuracy_worse_p_value(acc_champion: float, n_champion: int, acc_challenger: float, n_challenger: int) -> float:
+    """One-sided two-proportion z-test: p-value of 'the challenger is less accurate than the champion'."""
+    from scipy.stats import norm
+
+    pooled = (acc_champion * n_champion + acc_challenger * n_challenger) / (n_champion + n_challenger)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_champion + 1 / n_challenger))
+    if se == 0:
+        return 0.0 if acc_challenger < acc_champion else 1.0
+    return float(norm.sf((acc_champion - acc_challenger) / se))
+
+
+def _auc(labels: Sequence[int], probabilities: Sequence[float]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, probabilities)) if len(set(labels)) == 2 else math.nan
+
+
+def analyse_canary(
+    champion: ArmStats, challenger: ArmStats, progress: StepProgress, policy: CanaryConfig
+) -> CanaryDecision:
+    """Judge one step: every failed check is a reason to roll back; all passing continues (promotes at the last)."""
+    numbers: dict[str, float] = {
+        "step": float(progress.index + 1),
+        "elapsed_seconds": float(progress.elapsed_seconds),
+        "challenger_requests": float(challenger.requests),
+        "champion_requests": float(champion.requests),
+        "challenger_error_rate": error_rate(challenger),
+        "champion_error_rate": error_rate(champion),
+    }
+    failures: list[str] = []
+    notes: list[str] = []
+
+    # Errors that already exceed the ceiling over the whole step's minimum cannot be diluted: roll back now.
+    doomed = challenger.errors > policy.max_error_rate * max(policy.min_requests_per_step, challenger.requests)
+    short = challenger.requests < policy.min_requests_per_step or progress.elapsed_seconds < policy.min_seconds_per_step
+    if short and not doomed:
+        return CanaryDecision(
+            "wait",
+            [
+                f"step {progress.index + 1}: {challenger.requests}/{policy.min_requests_per_step} challenger requests, "
+                f"{progress.elapsed_seconds:.1f}/{policy.min_seconds_per_step:g} s"
+            ],
+            numbers,
+        )
+
+    _check_errors(champion, challenger, policy, numbers, failures)
+    _check_latency(champion, challenger, policy, numbers, failures, notes)
+    _check_distribution(champion, challenger, policy, numbers, failures, notes)
+    _check_labels(champion, challenger, policy, numbers, failures, notes)
+
+    if failures:
+        return CanaryDecision("rollback", failures + notes, numbers)
+    action: Action = "promote" if progress.last else "continue"
+    summary = "all checks pass at the last step" if progress.last else f"step {progress.index + 1} passes"
+    return CanaryDecision(action, [summary, *notes], numbers)
+
+
+def _check_errors(champion, challenger, policy, numbers, failures) -> None:
+    ch, cp = numbers["challenger_error_rate"], numbers["champion_error_rate"]
+    if ch > policy.max_error_rate:
+        failures.append(f"challenger error rate {ch:.3f} > max {policy.max_error_rate:.3f}")
+    elif champion.requests and ch > cp + policy.error_rate_tolerance:
+        failures.append(
+            f"challenger error rate {ch:.3f} > champion {cp:.3f} + tolerance {policy.error_rate_tolerance:.3f}"
+        )
+
+
+def _check_latency(champion, challenger, policy, numbers, failures, notes) -> None:
+    ch, cp = p95(challenger.latencies_ms), p95(champion.latencies_ms)
+    numbers["challenger_p95_ms"], numbers["champion_p95_ms"] = ch, cp
+    if math.isnan(ch):
+        notes.append("no challenger latencies: latency check skipped")
+        return
+    if ch > policy.max_p95_latency_ms:
+        failures.append(f"challenger p95 latency {ch:.1f} ms > max {policy.max_p95_latency_ms:g} ms")
+    if math.isnan(cp):
+        notes.append("no champion latencies: latency ratio skipped")
+        return
+    ratio = ch / max(cp, LATENCY_FLOOR_MS)
+    numbers["p95_latency_ratio"] = ratio
+    if ratio > policy.max_p95_latency_ratio:
+        failures.append(f"challenger p95 latency {ratio:.2f}x the champion's > max {policy.max_p95_latency_ratio:g}x")
+
+
+def _check_distribution(champion, challenger, policy, numbers, failures, notes) -> None:
+    if not len(challenger.probabilities) or not len(champion.probabilities):
+        notes.append("an arm has no predictions: divergence and agreement skipped")
+        return
+    value = psi(champion.probabilities, challenger.probabilities, policy.divergence_bins)
+    p_value = psi_p_value(value, policy.divergence_bins, len(champion.probabilities), len(challenger.probabilities))
+    numbers["psi"], numbers["psi_p_value"] = value, p_value
+    # Small samples inflate PSI: a divergence fails only when it is both large and unlikely under no change.
+    if value > policy.max_divergence and p_value < policy.significance:
+        failures.append(
+            f"prediction distributions diverge: PSI {value:.3f} > {policy.max_divergence:g} (p={p_value:.3g})"
+        )
+    # Sticky routing scores each record with one arm, so agreement is between the arms' predicted-label rates.
+    rate_ch = positive_rate(challenger.probabilities, challenger.threshold)
+    rate_cp = positive_rate(champion.probabilities, champion.threshold)
+    agreement = 1.0 - abs(rate_ch - rate_cp)
+    numbers.update(challenger_positive_rate=rate_ch, champion_positive_rate=rate_cp, agreement=agreement)
+    if agreement < policy.min_agreement:
+        failures.append(
+            f"label agreement {agreement:.3f} < min {policy.min_agreement:g} "
+            f"(positive rate {rate_ch:.3f} vs champion {rate_cp:.3f})"
+        )
+
+
+def _check_labels(champion, challenger, policy, numbers, failures, notes) -> None:
+    n_ch, n_cp = len(challenger.feedback_labels), len(champion.feedback_labels)
+    numbers["challenger_labels"], numbers["champion_labels"] = float(n_ch), float(n_cp)
+    if min(n_ch, n_cp) < policy.min_labels:
+        notes.append(f"labels {n_ch}/{n_cp} (challenger/champion) < {policy.min_labels}: accuracy check skipped")
+        return
+    acc_ch = accuracy(challenger.feedback_labels, challenger.feedback_probabilities, challenger.threshold)
+    acc_cp = accuracy(champion.feedback_labels, champion.feedback_probabilities, champion.threshold)
+    p_value = accuracy_worse_p_value(acc_cp, n_cp, acc_ch, n_ch)
+    numbers.update(
+        challenger_accuracy=acc_ch,
+        champion_accuracy=acc_cp,
+        accuracy_p_value=p_value,
+        challenger_auc=_auc(challenger.feedback_labels, challenger.feedback_probabilities),
+        champion_auc=_auc(champion.feedback_labels, champion.feedback_probabilities),
+    )
+    if p_value < policy.significance:
+        failures.append(
+            f"challenger accuracy {acc_ch:.3f} significantly below champion {acc_cp:.3f} "
+            f"(z-test p={p_value:.3g} < {policy.significance:g})"
+        )
