@@ -176,7 +176,8 @@ def verify_golden(version: str, pipeline, params: Params, root: Path, golden_pat
     diff = np.abs(actual - expected)
     bad = np.flatnonzero(~(diff <= TOLERANCE))  # NaN counts as a mismatch
     mismatches = [
-        f"{_row_name(int(i), records[i])}: recorded {expected[i]!r}, now {actual[i]!r}, |diff| {diff[i]:.3g}"
+        f"{_row_name(int(i), records[i])}: recorded {float(expected[i])!r}, now {float(actual[i])!r}, "
+        f"|diff| {diff[i]:.3g}"
         for i in bad[:MAX_NAMED_MISMATCHES]
     ]
     max_diff = float(np.nanmax(diff)) if len(diff) else 0.0
