@@ -36,6 +36,7 @@ def validate_batch(path: Path, params: Params, root: Path, identifier: str) -> d
     """Run the GX suite and drift checks; a blocking failure quarantines the batch byte-for-byte."""
     from retrainer.validation import format_outcome, validate_batch_file
 
+    started = time.perf_counter()
     accepted = list((root / params.data.batches_dir).glob(f"{identifier}.*"))
     trained_until = None
     if not accepted and (root / DATASET).exists():
@@ -45,6 +46,7 @@ def validate_batch(path: Path, params: Params, root: Path, identifier: str) -> d
     reference = pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
     outcome = validate_batch_file(path, params, root, reference=reference, trained_until=trained_until)
     summary = {
+        "seconds": round(time.perf_counter() - started, 2),
         "passed": outcome.passed,
         "text": format_outcome(outcome),
         "failures": outcome.failures,
@@ -226,6 +228,7 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
         }
         result["validation"] = {
             "batch_id": identifier,
+            "seconds": validation["seconds"],
             "warnings": [w.get("check") for w in validation["warnings"]],
         }
         record_lineage(params, workspace, result)
