@@ -145,6 +145,7 @@ def canary(
     expected_champion: str,
     records: Sequence[dict],
     labels: Sequence[int | None],
+    steps: Sequence[float] | None = None,
     policy: CanaryConfig | None = None,
     root: Path | None = None,
     home: Path | None = None,
@@ -153,11 +154,14 @@ def canary(
     """Run the canary of `challenger_version` against `expected_champion` on a running service, with replayed traffic.
 
     `records`/`labels` are the traffic source (raw-schema dicts and their delayed labels), consumed in order across
-    steps. The policy defaults to the params `canary` section. Returns the outcome and every step's decision.
+    steps. The policy defaults to the params `canary` section; `steps` (percent) overrides its steps, validated.
+    Returns the outcome, the reasons, the service's rollout state and every step's decision.
     """
     check_loopback(base_url)
     root = Path(root or Path.cwd())
     policy = policy or load_params(os.environ.get(PARAMS_ENV) or root / "params.yaml").canary
+    if steps is not None:
+        policy = CanaryConfig.model_validate({**policy.model_dump(), "steps": tuple(steps)})
     home = Path(home) if home else home_dir(root)
     connect(root)
     log = _logger()

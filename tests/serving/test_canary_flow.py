@@ -1,0 +1,230 @@
+"""The canary flow over real HTTP on loopback: a good challenger is promoted, a constant one is rolled back.
+
+The flow's body is called through `canary.fn`, so no Prefect API or server starts (artifacts are then skipped);
+everything else is real: a `bentoml serve` subprocess, MLflow on SQLite in a temporary home, the prediction log,
+real February flights replayed one per request with their labels posted as delayed feedback.
+This module uses its own registry home, so the session-wide registry of the other serving tests is not touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+from conftest import ROOT, TOKEN, Registry, Server, _register_versions
+
+from flows.canary import OUTCOME_ABORTED, OUTCOME_PROMOTED, OUTCOME_ROLLED_BACK, canary, labelled_traffic
+from retrainer.config import CanaryConfig, Params
+from retrainer.io import registry
+from retrainer.serving.replay import replay
+
+pytestmark = pytest.mark.integration
+
+POLICY = CanaryConfig(
+    steps=(50, 100),
+    min_requests_per_step=40,
+    min_seconds_per_step=0,
+    max_seconds_per_step=60,
+    max_error_rate=0.02,
+    error_rate_tolerance=0.01,
+    max_p95_latency_ratio=5.0,  # loopback timings of a few ms jitter; a real blow-up is far above this
+    max_p95_latency_ms=2000,
+    # v1 and v2 differ for real (max_iter 30 vs 60; thresholds 0.5 vs 0.3): on 3,000 February rows their PSI is
+    # about 0.15-0.19, positive rates 0.35 vs 0.57, accuracy 0.63 vs 0.48. At ~50 requests per arm the sample PSI
+    # of v1 vs v2 is ~0.7, a constant predictor's ~7: the limits below sit between, with margin on both sides.
+    divergence_bins=5,
+    max_divergence=1.5,
+    min_agreement=0.6,
+    min_labels=30,
+    significance=0.001,  # ~50 labels per arm: only a gross accuracy drop is called (the table tests cover the rest)
+    feedback_delay_seconds=0.2,
+)
+
+
+@pytest.fixture(scope="module")
+def canary_registry(
+    tmp_path_factory: pytest.TempPathFactory, params: Params, seed_flights: pd.DataFrame, references: dict
+) -> Iterator[Registry]:
+    """A home of its own with v1 (champion) and v2 (challenger); the env stays pointed at it for the module."""
+    home = tmp_path_factory.mktemp("canary-home")
+    env = {"RETRAINER_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        _register_versions(params, seed_flights, references)
+        yield Registry(home=home, env=env, model_name=params.tracking.registered_model)
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def canary_server(canary_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {
+        **canary_registry.env,
+        "RETRAINER_ROOT": str(ROOT),
+        "RETRAINER_ADMIN_TOKEN": TOKEN,
+        "BENTOML_HOME": str(canary_registry.home / "bentoml"),
+    }
+    running = Server("retrainer.serving.service:RetrainerService", env, tmp_path_factory.mktemp("logs") / "serve.log")
+    running.start()
+    yield running
+    running.stop()
+
+
+def _traffic(params: Params, seed_flights: pd.DataFrame, start: int, n: int) -> tuple[list[dict], list]:
+    raw = seed_flights.loc[seed_flights["month"] == 2].iloc[start : start + n].reset_index(drop=True)
+    return labelled_traffic(raw, params)
+
+
+def _run(server: Server, reg: Registry, challenger: str, champion: str, traffic: tuple[list, list]) -> dict:
+    records, labels = traffic
+    return canary.fn(
+        base_url=server.url,
+        admin_token=TOKEN,
+        model_name=reg.model_name,
+        challenger_version=challenger,
+        expected_champion=champion,
+        records=records,
+        labels=labels,
+        policy=POLICY,
+        root=ROOT,
+        home=reg.home,
+    )
+
+
+def _served_by(server: Server, records: list[dict]) -> set[tuple[str, str]]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = client.post("/predict", json={"records": records})
+    assert response.status_code == 200, response.text
+    return {(p["arm"], p["model_version"]) for p in response.json()["predictions"]}
+
+
+def test_good_challenger_is_promoted_through_every_step(
+    canary_server: Server, canary_registry: Registry, params: Params, seed_flights: pd.DataFrame
+):
+    name = canary_registry.model_name
+    assert registry.alias_version(name, registry.CHAMPION) == "1"
+    result = _run(canary_server, canary_registry, "2", "1", _traffic(params, seed_flights, 0, 600))
+
+    assert result["outcome"] == OUTCOME_PROMOTED, result["reasons"]
+    assert [s["weight"] for s in result["steps"]] == [50, 100]
+    assert [s["decision"]["action"] for s in result["steps"]] == ["continue", "promote"]
+    for step in result["steps"]:
+        assert step["replay"]["failed"] == 0
+        assert step["decision"]["numbers"]["challenger_requests"] >= POLICY.min_requests_per_step
+        assert step["decision"]["numbers"]["challenger_error_rate"] == 0.0
+    # labels came back through /feedback and were counted for the last step's accuracy comparison
+    assert result["steps"][-1]["decision"]["numbers"]["challenger_labels"] >= POLICY.min_labels
+    assert "challenger_accuracy" in result["steps"][-1]["decision"]["numbers"]
+
+    assert registry.alias_version(name, registry.CHAMPION) == "2"
+    assert registry.version_tags(name, "2")["canary_verdict"] == OUTCOME_PROMOTED
+    rollout = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
+    assert (rollout["champion_version"], rollout["challenger_version"], rollout["challenger_weight"]) == ("2", None, 0)
+    records, _ = _traffic(params, seed_flights, 1000, 20)
+    assert _served_by(canary_server, records) == {("champion", "2")}
+
+
+def _register_constant_model(params: Params, seed_flights: pd.DataFrame, references: dict) -> str:
+    """A real, logged sklearn pipeline whose classifier always answers 'not delayed' (probability 0)."""
+    from sklearn.dummy import DummyClassifier
+
+    from retrainer.io.project import pseudonymisation_key
+    from retrainer.io.tracking import log_training_run
+    from retrainer.steps.ingest import integrate
+    from retrainer.steps.train import build_pipeline
+
+    raw = seed_flights.loc[seed_flights["month"] == 1].iloc[::50].reset_index(drop=True)
+    frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
+    features = [*params.features.numeric, *params.features.categorical]
+    model = build_pipeline(list(params.features.numeric), list(params.features.categorical), params.train)
+    model.set_params(model=DummyClassifier(strategy="constant", constant=0))
+    model.fit(frame[features], frame[params.data.target.name])
+    registration = log_training_run(
+        experiment=params.tracking.experiment,
+        model_name=params.tracking.registered_model,
+        model=model,
+        features=features,
+        train_frame=frame,
+        params={"model": "constant"},
+        metrics={},
+        tags={"threshold": "0.5"},
+        artifacts=[],
+        reports={},
+    )
+    return registration.version
+
+
+def test_constant_challenger_is_rolled_back_while_clients_keep_getting_answers(
+    canary_server: Server, canary_registry: Registry, params: Params, seed_flights: pd.DataFrame, references: dict
+):
+    name = canary_registry.model_name
+    champion = registry.alias_version(name, registry.CHAMPION)
+    broken = _register_constant_model(params, seed_flights, references)
+    registry.set_alias(name, registry.CHALLENGER, broken)
+
+    result = _run(canary_server, canary_registry, broken, champion, _traffic(params, seed_flights, 2000, 600))
+
+    assert result["outcome"] == OUTCOME_ROLLED_BACK, result
+    assert len(result["steps"]) == 1  # stopped at the first step, never reached 100%
+    decision = result["steps"][0]["decision"]
+    assert decision["action"] == "rollback"
+    assert any("diverge" in r for r in decision["reasons"]), decision["reasons"]
+    assert decision["numbers"]["challenger_requests"] >= POLICY.min_requests_per_step
+    traffic = result["steps"][0]["replay"]
+    assert traffic["sent"] > 0 and traffic["failed"] == 0 and traffic["succeeded"] == traffic["sent"]
+    assert traffic["by_arm"].get("challenger", 0) >= POLICY.min_requests_per_step
+
+    assert registry.alias_version(name, registry.CHAMPION) == champion
+    assert registry.alias_version(name, registry.CHALLENGER) is None
+    tags = registry.version_tags(name, broken)
+    assert tags["canary_verdict"] == OUTCOME_ROLLED_BACK and "diverge" in tags["canary_reasons"]
+    rollout = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
+    assert (rollout["champion_version"], rollout["challenger_version"], rollout["challenger_weight"]) == (
+        champion,
+        None,
+        0,
+    )
+    records, _ = _traffic(params, seed_flights, 3000, 20)
+    assert _served_by(canary_server, records) == {("champion", champion)}
+
+
+def test_canary_aborts_without_touching_traffic_when_the_champion_is_not_the_expected_one(
+    canary_server: Server, canary_registry: Registry, params: Params, seed_flights: pd.DataFrame
+):
+    before = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
+    stale = "1" if before["champion_version"] != "1" else "2"
+    result = _run(canary_server, canary_registry, "2", stale, _traffic(params, seed_flights, 4000, 50))
+    assert result["outcome"] == OUTCOME_ABORTED
+    assert result["steps"] == [] and f"expected v{stale}" in result["reasons"][0]
+    assert httpx.get(f"{canary_server.url}/rollout", timeout=10).json() == before
+
+
+def test_steps_override_is_validated_before_any_traffic(canary_server: Server, canary_registry: Registry):
+    before = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
+    with pytest.raises(ValueError, match="end at 100"):
+        canary.fn(
+            base_url=canary_server.url,
+            admin_token=TOKEN,
+            model_name=canary_registry.model_name,
+            challenger_version="2",
+            expected_champion=before["champion_version"],
+            records=[],
+            labels=[],
+            steps=[10, 50],
+            policy=POLICY,
+            root=ROOT,
+            home=canary_registry.home,
+        )
+    assert httpx.get(f"{canary_server.url}/rollout", timeout=10).json() == before
+
+
+def test_replay_refuses_anything_but_loopback():
+    with pytest.raises(ValueError, match="loopback"):
+        replay("http://example.com:3000", [{}], [1])
+    with pytest.raises(ValueError, match="loopback"):
+        replay("http://10.0.0.1:3000", [{}], [1])

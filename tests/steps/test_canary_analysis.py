@@ -1,0 +1,149 @@
+"""Table tests of the canary analysis: each case changes one thing about a healthy challenger."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from retrainer.config import CanaryConfig
+from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary, psi, psi_p_value
+
+POLICY = CanaryConfig(
+    steps=(10, 50, 100),
+    min_requests_per_step=200,
+    min_seconds_per_step=10,
+    max_error_rate=0.02,
+    error_rate_tolerance=0.01,
+    max_p95_latency_ratio=2.0,
+    max_p95_latency_ms=250,
+    max_divergence=0.25,
+    min_agreement=0.9,
+    min_labels=100,
+    significance=0.05,
+)
+
+
+def _arm(seed: int, n: int, labels: int, errors: int = 0, latency_ms: float = 5.0, flip: float = 0.0) -> ArmStats:
+    """Calibrated probabilities from Beta(2, 5); labels drawn from them, a share `flip` of them inverted."""
+    rng = np.random.default_rng(seed)
+    proba = rng.beta(2, 5, n)
+    feedback = proba[:labels]
+    observed = (rng.random(labels) < feedback).astype(int)
+    flipped = rng.random(labels) < flip
+    observed[flipped] = 1 - observed[flipped]
+    return ArmStats(
+        requests=n + errors,
+        errors=errors,
+        latencies_ms=list(rng.normal(latency_ms, latency_ms * 0.1, n)),
+        probabilities=list(proba),
+        feedback_labels=list(observed),
+        feedback_probabilities=list(feedback),
+        threshold=0.5,
+    )
+
+
+CHAMPION = _arm(1, 1000, 400, errors=2)
+HEALTHY = _arm(2, 300, 200)
+MIDDLE, LAST = StepProgress(0, 3, 30.0), StepProgress(2, 3, 30.0)
+
+CASES = {
+    "healthy challenger continues": (HEALTHY, MIDDLE, POLICY, "continue", "passes"),
+    "healthy challenger promotes at the last step": (HEALTHY, LAST, POLICY, "promote", "last step"),
+    "high error rate rolls back": (_arm(2, 300, 200, errors=15), MIDDLE, POLICY, "rollback", "> max 0.020"),
+    "error rate under the ceiling but beyond the champion's tolerance": (
+        _arm(2, 300, 200, errors=5),  # 5/305 = 0.0164 > 0.002 + 0.01
+        MIDDLE,
+        POLICY,
+        "rollback",
+        "+ tolerance",
+    ),
+    "borderline error rate within tolerance continues": (_arm(2, 300, 200, errors=3), MIDDLE, POLICY, "continue", ""),
+    "raising predictor rolls back before the step's minimum": (
+        ArmStats(requests=10, errors=10),
+        MIDDLE,
+        POLICY,
+        "rollback",
+        "error rate 1.000",
+    ),
+    "latency blow-up rolls back": (_arm(2, 300, 200, latency_ms=15), MIDDLE, POLICY, "rollback", "x the champion's"),
+    "latency above the absolute ceiling rolls back": (
+        _arm(2, 300, 200, latency_ms=400),
+        MIDDLE,
+        POLICY.model_copy(update={"max_p95_latency_ratio": 1e3}),
+        "rollback",
+        "> max 250 ms",
+    ),
+    "constant predictor rolls back on divergence": (
+        replace(HEALTHY, probabilities=[0.0] * 300, feedback_probabilities=[0.0] * 200),
+        MIDDLE,
+        POLICY,
+        "rollback",
+        "diverge",
+    ),
+    "always-positive predictor fails agreement": (
+        replace(HEALTHY, probabilities=[0.9] * 300, feedback_probabilities=[0.9] * 200),
+        MIDDLE,
+        POLICY,
+        "rollback",
+        "label agreement",
+    ),
+    "significantly worse accuracy on labels rolls back": (
+        _arm(2, 300, 200, flip=0.4),
+        MIDDLE,
+        POLICY,
+        "rollback",
+        "significantly below",
+    ),
+    "slightly worse accuracy, not significant, continues": (
+        _arm(2, 300, 200, flip=0.03),
+        MIDDLE,
+        POLICY,
+        "continue",
+        "",
+    ),
+    "too few labels: the accuracy check is skipped, not failed": (
+        _arm(2, 300, 50, flip=0.6),
+        MIDDLE,
+        POLICY,
+        "continue",
+        "accuracy check skipped",
+    ),
+    "too few requests waits": (_arm(2, 150, 100), MIDDLE, POLICY, "wait", "150/200"),
+    "too short a step waits": (HEALTHY, StepProgress(0, 3, 3.0), POLICY, "wait", "3.0/10 s"),
+    "small healthy sample is not called divergent": (
+        _arm(3, 40, 0),
+        MIDDLE,
+        POLICY.model_copy(update={"min_requests_per_step": 30}),
+        "continue",
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize("challenger,progress,policy,action,reason", CASES.values(), ids=CASES.keys())
+def test_canary_decision(challenger, progress, policy, action, reason):
+    decision = analyse_canary(CHAMPION, challenger, progress, policy)
+    assert decision.action == action, decision.reasons
+    assert any(reason in r for r in decision.reasons), decision.reasons
+    if action in ("continue", "promote"):
+        assert not any("significantly" in r or "diverge" in r or "> max" in r for r in decision.reasons)
+
+
+def test_numbers_carry_the_measurements():
+    decision = analyse_canary(CHAMPION, _arm(2, 300, 200, errors=15), MIDDLE, POLICY)
+    assert decision.numbers["challenger_error_rate"] == pytest.approx(15 / 315)
+    assert decision.numbers["champion_error_rate"] == pytest.approx(2 / 1002)
+    assert 0.8 < decision.numbers["p95_latency_ratio"] < 1.25
+    assert decision.numbers["challenger_labels"] == 200
+    assert not math.isnan(decision.numbers["challenger_auc"])
+
+
+def test_psi_is_zero_for_one_sample_and_large_for_a_constant():
+    rng = np.random.default_rng(0)
+    sample = rng.beta(2, 5, 2000)
+    assert psi(sample, sample) == pytest.approx(0.0, abs=1e-9)
+    assert psi(sample, np.zeros(200)) > 2.0
+    assert psi_p_value(psi(sample, np.zeros(200)), 10, 2000, 200) < 1e-6
