@@ -109,6 +109,14 @@ def promote_or_reject(params: Params, root: Path, gate: dict, expected_champion:
     promotion = registry.promote_if_current(name, version, expected_champion, home_dir(root) / "registry.lock")
     if not promotion.promoted:
         return STATUS_REJECTED, [promotion.reason]
+    try:
+        from retrainer.serving.rollback import record_golden_predictions
+
+        # The reference `retrainer rollback` verifies against: the new champion, and the replaced one if missing.
+        for recorded in filter(None, (version, expected_champion)):
+            record_golden_predictions(recorded, params, root)
+    except Exception as exc:  # the promotion stands (a retry would find it done); a rollback reports "not verified"
+        get_run_logger().warning("golden predictions not recorded after promoting v%s: %s", version, exc)
     return STATUS_PROMOTED, [*gate["reasons"], promotion.reason]
 
 

@@ -178,6 +178,37 @@ def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000) 
 
 
 @app.command()
+def rollback(
+    golden: Annotated[
+        Path | None, typer.Option("--golden", help="Golden set (raw flights; default seeds/golden.csv).")
+    ] = None,
+    expected: Annotated[
+        str | None, typer.Option("--expected", help="Refuse unless the champion is still this version.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+) -> None:
+    """Restore the champion the last promotion replaced, update the rollout state, replay the golden set.
+
+    Exit codes: 0 rolled back and verified, 1 rolled back but the golden replay does not match (or a conflict),
+    2 no previous champion.
+    """
+    from retrainer.serving.rollback import NoPreviousChampion, RollbackConflict, format_report
+    from retrainer.serving.rollback import rollback as do_rollback
+
+    try:
+        report = do_rollback(_params(), Path.cwd(), golden, expected_champion=expected)
+    except NoPreviousChampion as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    except RollbackConflict as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    _print_json(report.to_dict()) if as_json else typer.echo(format_report(report))
+    if not report.verified:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
 def package(versions: Annotated[list[str], typer.Argument(help="Registered model versions to pack.")]) -> None:
     """Build a Bento holding the given model versions; prints its tag (also set as MLflow tag `bento_tag`)."""
     from retrainer.serving.package import build_bento

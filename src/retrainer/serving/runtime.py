@@ -26,6 +26,22 @@ TOKEN_ENV = "RETRAINER_ADMIN_TOKEN"
 THREADS_ENV = "RETRAINER_SERVING_THREADS"
 
 
+_THREAD_LIMIT = threading.local()
+
+
+def limit_this_thread(threads: int) -> None:
+    """Cap native thread pools for the calling thread, once per thread.
+
+    OpenMP's limit is per thread: a limit set where the runtime is built does not reach the worker threads BentoML
+    runs sync APIs in, and HistGradientBoosting's predict then spreads every small request over all cores.
+    """
+    if getattr(_THREAD_LIMIT, "threads", None) != threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+        _THREAD_LIMIT.threads = threads
+
+
 class RolloutConflict(RuntimeError):
     """An admin action that does not apply to the current rollout (no challenger, stale champion, ...)."""
 
@@ -91,10 +107,8 @@ class ServingRuntime:
     """Champion/challenger scoring with sticky routing; admin actions persist the rollout state."""
 
     def __init__(self, config: ServingConfig, source: ModelSource | None = None):
-        from threadpoolctl import threadpool_limits
-
         # Small requests lose more to OpenMP thread start-up than they gain; the server scales by workers instead.
-        threadpool_limits(limits=config.threads)
+        limit_this_thread(config.threads)
         self.config = config
         params = config.params
         self.features = FeatureBuilder(params, load_references(params, config.root))
@@ -144,6 +158,7 @@ class ServingRuntime:
     def predict(self, records: Sequence[dict]) -> Scored:
         """Score raw records: route each by its key, score each arm's rows together, log every prediction."""
         started = time.perf_counter()
+        limit_this_thread(self.config.threads)
         with self._lock:
             state, models = self.state, dict(self._models)
         versions = {CHAMPION: state.champion_version, CHALLENGER: state.challenger_version}

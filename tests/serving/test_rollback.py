@@ -1,0 +1,137 @@
+"""Rollback on a real MLflow registry (SQLite): the alias moves back, the state follows, the golden set proves it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retrainer.config import Params
+from retrainer.io import registry
+from retrainer.serving.rollback import (
+    NoPreviousChampion,
+    RollbackConflict,
+    golden_record_path,
+    record_golden_predictions,
+    rollback,
+)
+from retrainer.serving.state import load_state, state_path
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "seeds" / "golden.csv"
+
+
+@pytest.fixture(scope="module")
+def home(
+    tmp_path_factory: pytest.TempPathFactory,
+    params: Params,
+    seed_flights: pd.DataFrame,
+    references: dict[str, pd.DataFrame],
+) -> Iterator[Path]:
+    """A home of its own (other serving tests share theirs) with two real versions, no alias set."""
+    from threadpoolctl import threadpool_limits
+
+    from retrainer.io.project import pseudonymisation_key
+    from retrainer.io.tracking import log_training_run
+    from retrainer.steps.ingest import integrate
+    from retrainer.steps.train import build_pipeline
+
+    path = tmp_path_factory.mktemp("rollback-home")
+    # One thread: OpenMP spin-waiting makes these tiny fits many times slower on a busy 2-core machine.
+    with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1):
+        patch.setenv("RETRAINER_HOME", str(path))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
+        patch.delenv("RETRAINER_PARAMS", raising=False)
+        raw = seed_flights.loc[seed_flights["month"] == 1].iloc[::13].reset_index(drop=True)
+        frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
+        numeric, categorical = list(params.features.numeric), list(params.features.categorical)
+        for version, max_iter in (("1", 20), ("2", 40)):
+            model = build_pipeline(numeric, categorical, params.train).set_params(model__max_iter=max_iter)
+            model.fit(frame[[*numeric, *categorical]], frame[params.data.target.name])
+            registration = log_training_run(
+                experiment=params.tracking.experiment,
+                model_name=params.tracking.registered_model,
+                model=model,
+                features=[*numeric, *categorical],
+                train_frame=frame,
+                params={"max_iter": max_iter},
+                metrics={},
+                tags={"threshold": "0.5"},
+                artifacts=[],
+                reports={},
+            )
+            assert registration.version == version
+        yield path
+
+
+def _v2_promoted_over_v1(params: Params, home: Path) -> None:
+    """v1 becomes the first champion, then v2 is promoted over it, both through compare-and-set."""
+    name, lock = params.tracking.registered_model, home / "registry.lock"
+    registry.clear_alias(name, registry.CHAMPION)
+    assert registry.promote_if_current(name, "1", None, lock).promoted
+    assert registry.promote_if_current(name, "2", "1", lock).promoted
+    assert registry.version_tags(name, "2")["promoted_from"] == "1"
+
+
+def test_rollback_restores_the_previous_champion_and_verifies(params: Params, home: Path):
+    name = params.tracking.registered_model
+    _v2_promoted_over_v1(params, home)
+    for version in ("1", "2"):
+        path = record_golden_predictions(version, params, ROOT, GOLDEN, overwrite=True)
+        assert path == golden_record_path(home, version) and len(json.loads(path.read_text())["rows"]) == 200
+
+    report = rollback(params, ROOT, GOLDEN)
+
+    assert (report.from_version, report.to_version) == ("2", "1")
+    assert registry.alias_version(name, registry.CHAMPION) == "1"
+    assert report.verified is True, report.reason
+    assert report.max_abs_diff == 0.0 and report.rows == 200 and report.mismatches == []
+    state = load_state(state_path(home))
+    assert (state.champion_version, state.challenger_version, state.challenger_weight) == ("1", None, 0.0)
+    assert registry.version_tags(name, "2")["rolled_back_to"] == "1"
+
+    # v1 was the first champion: a second rollback has nowhere to go, and says so without moving anything.
+    with pytest.raises(NoPreviousChampion, match=r"v1 .* nothing to roll back to"):
+        rollback(params, ROOT, GOLDEN)
+    assert registry.alias_version(name, registry.CHAMPION) == "1"
+
+
+def test_no_champion_at_all_is_a_clear_error(params: Params, home: Path):
+    registry.clear_alias(params.tracking.registered_model, registry.CHAMPION)
+    with pytest.raises(NoPreviousChampion, match="has no champion"):
+        rollback(params, ROOT, GOLDEN)
+
+
+def test_a_stale_expected_champion_is_refused(params: Params, home: Path):
+    _v2_promoted_over_v1(params, home)
+    with pytest.raises(RollbackConflict, match="champion is v2, not v7"):
+        rollback(params, ROOT, GOLDEN, expected_champion="7")
+    assert registry.alias_version(params.tracking.registered_model, registry.CHAMPION) == "2"
+
+
+def test_a_tampered_golden_record_fails_verification_naming_the_row(params: Params, home: Path):
+    _v2_promoted_over_v1(params, home)
+    path = record_golden_predictions("1", params, ROOT, GOLDEN, overwrite=True)
+    payload = json.loads(path.read_text())
+    payload["rows"][17]["probability"] += 1e-6
+    path.write_text(json.dumps(payload))
+
+    report = rollback(params, ROOT, GOLDEN)
+
+    assert report.to_version == "1" and report.verified is False
+    assert len(report.mismatches) == 1 and report.mismatches[0].startswith("row 17 (")
+    assert "row 17 (" in report.reason
+    assert report.max_abs_diff == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_a_version_without_golden_predictions_is_not_verified(params: Params, home: Path):
+    _v2_promoted_over_v1(params, home)
+    golden_record_path(home, "1").unlink(missing_ok=True)
+
+    report = rollback(params, ROOT, GOLDEN)
+
+    assert report.to_version == "1" and report.verified is False
+    assert "no golden predictions recorded for v1" in report.reason
