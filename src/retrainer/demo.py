@@ -76,7 +76,7 @@ def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | No
     """Bootstrap a model with `dvc repro`, then feed the following months one by one through the retrain flow."""
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(f"[bold]retrainer demo[/bold]: fresh workspace in {workdir}")
     create_workspace(root, workdir, Path(params_file) if params_file else None)
     home = workdir / ".retrainer"
