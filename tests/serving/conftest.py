@@ -134,17 +134,23 @@ class Server:
         self._log.close()
 
 
+def service_for(registry: Registry, log_path: Path) -> Server:
+    """A started service from source, against `registry`, with the test admin token."""
+    env = {
+        **registry.env,
+        "RETRAINER_ROOT": str(ROOT),
+        "RETRAINER_ADMIN_TOKEN": TOKEN,
+        "BENTOML_HOME": str(registry.home / "bentoml"),
+    }
+    running = Server("retrainer.serving.service:RetrainerService", env, log_path)
+    running.start()
+    return running
+
+
 @pytest.fixture(scope="module")
 def server(registry_home: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The service from source, against the test registry, with an admin token."""
-    env = {
-        **registry_home.env,
-        "RETRAINER_ROOT": str(ROOT),
-        "RETRAINER_ADMIN_TOKEN": TOKEN,
-        "BENTOML_HOME": str(registry_home.home / "bentoml"),
-    }
-    running = Server("retrainer.serving.service:RetrainerService", env, tmp_path_factory.mktemp("logs") / "serve.log")
-    running.start()
+    running = service_for(registry_home, tmp_path_factory.mktemp("logs") / "serve.log")
     yield running
     running.stop()
 

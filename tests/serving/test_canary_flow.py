@@ -14,7 +14,7 @@ import httpx
 import mlflow
 import pandas as pd
 import pytest
-from conftest import ROOT, TOKEN, Registry, Server, _register_versions
+from conftest import ROOT, TOKEN, Registry, Server, _register_versions, service_for
 
 from flows.canary import OUTCOME_ABORTED, OUTCOME_PROMOTED, OUTCOME_ROLLED_BACK, canary, labelled_traffic
 from retrainer.config import CanaryConfig, Params
@@ -63,14 +63,7 @@ def canary_registry(
 
 @pytest.fixture(scope="module")
 def canary_server(canary_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {
-        **canary_registry.env,
-        "RETRAINER_ROOT": str(ROOT),
-        "RETRAINER_ADMIN_TOKEN": TOKEN,
-        "BENTOML_HOME": str(canary_registry.home / "bentoml"),
-    }
-    running = Server("retrainer.serving.service:RetrainerService", env, tmp_path_factory.mktemp("logs") / "serve.log")
-    running.start()
+    running = service_for(canary_registry, tmp_path_factory.mktemp("logs") / "serve.log")
     yield running
     running.stop()
 

@@ -47,8 +47,15 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_json(payload: dict | list, path: Path) -> None:
-    """Write JSON (sorted keys, stable across runs) atomically."""
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"))
+    """Write JSON (sorted keys, stable across runs) atomically and durably (fsynced before the rename)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    _atomic_write(path, write)
 
 
 def read_json(path: Path) -> dict:

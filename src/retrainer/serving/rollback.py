@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 from retrainer.config import Params
 from retrainer.io import registry
 from retrainer.io.project import home_dir
+from retrainer.io.tables import write_json
 from retrainer.serving.routing import RolloutState
 from retrainer.serving.state import save_state, state_path
 
@@ -106,20 +105,6 @@ def score_golden(pipeline, params: Params, root: Path, records: list[dict]) -> n
         return np.asarray(pipeline.predict_proba(frame)[:, 1], dtype=float)
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def record_golden_predictions(
     version: str,
     params: Params,
@@ -156,7 +141,7 @@ def record_golden_predictions(
             for i, (r, p) in enumerate(zip(records, proba, strict=True))
         ],
     }
-    _write_json(target, payload)
+    write_json(payload, target)
     return target
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from retrainer.io.tables import write_json
 from retrainer.serving.routing import RolloutState
 
 STATE_FILE = "rollout.json"
@@ -32,14 +31,4 @@ def load_state(path: Path) -> RolloutState | None:
 
 def save_state(state: RolloutState, path: Path) -> None:
     """Write the state atomically: a temporary file in the same folder, fsynced, then renamed over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state.to_dict(), handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(state.to_dict(), path)
