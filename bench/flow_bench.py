@@ -3,7 +3,7 @@
 Setup (not timed): a workspace bootstrapped on Jan..Nov 2013 with no training window (`dvc repro`, whole
 pipeline), then copied twice so both arms start from the same trained state with stores of their own.
 Timed, once each, as subprocess wall time:
-  plain  the pipeline stages (retrainer.stages.STAGES, in order) and the gate, with December already
+  plain  the pipeline stages (retrainer.stages.run_stage, in order) and the gate, with December already
          placed in data/batches;
   flow   flows.retrain.retrain on the December batch; inside the subprocess the Prefect ephemeral server is
          started explicitly before the call, so its start-up is reported apart from the flow itself;
@@ -34,15 +34,15 @@ from pathlib import Path
 from retrainer.config import load_params
 from retrainer.cycle import gather_and_decide, write_gate_report
 from retrainer.io.tracking import connect
-from retrainer.stages import STAGES
+from retrainer.stages import STAGES, run_stage
 root = Path(sys.argv[1])
 params = load_params(root / "params.yaml")
 connect(root)
 ready = time.perf_counter()
 seconds = {}
-for name, stage in STAGES.items():
+for name in STAGES:
     begun = time.perf_counter()
-    stage(params, root)
+    run_stage(name, params, root)  # what `dvc repro` and the flow run: same thread policy
     seconds[name] = round(time.perf_counter() - begun, 3)
 begun = time.perf_counter()
 gate = write_gate_report(gather_and_decide(params, root), root)
