@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import pytest
@@ -27,10 +27,11 @@ def test_a_failed_write_keeps_the_previous_state(tmp_path: Path, monkeypatch: py
     path = state_path(tmp_path)
     save_state(RolloutState("1", "2", 0.4), path)
 
-    def broken_dump(*args, **kwargs):
+    def disk_full(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(json, "dump", broken_dump)
+    # a full disk cannot be caused here: the fault is injected where the new bytes are flushed to disk
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="disk full"):
         save_state(RolloutState("1", "2", 0.9), path)
     monkeypatch.undo()
