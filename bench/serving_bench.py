@@ -28,8 +28,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from retrainer.io.processes import free_port, stop_process_group, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,12 +63,6 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """A server subprocess in its own session on loopback, stopped by its process group id."""
 
@@ -78,35 +72,17 @@ class Server:
         self._log = None
 
     def start(self, port: int, timeout: float = 120.0) -> float:
-        import httpx
-
         self.url = f"http://127.0.0.1:{port}"
         self._log = self.log_path.open("ab")
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text()[-3000:]
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+        wait_until_ready(self.proc, self.url + self.ready_path, self.log_path, timeout, self.name)
+        return time.perf_counter() - started
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
         self.proc = None
         if self._log is not None:
             self._log.close()
