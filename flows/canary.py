@@ -43,6 +43,24 @@ def labelled_traffic(raw: pd.DataFrame, params: Params) -> tuple[list[dict], lis
     return records, labels
 
 
+def load_traffic(path: Path, params: Params) -> tuple[list[dict], list[int | None]]:
+    """A raw batch file (CSV or Parquet, e.g. the month after the training data) as replayable labelled traffic."""
+    from retrainer.io.batch_files import read_batch_file
+
+    raw = read_batch_file(path, params.validate.max_file_mb, params.data.time_column)
+    return labelled_traffic(raw, params)
+
+
+def admin_token() -> str:
+    """The service's admin token, from the environment only (never a flow parameter, which Prefect stores)."""
+    from retrainer.serving.runtime import TOKEN_ENV
+
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise ValueError(f"{TOKEN_ENV} is not set: the canary needs the admin token the service was started with")
+    return token
+
+
 def _now() -> str:
     """The prediction log's timestamp format (UTC, milliseconds), so windows compare as text."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -139,12 +157,10 @@ def _merge(total: ReplayStats, part: ReplayStats) -> None:
 @flow(name="canary", validate_parameters=False)
 def canary(
     base_url: str,
-    admin_token: str,
     model_name: str,
     challenger_version: str,
     expected_champion: str,
-    records: Sequence[dict],
-    labels: Sequence[int | None],
+    traffic: str | None = None,
     steps: Sequence[float] | None = None,
     policy: CanaryConfig | None = None,
     root: Path | None = None,
@@ -153,26 +169,34 @@ def canary(
 ) -> dict:
     """Run the canary of `challenger_version` against `expected_champion` on a running service, with replayed traffic.
 
-    `records`/`labels` are the traffic source (raw-schema dicts and their delayed labels), consumed in order across
-    steps. The policy defaults to the params `canary` section; `steps` (percent) overrides its steps, validated.
-    Returns the outcome, the reasons, the service's rollout state and every step's decision.
+    `traffic` is a raw batch file replayed to the service in order across steps, its labels posted as delayed
+    feedback (demo and tests); without it the canary judges the live traffic clients send. The admin token comes
+    from RETRAINER_ADMIN_TOKEN. The policy defaults to the params `canary` section; `steps` (percent) overrides its
+    steps, validated. Returns the outcome, the reasons, the service's rollout state and every step's decision.
     """
     check_loopback(base_url)
     root = Path(root or Path.cwd())
-    policy = policy or load_params(os.environ.get(PARAMS_ENV) or root / "params.yaml").canary
+    params = load_params(os.environ.get(PARAMS_ENV) or root / "params.yaml")
+    policy = policy or params.canary
     if steps is not None:
         policy = CanaryConfig.model_validate({**policy.model_dump(), "steps": tuple(steps)})
     home = Path(home) if home else home_dir(root)
     connect(root)
     log = _logger()
-    admin = {"Authorization": f"Bearer {admin_token}"}
+    admin = {"Authorization": f"Bearer {admin_token()}"}
     versions = {"champion": expected_champion, "challenger": challenger_version}
     thresholds = {arm: _threshold(model_name, v) for arm, v in versions.items()}
     result: dict = {"challenger_version": challenger_version, "expected_champion": expected_champion, "steps": []}
-    source = _Traffic(records, labels)
+    source = _Traffic(*load_traffic(Path(traffic), params)) if traffic else _Traffic.live()
 
     with httpx.Client(base_url=base_url, timeout=60) as client:
-        rollout = client.get("/rollout").json()
+        try:
+            rollout = client.get("/rollout").json()
+        except httpx.TransportError as exc:
+            raise RuntimeError(
+                f"no retrainer service answers at {base_url} ({exc}): start it with `retrainer serve`, "
+                "point canary.service_url at it, or set canary.enabled: false"
+            ) from None
         if rollout["champion_version"] != expected_champion:
             reason = f"service champion is v{rollout['champion_version']}, expected v{expected_champion}"
             return _finish(result, OUTCOME_ABORTED, [reason], rollout)
@@ -217,12 +241,16 @@ def canary(
 
 
 class _Traffic:
-    """The caller's records and labels, consumed in order across steps."""
+    """Replayed records and labels, consumed in order across steps; or live traffic (nothing to replay)."""
 
-    def __init__(self, records: Sequence[dict], labels: Sequence[int | None]):
+    def __init__(self, records: Sequence[dict], labels: Sequence[int | None], live: bool = False):
         if len(records) != len(labels):
             raise ValueError(f"{len(records)} records but {len(labels)} labels")
-        self.records, self.labels, self.cursor = records, labels, 0
+        self.records, self.labels, self.cursor, self.is_live = records, labels, 0, live
+
+    @classmethod
+    def live(cls) -> _Traffic:
+        return cls([], [], live=True)
 
     @property
     def left(self) -> int:
@@ -246,8 +274,8 @@ def _run_step(
             why = f"step still short of evidence after {policy.max_seconds_per_step:g} s"
             return CanaryDecision("rollback", [why, *decision.reasons], decision.numbers), traffic
         missing = policy.min_requests_per_step - challenger.requests
-        if missing <= 0:
-            time.sleep(poll_seconds)  # enough requests; the step's minimum duration has not passed yet
+        if missing <= 0 or source.is_live:
+            time.sleep(poll_seconds)  # live clients bring the requests, or the step's minimum duration is not over
             continue
         if source.left <= 0:
             why = "traffic source exhausted before the step had enough requests"

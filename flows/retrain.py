@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from retrainer.stages import DATASET, REGISTRATION, STAGES, TRAIN
 from retrainer.stages import run_stage as run_stage_in_process
 
 STATUS_PROMOTED, STATUS_REJECTED, STATUS_FAILED = "promoted", "rejected", "failed"
-STATUS_QUARANTINED = "quarantined"
+STATUS_QUARANTINED, STATUS_ROLLED_BACK = "quarantined", "rolled_back"
 
 
 def project_params(root: Path) -> Params:
@@ -96,28 +98,71 @@ def run_gate(params: Params, root: Path) -> dict:
     return write_gate_report(gather_and_decide(params, root), root)
 
 
-@task(retries=2, retry_delay_seconds=2, task_run_name="promote or reject")
-def promote_or_reject(params: Params, root: Path, gate: dict, expected_champion: str | None) -> tuple[str, list[str]]:
-    """Compare-and-set promotion on a pass; on a fail the challenger alias is removed."""
+@task(task_run_name="reject")
+def reject(params: Params, gate: dict) -> tuple[str, list[str]]:
+    """A failed gate: the challenger alias is removed, the champion stays."""
     name, version = params.tracking.registered_model, gate["challenger_version"]
-    if not gate["passed"]:
-        if registry.alias_version(name, registry.CHALLENGER) == version:
-            registry.clear_alias(name, registry.CHALLENGER)
-        return STATUS_REJECTED, gate["reasons"]
-    if params.canary.enabled:
-        raise RuntimeError("canary.enabled is true but canary rollout is not available yet; set canary.enabled: false")
+    if registry.alias_version(name, registry.CHALLENGER) == version:
+        registry.clear_alias(name, registry.CHALLENGER)
+    return STATUS_REJECTED, gate["reasons"]
+
+
+@task(retries=1, retry_delay_seconds=2, task_run_name="package bento")
+def package_bento(root: Path, versions: list[str]) -> str:
+    """Build the Bento that serves these versions (offline), in a process of its own; return its tag.
+
+    A separate interpreter keeps BentoML's store location (read once, at its import) and its memory out of the flow.
+    """
+    command = [sys.executable, "-m", "retrainer.cli", "package", *versions]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"packaging versions {versions} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@task(retries=2, retry_delay_seconds=2, task_run_name="promote")
+def promote(params: Params, root: Path, gate: dict, expected_champion: str | None) -> tuple[str, list[str]]:
+    """Compare-and-set promotion of a challenger that passed the gate (and no canary is needed or possible)."""
+    name, version = params.tracking.registered_model, gate["challenger_version"]
     promotion = registry.promote_if_current(name, version, expected_champion, home_dir(root) / "registry.lock")
     if not promotion.promoted:
         return STATUS_REJECTED, [promotion.reason]
+    record_golden(params, root, version, expected_champion)
+    why = "no champion yet: nothing to canary against" if params.canary.enabled else "canary disabled"
+    return STATUS_PROMOTED, [*gate["reasons"], promotion.reason, why]
+
+
+def record_golden(params: Params, root: Path, version: str, replaced: str | None) -> None:
+    """The golden-set predictions `retrainer rollback` verifies against: the new champion, and the replaced one."""
     try:
         from retrainer.serving.rollback import record_golden_predictions
 
-        # The reference `retrainer rollback` verifies against: the new champion, and the replaced one if missing.
-        for recorded in filter(None, (version, expected_champion)):
+        for recorded in filter(None, (version, replaced)):
             record_golden_predictions(recorded, params, root)
     except Exception as exc:  # the promotion stands (a retry would find it done); a rollback reports "not verified"
         get_run_logger().warning("golden predictions not recorded after promoting v%s: %s", version, exc)
-    return STATUS_PROMOTED, [*gate["reasons"], promotion.reason]
+
+
+def run_canary(params: Params, root: Path, gate: dict, expected_champion: str, traffic: str | None) -> dict:
+    """The canary subflow against the running service; its outcome becomes the cycle's status."""
+    from flows.canary import OUTCOME_PROMOTED, OUTCOME_ROLLED_BACK, canary
+
+    version = gate["challenger_version"]
+    outcome = canary(
+        base_url=params.canary.service_url,
+        model_name=params.tracking.registered_model,
+        challenger_version=version,
+        expected_champion=expected_champion,
+        traffic=traffic,
+        root=root,
+        home=home_dir(root),
+    )
+    if outcome["outcome"] == OUTCOME_PROMOTED:
+        record_golden(params, root, version, expected_champion)
+        status = STATUS_PROMOTED
+    else:
+        status = STATUS_ROLLED_BACK if outcome["outcome"] == OUTCOME_ROLLED_BACK else STATUS_REJECTED
+    return {"status": status, "reasons": [f"canary {outcome['outcome']}", *outcome["reasons"]], "canary": outcome}
 
 
 @task(retries=2, retry_delay_seconds=2, task_run_name="record lineage")
@@ -171,8 +216,13 @@ def publish_artifacts(root: Path, result: dict) -> None:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
-    """One retrain cycle for one batch file."""
+def retrain(batch: str, root: str = ".", force: bool = False, canary_traffic: str | None = None) -> dict:
+    """One retrain cycle for one batch file.
+
+    A challenger that passes the gate is packaged as a Bento, then promoted directly (`canary.enabled: false`, or
+    no champion yet) or through a canary on the running service at `canary.service_url`. `canary_traffic` is a raw
+    batch file replayed to the service during the canary (demo, tests); without it the canary judges live traffic.
+    """
     logger = get_run_logger()
     workspace, path = Path(root).resolve(), Path(batch).resolve()
     params = project_params(workspace)
@@ -211,13 +261,23 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
         registration = read_json(workspace / REGISTRATION)
         name, version = params.tracking.registered_model, registration["version"]
         cached = read_json(workspace / "models" / "gate_report.json") if not any(s["ran"] for s in stages) else None
-        if cached is not None and cached.get("challenger_version") == version and previous and previous["result"]:
+        reusable = previous and previous["status"] != STATUS_FAILED and previous["result"]
+        if cached is not None and cached.get("challenger_version") == version and reusable:
             logger.info("nothing changed since the last run: reusing its decision")
             record.finish(identifier, previous["status"], previous["result"])
             return {**previous["result"], "reused": True, "stages": stages}
         expected = mark_challenger(name, version)
         gate = run_gate(params, workspace)
-        status, reasons = promote_or_reject(params, workspace, gate, expected)
+        rollout: dict = {}
+        if not gate["passed"]:
+            status, reasons = reject(params, gate)
+        else:
+            rollout["bento_tag"] = package_bento(workspace, [v for v in (expected, version) if v])
+            if params.canary.enabled and expected:
+                rollout.update(run_canary(params, workspace, gate, expected, canary_traffic))
+                status, reasons = rollout.pop("status"), rollout.pop("reasons")
+            else:
+                status, reasons = promote(params, workspace, gate, expected)
         result = {
             "status": status,
             "reasons": reasons,
@@ -233,6 +293,7 @@ def retrain(batch: str, root: str = ".", force: bool = False) -> dict:
             "gate": gate,
             "registration": registration,
             "stages": stages,
+            **rollout,
         }
         result["validation"] = {
             "batch_id": identifier,

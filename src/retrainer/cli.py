@@ -66,18 +66,25 @@ def run(
     batch: Annotated[Path, typer.Option("--batch", help="A batch file (CSV or Parquet) in the raw schema.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
     force: Annotated[bool, typer.Option(help="Run again even if this batch was already processed.")] = False,
+    canary_traffic: Annotated[
+        Path | None,
+        typer.Option(help="A raw batch file replayed to the service during the canary (default: live traffic)."),
+    ] = None,
 ) -> None:
-    """One retrain cycle for one batch: validate, train, gate against the champion, promote or reject.
+    """One retrain cycle for one batch: validate, train, gate, package, then canary (or promote) or reject.
 
-    Exit codes: 0 cycle completed (promoted or rejected), 3 batch quarantined, 1 failure.
+    With canary.enabled (the default) and a champion, a gate pass is canaried on the service at canary.service_url
+    (`retrainer serve`, with RETRAINER_ADMIN_TOKEN set in both). Exit codes: 0 cycle completed (promoted, rejected
+    or rolled back), 3 batch quarantined, 1 failure.
     """
     from retrainer.runner import run_cycle
 
-    if not batch.is_file():
-        typer.secho(f"error: batch file not found: {batch}", fg="red", err=True)
-        raise typer.Exit(2)
+    for name, path in (("batch", batch), ("canary traffic", canary_traffic)):
+        if path is not None and not path.is_file():
+            typer.secho(f"error: {name} file not found: {path}", fg="red", err=True)
+            raise typer.Exit(2)
     _params()
-    result = run_cycle(batch, Path.cwd(), force=force)
+    result = run_cycle(batch, Path.cwd(), force=force, canary_traffic=canary_traffic)
     if as_json:
         _print_json(result)
     else:
@@ -160,16 +167,22 @@ def deploy() -> None:
 
 
 @app.command()
-def serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000) -> None:
+def serve(
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1 (default: the port of canary.service_url).")
+    ] = None,
+) -> None:
     """Serve the champion (and a weighted challenger) over HTTP with BentoML on 127.0.0.1.
 
-    Admin routes need RETRAINER_ADMIN_TOKEN set (closed without it).
+    Admin routes need RETRAINER_ADMIN_TOKEN set (closed without it); the retrain flow's canary uses them.
     """
     import sys
+    from urllib.parse import urlparse
 
     from retrainer.serving.package import use_project_bentoml_home
 
-    _params()
+    params = _params()
+    port = port or urlparse(params.canary.service_url).port or 3000
     use_project_bentoml_home(Path.cwd())
     os.environ.setdefault("RETRAINER_ROOT", str(Path.cwd()))
     bentoml = str(Path(sys.executable).with_name("bentoml"))
@@ -222,6 +235,9 @@ def demo(
         Path, typer.Option(help="Where the demo builds its own workspace; wiped at the start of every run.")
     ] = Path(".retrainer-demo"),
     months: Annotated[str, typer.Option(help="Months fed one by one after the bootstrap, as FIRST-LAST.")] = "3-12",
+    canary: Annotated[
+        bool, typer.Option(help="Canary each gate pass on a live service (replaying the next month); or promote.")
+    ] = True,
 ) -> None:
     """The main job on embedded defaults: bootstrap a model, then retrain month by month on real 2013 flights."""
     from retrainer.demo import run_demo
@@ -232,7 +248,7 @@ def demo(
     except ValueError:
         typer.secho(f"error: --months must look like 3-12, got '{months}'", fg="red", err=True)
         raise typer.Exit(2) from None
-    run_demo(Path.cwd(), workdir.resolve(), list(span), params_file=os.environ.get(PARAMS_ENV))
+    run_demo(Path.cwd(), workdir.resolve(), list(span), params_file=os.environ.get(PARAMS_ENV), canary=canary)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,8 @@ class GateConfig(_Frozen):
 
 
 class CanaryConfig(_Frozen):
-    enabled: bool = False
+    enabled: bool = True
+    service_url: str = Field(default="http://127.0.0.1:3000", pattern=r"^https?://", description="`retrainer serve`")
     steps: tuple[float, ...] = Field(default=(10, 25, 50, 100), min_length=1, description="challenger traffic, %")
     min_requests_per_step: int = Field(default=200, ge=1, description="challenger requests before a step is judged")
     min_seconds_per_step: float = Field(default=60, ge=0)

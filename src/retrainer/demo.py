@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from pathlib import Path
 
 import pandas as pd
 import typer
+import yaml
 
 from retrainer.io.tables import read_json
 from retrainer.io.workspace import create_workspace, reproduce
+from retrainer.runner import canary_lines
 from retrainer.stages import METRICS, REGISTRATION, SPLIT_REPORT, TRAIN_REPORT
 
 
@@ -36,6 +39,26 @@ def write_month_batch(seed_path: Path, month: int, inbox: Path) -> Path:
     path = inbox / f"flights-2013-{month:02d}.csv"
     batch.to_csv(path, index=False)
     return path
+
+
+# The production canary (params.yaml) waits 60 s and 200 challenger requests per step, from 10 % up; the demo keeps
+# every threshold but takes three steps of 100 requests each, so a month's canary takes seconds, not minutes.
+DEMO_CANARY = {
+    "enabled": True,
+    "steps": [25, 50, 100],
+    "min_requests_per_step": 100,
+    "min_seconds_per_step": 0,
+    "max_seconds_per_step": 120,
+    "feedback_delay_seconds": 0.2,
+}
+
+
+def set_canary(workdir: Path, settings: dict) -> None:
+    """Merge settings into the workspace's `canary` params (the section no DVC stage depends on)."""
+    path = workdir / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["canary"] = {**raw.get("canary", {}), **settings}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def _improvement(result: dict) -> dict:
@@ -72,8 +95,14 @@ def read_rows(result: dict) -> int:
     return int(((result.get("metrics") or {}).get("challenger") or {}).get("rows") or 0)
 
 
-def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | None = None) -> list[dict]:
-    """Bootstrap a model with `dvc repro`, then feed the following months one by one through the retrain flow."""
+def run_demo(
+    root: Path, workdir: Path, months: list[int], params_file: str | None = None, canary: bool = True
+) -> list[dict]:
+    """Bootstrap a model with `dvc repro`, then feed the following months one by one through the retrain flow.
+
+    With `canary`, the service runs from the first champion on, and every later gate pass is canaried on it with
+    the next month's flights as traffic; without, a gate pass promotes directly.
+    """
     from rich.console import Console
 
     console = Console(soft_wrap=True)
@@ -108,29 +137,56 @@ def run_demo(root: Path, workdir: Path, months: list[int], params_file: str | No
     )
 
     from retrainer.runner import run_cycle
+    from retrainer.serving.launch import RunningService, start_service
 
+    set_canary(workdir, DEMO_CANARY if canary else {"enabled": False})
+    if canary:
+        os.environ["RETRAINER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
     console.print(
-        f"[bold]2. monthly batches[/bold]: {len(months)} months through the retrain flow "
-        "(validate -> stages -> gate -> promote/reject)"
+        f"[bold]2. monthly batches[/bold]: {len(months)} months through the retrain flow (validate -> stages -> "
+        + (
+            "gate -> package -> canary on the live service, replaying the next month's flights)"
+            if canary
+            else "gate -> package -> promote/reject)"
+        )
     )
-    widths = (8, 8, 11, 6, 6, 17, 9, 9, 5)
+    widths = (8, 8, 11, 6, 6, 17, 11, 9, 5)
     header = ("month", "holdout", "challenger", "AUC", "champ", "diff 95% CI", "decision", "champion", "time")
     console.print("   " + " ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), style="bold")
     results = []
-    for month in months:
-        batch = write_month_batch(root / "seeds" / "flights.parquet", month, workdir / "data" / "incoming")
-        started = time.perf_counter()
-        with console.status(f"2013-{month:02d}: retraining on {batch.name} ..."):
-            result = run_cycle(batch, workdir)
-        row = month_row(month, result, time.perf_counter() - started)
-        console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], widths, strict=True)), highlight=False)
-        console.print(f"   {'':8} {row[9]}", style="dim", highlight=False)
-        results.append(result)
+    service: RunningService | None = None
+    seed = root / "seeds" / "flights.parquet"
+    try:
+        for month in months:
+            batch = write_month_batch(seed, month, workdir / "data" / "incoming")
+            traffic = None
+            if canary and results and results[-1].get("champion_version") and service is None:
+                with console.status("starting the service (`retrainer serve`) with the champion ..."):
+                    service = start_service(workdir, home / "logs" / "serve.log")
+                set_canary(workdir, {"service_url": service.url})
+                console.print(f"   service up at {service.url}, serving champion v{results[-1]['champion_version']}")
+            if service is not None:
+                traffic = write_month_batch(seed, min(month + 1, 12), workdir / "data" / "traffic")
+            started = time.perf_counter()
+            with console.status(f"2013-{month:02d}: retraining on {batch.name} ..."):
+                result = run_cycle(batch, workdir, canary_traffic=traffic)
+            row = month_row(month, result, time.perf_counter() - started)
+            console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], widths, strict=True)), highlight=False)
+            console.print(f"   {'':8} {row[9]}", style="dim", highlight=False)
+            if month == 12 and result.get("canary"):
+                console.print(f"   {'':8} (no later month: the canary replayed December's own flights)", style="dim")
+            for line in canary_lines(result):
+                console.print(f"   {'':8} {line}", style="cyan", highlight=False)
+            results.append(result)
+    finally:
+        if service is not None:
+            service.stop()
     promoted = sum(r["status"] == "promoted" for r in results)
     final = results[-1].get("champion_version") if results else None
     console.print(
         f"[bold]summary[/bold]: {promoted} promoted, "
-        f"{sum(r['status'] == 'rejected' for r in results)} rejected, "
+        f"{sum(r['status'] == 'rejected' for r in results)} rejected by the gate, "
+        f"{sum(r['status'] == 'rolled_back' for r in results)} rolled back by the canary, "
         f"{sum(r['status'] in ('quarantined', 'failed') for r in results)} quarantined or failed; "
         f"champion is v{final}."
     )

@@ -22,11 +22,12 @@ class BatchQuarantined(Exception):
         self.result = result
 
 
-def run_cycle(batch: Path, root: Path, force: bool = False) -> dict:
+def run_cycle(batch: Path, root: Path, force: bool = False, canary_traffic: Path | None = None) -> dict:
     """Run the retrain flow on one batch and return its outcome; failures become status 'failed'."""
     from flows.retrain import retrain
 
-    state = retrain(str(batch), str(root), force, return_state=True)
+    traffic = str(canary_traffic) if canary_traffic else None
+    state = retrain(str(batch), str(root), force, canary_traffic=traffic, return_state=True)
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)
@@ -63,7 +64,29 @@ def format_result(result: dict) -> str:
     if metrics.get("champion"):
         lines.append(f"  champion    {_metric_line(metrics['champion'])}")
     lines += [f"  - {reason}" for reason in result.get("reasons", [])]
+    if result.get("bento_tag"):
+        lines.append(f"  bento {result['bento_tag']}")
+    lines += [f"  {line}" for line in canary_lines(result)]
     return "\n".join(lines)
+
+
+def canary_lines(result: dict) -> list[str]:
+    """One line per canary step (weight, decision, key numbers) and the outcome, for the demo table."""
+    canary = result.get("canary")
+    if not canary:
+        return []
+    lines = []
+    for step in canary["steps"]:
+        n = step["decision"]["numbers"]
+        shown = [f"{n.get('challenger_requests', 0):.0f} req"]
+        for key, label in (("psi", "PSI"), ("agreement", "agree"), ("challenger_accuracy", "acc")):
+            if key in n:
+                shown.append(f"{label} {n[key]:.3f}")
+        if "champion_accuracy" in n:
+            shown[-1] += f" vs {n['champion_accuracy']:.3f}"
+        lines.append(f"canary {step['weight']:>3g}%: {step['decision']['action']:<8} {', '.join(shown)}")
+    lines.append(f"canary {canary['outcome'].upper()}: {'; '.join(canary['reasons'])[:140]}")
+    return lines
 
 
 def _version_summary(name: str, version: str | None) -> dict | None:

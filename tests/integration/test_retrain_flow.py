@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -21,6 +22,14 @@ from retrainer.stages import TRAIN, TRAIN_REPORT, file_md5
 
 pytestmark = pytest.mark.integration
 MODEL = "flights-delay"
+TOKEN = "retrain-flow-test-token"
+CANARY = {
+    "steps": [50, 100],
+    "min_requests_per_step": 100,
+    "min_seconds_per_step": 0,
+    "max_seconds_per_step": 60,
+    "feedback_delay_seconds": 0.2,
+}
 ALL_STAGES = ("validate", "ingest", "split", "train", "evaluate", "register")
 
 
@@ -42,6 +51,8 @@ def _small_params(source: Path, dest: Path) -> Path:
       flow, so the floor is set honestly below what this tiny data reaches.
     - latency budget 2000 ms: on a busy 2-core machine one-row predict_proba p95 was measured at 15 ms alone
       and over 900 ms while other processes trained; a 50 ms budget would make this test a load test.
+    The canary keeps its production thresholds but takes two steps with 100 requests each and no minimum
+    duration, so it runs in seconds (`CANARY`); the service URL is set when the test service starts.
     """
     raw = yaml.safe_load((source / "params.yaml").read_text())
     raw["data"]["bootstrap"] = {"start": "2013-01-01", "end": "2013-02-01"}
@@ -50,6 +61,7 @@ def _small_params(source: Path, dest: Path) -> Path:
     raw["gate"]["latency_rows"] = 50
     raw["gate"]["floors"] = {"roc_auc": 0.55, "pr_auc": 0.10}
     raw["gate"]["budgets"]["latency_p95_ms"] = 2000
+    raw["canary"].update(CANARY)
     path = dest / "small-params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -85,6 +97,7 @@ def ws(project_root, tmp_path_factory, prefect_harness):
         patch.setenv("RETRAINER_HOME", str(home))
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
         patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        patch.setenv("RETRAINER_ADMIN_TOKEN", TOKEN)
         patch.delenv("RETRAINER_PARAMS", raising=False)
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         yield workspace
@@ -94,13 +107,39 @@ def ws(project_root, tmp_path_factory, prefect_harness):
 
 @pytest.fixture(scope="module")
 def batches(project_root, tmp_path_factory) -> dict[str, Path]:
-    """Small real batches as a provider would drop them: 1/4 of February and March, 1/8 of April."""
+    """Small real batches as a provider would drop them: 1/4 of February and March, 1/8 of April and May.
+
+    `apr-traffic` is a quarter of April's flights as client traffic for the canary of the March challenger.
+    """
     staging = tmp_path_factory.mktemp("provider")
     return {
         "feb": _sample_batch(project_root, 2, staging, "flights-2013-02-sample.csv", every=4),
         "mar": _sample_batch(project_root, 3, staging, "flights-2013-03-sample.csv", every=4),
         "apr": _sample_batch(project_root, 4, staging, "flights-2013-04-sample.csv", every=8),
+        "may": _sample_batch(project_root, 5, staging, "flights-2013-05-sample.csv", every=8),
+        "apr-traffic": _sample_batch(project_root, 4, staging, "traffic-2013-04.csv", every=4),
     }
+
+
+@pytest.fixture(scope="module")
+def service(ws, tmp_path_factory):
+    """`retrainer serve` on the workspace, started on first use (it needs a champion), stopped with the module."""
+    from retrainer.serving.launch import start_service
+
+    started = []
+
+    def start():
+        if not started:
+            running = start_service(ws, tmp_path_factory.mktemp("service") / "serve.log")
+            raw = yaml.safe_load((ws / "params.yaml").read_text())
+            raw["canary"]["service_url"] = running.url
+            (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+            started.append(running)
+        return started[0]
+
+    yield start
+    for running in started:
+        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +210,6 @@ def test_a_renamed_copy_of_a_processed_batch_is_recognised_by_its_content(ws, ba
     assert result["batch_id"] == memo["first"]["batch_id"]
 
 
-
-
 def _forced_rerun(ws: Path, batch: Path) -> tuple[dict, float]:
     from flows.retrain import retrain
 
@@ -181,9 +218,7 @@ def _forced_rerun(ws: Path, batch: Path) -> tuple[dict, float]:
     return result, time.perf_counter() - started
 
 
-def test_a_forced_rerun_with_nothing_changed_is_served_from_the_dvc_cache_and_keeps_the_lineage(
-    ws, batches, memo
-):
+def test_a_forced_rerun_with_nothing_changed_is_served_from_the_dvc_cache_and_keeps_the_lineage(ws, batches, memo):
     """All stages skipped by DVC, the recorded decision reused, and nothing re-tagged or re-promoted.
 
     The time bound is a generous behavioural check of the cache: no training, evaluation or registration.
@@ -217,6 +252,49 @@ def test_after_a_reused_forced_rerun_the_batch_keeps_its_recorded_outcome(ws, ba
     assert again.get("reused") is True
 
 
+def test_a_gate_pass_over_a_champion_is_packaged_and_canaried_on_the_running_service(ws, batches, memo, service):
+    """The March challenger passes the gate against the February champion (seeded, so the same every run); it is
+    packaged as a Bento and judged by the canary on the live service with April traffic. Whatever the canary decides,
+    the registry, the service and the result must agree on it.
+    """
+    from flows.retrain import retrain
+
+    running = service()
+    champion = memo["first"]["challenger_version"]
+    result = retrain(batch=str(batches["mar"]), root=str(ws), canary_traffic=str(batches["apr-traffic"]))
+    memo["canary"] = result
+
+    assert result["gate"]["passed"], result["gate"]["reasons"]
+    assert result["status"] in {"promoted", "rolled_back"}, result["reasons"]
+    challenger = result["challenger_version"]
+    assert result["compared_champion"] == champion != challenger
+    tags = registry.version_tags(MODEL, challenger)
+    assert result["bento_tag"].startswith("retrainer:") and tags["bento_tag"] == result["bento_tag"]
+    bento = ws / ".retrainer" / "bentoml" / "bentos" / "retrainer" / result["bento_tag"].split(":")[1]
+    assert (bento / "bento.yaml").is_file()
+
+    canary = result["canary"]
+    assert canary["challenger_version"] == challenger and canary["expected_champion"] == champion
+    weights = [step["weight"] for step in canary["steps"]]
+    assert weights and weights == CANARY["steps"][: len(weights)]
+    for step in canary["steps"]:
+        assert step["replay"]["failed"] == 0
+        assert step["decision"]["numbers"]["challenger_requests"] >= CANARY["min_requests_per_step"]
+    rollout = httpx.get(f"{running.url}/rollout", timeout=10).json()
+    assert rollout["challenger_weight"] == 0 and rollout["challenger_version"] is None
+    if result["status"] == "promoted":
+        assert [s["decision"]["action"] for s in canary["steps"]] == ["continue", "promote"]
+        assert registry.alias_version(MODEL, registry.CHAMPION) == challenger == rollout["champion_version"]
+        assert tags["canary_verdict"] == "promoted" and tags["promoted_from"] == champion
+    else:
+        assert canary["steps"][-1]["decision"]["action"] == "rollback"
+        assert registry.alias_version(MODEL, registry.CHAMPION) == champion == rollout["champion_version"]
+        assert registry.alias_version(MODEL, registry.CHALLENGER) is None
+        assert tags["canary_verdict"] == "rolled_back" and tags["canary_reasons"]
+    assert result["champion_version"] == rollout["champion_version"]
+    assert _record(ws).get(result["batch_id"])["status"] == result["status"]
+
+
 def _make_next_challenger_worse(ws: Path) -> None:
     """A one-feature model under a policy that demands a supported improvement: honestly worse."""
     raw = yaml.safe_load((ws / "params.yaml").read_text())
@@ -230,9 +308,9 @@ def test_a_worse_challenger_is_rejected_with_the_failing_checks_as_reasons(ws, b
     from flows.retrain import retrain
 
     champion = registry.alias_version(MODEL, registry.CHAMPION)
-    assert champion == memo["first"]["challenger_version"]
+    assert champion == memo["canary"]["champion_version"]
     _make_next_challenger_worse(ws)
-    result = retrain(batch=str(batches["mar"]), root=str(ws))
+    result = retrain(batch=str(batches["apr"]), root=str(ws))
     memo["rejected"] = result
 
     assert result["status"] == "rejected", result["reasons"]
@@ -253,7 +331,7 @@ def test_a_worse_challenger_is_rejected_with_the_failing_checks_as_reasons(ws, b
     assert tags["gate_verdict"] == "fail"
     assert tags["gate_status"] == "rejected"
     assert tags["parent_champion"] == champion
-    assert tags["batch_id"] == batch_id(batches["mar"])
+    assert tags["batch_id"] == batch_id(batches["apr"])
     assert "promoted_from" not in tags
     assert _record(ws).get(result["batch_id"])["status"] == "rejected"
 
@@ -264,14 +342,14 @@ def test_drain_inbox_processes_each_waiting_batch_exactly_once(ws, batches, memo
     inbox = ws / "data" / "incoming"
     inbox.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(batches["feb"], inbox / "resent-february.csv")
-    shutil.copyfile(batches["apr"], inbox / batches["apr"].name)
+    shutil.copyfile(batches["may"], inbox / batches["may"].name)
     (inbox / "notes.txt").write_text("not a batch")
     before = _versions()
 
     results = drain_inbox(root=str(ws))
-    assert [r["batch_id"] for r in results] == [batch_id(batches["apr"])]
+    assert [r["batch_id"] for r in results] == [batch_id(batches["may"])]
     (result,) = results
-    assert result["status"] in {"promoted", "rejected"}, result["reasons"]
+    assert result["status"] in {"promoted", "rejected", "rolled_back"}, result["reasons"]
     assert len(_versions() - before) == 1
     assert _record(ws).get(result["batch_id"])["status"] == result["status"]
 

@@ -9,6 +9,7 @@ This module uses its own registry home, so the session-wide registry of the othe
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -68,21 +69,31 @@ def canary_server(canary_registry: Registry, tmp_path_factory: pytest.TempPathFa
     running.stop()
 
 
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canary reads the service's admin token from the environment, as in production."""
+    monkeypatch.setenv("RETRAINER_ADMIN_TOKEN", TOKEN)
+
+
 def _traffic(params: Params, seed_flights: pd.DataFrame, start: int, n: int) -> tuple[list[dict], list]:
     raw = seed_flights.loc[seed_flights["month"] == 2].iloc[start : start + n].reset_index(drop=True)
     return labelled_traffic(raw, params)
 
 
-def _run(server: Server, reg: Registry, challenger: str, champion: str, traffic: tuple[list, list]) -> dict:
-    records, labels = traffic
+def _traffic_file(seed_flights: pd.DataFrame, start: int, n: int, folder: Path) -> str:
+    """February flights with their outcomes, as a raw batch file the canary replays."""
+    path = folder / f"traffic-{start}-{n}.parquet"
+    seed_flights.loc[seed_flights["month"] == 2].iloc[start : start + n].to_parquet(path, index=False)
+    return str(path)
+
+
+def _run(server: Server, reg: Registry, challenger: str, champion: str, traffic: str) -> dict:
     return canary.fn(
         base_url=server.url,
-        admin_token=TOKEN,
         model_name=reg.model_name,
         challenger_version=challenger,
         expected_champion=champion,
-        records=records,
-        labels=labels,
+        traffic=traffic,
         policy=POLICY,
         root=ROOT,
         home=reg.home,
@@ -97,11 +108,11 @@ def _served_by(server: Server, records: list[dict]) -> set[tuple[str, str]]:
 
 
 def test_good_challenger_is_promoted_through_every_step(
-    canary_server: Server, canary_registry: Registry, params: Params, seed_flights: pd.DataFrame
+    canary_server: Server, canary_registry: Registry, params: Params, seed_flights: pd.DataFrame, tmp_path: Path
 ):
     name = canary_registry.model_name
     assert registry.alias_version(name, registry.CHAMPION) == "1"
-    result = _run(canary_server, canary_registry, "2", "1", _traffic(params, seed_flights, 0, 600))
+    result = _run(canary_server, canary_registry, "2", "1", _traffic_file(seed_flights, 0, 600, tmp_path))
 
     assert result["outcome"] == OUTCOME_PROMOTED, result["reasons"]
     assert [s["weight"] for s in result["steps"]] == [50, 100]
@@ -153,14 +164,19 @@ def _register_constant_model(params: Params, seed_flights: pd.DataFrame, referen
 
 
 def test_constant_challenger_is_rolled_back_while_clients_keep_getting_answers(
-    canary_server: Server, canary_registry: Registry, params: Params, seed_flights: pd.DataFrame, references: dict
+    canary_server: Server,
+    canary_registry: Registry,
+    params: Params,
+    seed_flights: pd.DataFrame,
+    references: dict,
+    tmp_path: Path,
 ):
     name = canary_registry.model_name
     champion = registry.alias_version(name, registry.CHAMPION)
     broken = _register_constant_model(params, seed_flights, references)
     registry.set_alias(name, registry.CHALLENGER, broken)
 
-    result = _run(canary_server, canary_registry, broken, champion, _traffic(params, seed_flights, 2000, 600))
+    result = _run(canary_server, canary_registry, broken, champion, _traffic_file(seed_flights, 2000, 600, tmp_path))
 
     assert result["outcome"] == OUTCOME_ROLLED_BACK, result
     assert len(result["steps"]) == 1  # stopped at the first step, never reached 100%
@@ -187,11 +203,11 @@ def test_constant_challenger_is_rolled_back_while_clients_keep_getting_answers(
 
 
 def test_canary_aborts_without_touching_traffic_when_the_champion_is_not_the_expected_one(
-    canary_server: Server, canary_registry: Registry, params: Params, seed_flights: pd.DataFrame
+    canary_server: Server, canary_registry: Registry, seed_flights: pd.DataFrame, tmp_path: Path
 ):
     before = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
     stale = "1" if before["champion_version"] != "1" else "2"
-    result = _run(canary_server, canary_registry, "2", stale, _traffic(params, seed_flights, 4000, 50))
+    result = _run(canary_server, canary_registry, "2", stale, _traffic_file(seed_flights, 4000, 50, tmp_path))
     assert result["outcome"] == OUTCOME_ABORTED
     assert result["steps"] == [] and f"expected v{stale}" in result["reasons"][0]
     assert httpx.get(f"{canary_server.url}/rollout", timeout=10).json() == before
@@ -202,12 +218,9 @@ def test_steps_override_is_validated_before_any_traffic(canary_server: Server, c
     with pytest.raises(ValueError, match="end at 100"):
         canary.fn(
             base_url=canary_server.url,
-            admin_token=TOKEN,
             model_name=canary_registry.model_name,
             challenger_version="2",
             expected_champion=before["champion_version"],
-            records=[],
-            labels=[],
             steps=[10, 50],
             policy=POLICY,
             root=ROOT,
@@ -221,3 +234,28 @@ def test_replay_refuses_anything_but_loopback():
         replay("http://example.com:3000", [{}], [1])
     with pytest.raises(ValueError, match="loopback"):
         replay("http://10.0.0.1:3000", [{}], [1])
+
+
+def test_canary_without_the_admin_token_refuses_before_any_traffic(
+    canary_server: Server, canary_registry: Registry, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("RETRAINER_ADMIN_TOKEN")
+    before = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
+    with pytest.raises(ValueError, match="RETRAINER_ADMIN_TOKEN is not set"):
+        _run(canary_server, canary_registry, "2", before["champion_version"], None)
+    assert httpx.get(f"{canary_server.url}/rollout", timeout=10).json() == before
+
+
+def test_canary_names_the_url_when_no_service_answers(canary_registry: Registry):
+    from retrainer.io.processes import free_port
+
+    with pytest.raises(RuntimeError, match=r"no retrainer service answers at http://127\.0\.0\.1"):
+        canary.fn(
+            base_url=f"http://127.0.0.1:{free_port()}",
+            model_name=canary_registry.model_name,
+            challenger_version="2",
+            expected_champion="1",
+            policy=POLICY,
+            root=ROOT,
+            home=canary_registry.home,
+        )
