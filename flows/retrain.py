@@ -129,7 +129,24 @@ def promote(params: Params, root: Path, gate: dict, expected_champion: str | Non
         return STATUS_REJECTED, [promotion.reason]
     record_golden(params, root, version, expected_champion)
     why = "no champion yet: nothing to canary against" if params.canary.enabled else "canary disabled"
-    return STATUS_PROMOTED, [*gate["reasons"], promotion.reason, why]
+    return STATUS_PROMOTED, [*gate["reasons"], promotion.reason, why, tell_service(params)]
+
+
+def tell_service(params: Params) -> str:
+    """Have a service running at canary.service_url adopt the registry's new champion (POST /admin/reload)."""
+    from retrainer.serving.client import reload_service, service_state
+    from retrainer.serving.runtime import TOKEN_ENV
+
+    url, token = params.canary.service_url, os.environ.get(TOKEN_ENV)
+    if service_state(url) is None:
+        return f"no service at {url} to switch (one started later serves the new champion)"
+    if not token:
+        return f"the service at {url} was not switched: {TOKEN_ENV} is not set"
+    try:
+        return f"the service at {url} now serves v{reload_service(url, token)['champion_version']}"
+    except RuntimeError as exc:
+        get_run_logger().warning("the running service did not adopt the new champion: %s", exc)
+        return f"the service at {url} was not switched: {exc}"
 
 
 def record_golden(params: Params, root: Path, version: str, replaced: str | None) -> None:

@@ -202,14 +202,24 @@ def rollback(
 ) -> None:
     """Restore the champion the last promotion replaced, update the rollout state, replay the golden set.
 
-    Exit codes: 0 rolled back and verified, 1 rolled back but the golden replay does not match (or a conflict),
-    2 no previous champion.
+    A service running at canary.service_url is told to serve the restored champion (needs RETRAINER_ADMIN_TOKEN)
+    and the golden set is replayed through it over HTTP as well. Exit codes: 0 rolled back and verified (in-process,
+    and the service when one runs), 1 rolled back but a golden replay does not match (or a conflict), 2 no previous
+    champion.
     """
     from retrainer.serving.rollback import NoPreviousChampion, RollbackConflict, format_report
     from retrainer.serving.rollback import rollback as do_rollback
 
+    params = _params()
     try:
-        report = do_rollback(_params(), Path.cwd(), golden, expected_champion=expected)
+        report = do_rollback(
+            params,
+            Path.cwd(),
+            golden,
+            expected_champion=expected,
+            service_url=params.canary.service_url,
+            admin_token=os.environ.get("RETRAINER_ADMIN_TOKEN"),
+        )
     except NoPreviousChampion as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -217,7 +227,8 @@ def rollback(
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     _print_json(report.to_dict()) if as_json else typer.echo(format_report(report))
-    if not report.verified:
+    service_failed = report.service is not None and report.service["reached"] and not report.service["verified"]
+    if not report.verified or service_failed:
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -259,3 +259,58 @@ def test_canary_names_the_url_when_no_service_answers(canary_registry: Registry)
             root=ROOT,
             home=canary_registry.home,
         )
+
+
+def test_admin_rollback_over_http_restores_the_champion_the_canary_replaced(
+    canary_server: Server, canary_registry: Registry, seed_flights: pd.DataFrame, params: Params
+):
+    """After the promotion of v2 above (and the constant challenger dropped), /admin/rollback brings v1 back."""
+    name = canary_registry.model_name
+    before = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
+    assert (before["champion_version"], before["previous_champion_version"]) == ("2", "1"), before
+    response = httpx.post(
+        f"{canary_server.url}/admin/rollback", json={}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["champion_version"] == "1"
+    assert registry.alias_version(name, registry.CHAMPION) == "1"
+    records, _ = _traffic(params, seed_flights, 5000, 20)
+    assert _served_by(canary_server, records) == {("champion", "1")}
+
+
+def test_cli_rollback_moves_the_registry_and_the_running_service_and_verifies_both(
+    canary_server: Server, canary_registry: Registry, seed_flights: pd.DataFrame, params: Params
+):
+    """`retrainer rollback` with a service up: the alias moves back, the service is told (/admin/reload), and the
+    golden set replayed over HTTP matches the predictions recorded for the restored version to 1e-9."""
+    from retrainer.serving.rollback import record_golden_predictions, rollback
+
+    name = canary_registry.model_name
+    assert registry.alias_version(name, registry.CHAMPION) == "1"
+    assert registry.version_tags(name, "1")["promoted_from"] == "2"
+    record_golden_predictions("2", params, ROOT)
+
+    report = rollback(params, ROOT, service_url=canary_server.url, admin_token=TOKEN)
+    assert (report.from_version, report.to_version) == ("1", "2")
+    assert report.verified, report.reason
+    assert report.service is not None and report.service["verified"], report.service
+    rollout = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
+    assert rollout["champion_version"] == "2" == registry.alias_version(name, registry.CHAMPION)
+    records, _ = _traffic(params, seed_flights, 5100, 20)
+    assert _served_by(canary_server, records) == {("champion", "2")}
+
+
+def test_cli_rollback_reports_a_service_it_could_not_tell(canary_server: Server, params: Params):
+    """Without the admin token the registry still moves, but the report says the running service was not told."""
+    from retrainer.serving.rollback import record_golden_predictions, rollback
+
+    record_golden_predictions("1", params, ROOT)
+    report = rollback(params, ROOT, service_url=canary_server.url, admin_token=None)
+    assert report.to_version == "1" and report.verified
+    assert report.service == {
+        "url": canary_server.url,
+        "reached": True,
+        "verified": False,
+        "reason": "RETRAINER_ADMIN_TOKEN is not set: the running service was not told and serves its old champion",
+    }
+    assert httpx.get(f"{canary_server.url}/rollout", timeout=10).json()["champion_version"] == "2"

@@ -87,7 +87,9 @@ def test_admin_needs_the_bearer_token(client: httpx.Client):
     assert client.post("/admin/weights", json={"challenger_weight": 0.3}).status_code == 401
     wrong = {"Authorization": "Bearer nope"}
     assert client.post("/admin/weights", json={"challenger_weight": 0.3}, headers=wrong).status_code == 401
-    assert client.post("/admin/promote", json={}, headers=wrong).status_code == 401
+    for route in ("/admin/promote", "/admin/rollback", "/admin/reload"):
+        assert client.post(route, json={}, headers=wrong).status_code == 401, route
+        assert client.post(route, json={}).status_code == 401, route
     assert client.get("/rollout").json()["challenger_weight"] == 0.0
     state = _weights(client, 0.3)
     assert state["challenger_weight"] == 0.3 and state["challenger_version"] == "2"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,7 @@ class RollbackReport:
     mismatches: list[str]
     reason: str
     state_file: str
+    service: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +149,13 @@ def record_golden_predictions(
 
 def verify_golden(version: str, pipeline, params: Params, root: Path, golden_path: Path | None = None) -> GoldenCheck:
     """Replay the golden set through `pipeline` and compare with the probabilities recorded for `version`."""
+    return check_golden(version, root, golden_path, lambda records: score_golden(pipeline, params, root, records))
+
+
+def check_golden(
+    version: str, root: Path, golden_path: Path | None, score: Callable[[list[dict]], np.ndarray]
+) -> GoldenCheck:
+    """Score the golden set with `score` (in-process or over HTTP) and compare with `version`'s recorded predictions."""
     record_file = golden_record_path(home_dir(root), version)
     golden = Path(golden_path or root / GOLDEN_FILE)
     records = golden_records(golden)
@@ -157,7 +166,7 @@ def verify_golden(version: str, pipeline, params: Params, root: Path, golden_pat
         reason = f"the golden set {golden} differs from the one recorded for v{version}"
         return GoldenCheck(version, False, None, len(records), [], reason)
     expected = np.array([float(row["probability"]) for row in recorded["rows"]])
-    actual = score_golden(pipeline, params, root, records)
+    actual = np.asarray(score(records), dtype=float)
     diff = np.abs(actual - expected)
     bad = np.flatnonzero(~(diff <= TOLERANCE))  # NaN counts as a mismatch
     mismatches = [
@@ -175,6 +184,40 @@ def verify_golden(version: str, pipeline, params: Params, root: Path, golden_pat
     return GoldenCheck(version, not len(bad), max_diff, len(records), mismatches, reason)
 
 
+def sync_service(version: str, root: Path, url: str, token: str | None, golden_path: Path | None = None) -> dict:
+    """Make a running service serve `version` (POST /admin/reload), then replay the golden set through it over HTTP.
+
+    Never raises for an absent or refusing service: what happened is returned for the report.
+    """
+    from retrainer.serving.client import reload_service, score_records, service_state
+
+    if service_state(url) is None:
+        return {"url": url, "reached": False, "verified": False, "reason": f"no service answers at {url}"}
+    if not token:
+        reason = "RETRAINER_ADMIN_TOKEN is not set: the running service was not told and serves its old champion"
+        return {"url": url, "reached": True, "verified": False, "reason": reason}
+    try:
+        state = reload_service(url, token)
+    except RuntimeError as exc:
+        return {"url": url, "reached": True, "verified": False, "reason": str(exc)}
+    if state.get("champion_version") != version:
+        reason = f"the service serves v{state.get('champion_version')} after reloading, not v{version}"
+        return {"url": url, "reached": True, "verified": False, "reason": reason}
+
+    def over_http(records: list[dict]) -> np.ndarray:
+        predictions = score_records(url, records)
+        served = {p["model_version"] for p in predictions}
+        if served != {version}:
+            raise RuntimeError(f"golden replay was served by versions {sorted(served)}, not v{version} alone")
+        return np.array([p["probability"] for p in predictions])
+
+    try:
+        check = check_golden(version, root, golden_path, over_http)
+    except RuntimeError as exc:
+        return {"url": url, "reached": True, "verified": False, "reason": str(exc)}
+    return {"url": url, "reached": True, "verified": check.verified, "reason": check.reason}
+
+
 def previous_champion(model_name: str) -> tuple[str, str]:
     """(current champion, the champion it was promoted over); NoPreviousChampion when either is missing."""
     current = registry.alias_version(model_name, registry.CHAMPION)
@@ -190,12 +233,20 @@ def previous_champion(model_name: str) -> tuple[str, str]:
 
 
 def rollback(
-    params: Params, root: Path, golden_path: Path | None = None, *, expected_champion: str | None = None
+    params: Params,
+    root: Path,
+    golden_path: Path | None = None,
+    *,
+    expected_champion: str | None = None,
+    service_url: str | None = None,
+    admin_token: str | None = None,
 ) -> RollbackReport:
     """Restore the previous champion (compare-and-set under the registry lock), update the rollout state, verify.
 
-    Raises NoPreviousChampion when there is nothing to roll back to, RollbackConflict when `expected_champion` is
-    given and the champion is another version. Verification never raises: it is reported.
+    With `service_url`, a service running there is told to serve the restored champion and is verified too, by the
+    same golden replay over HTTP. Raises NoPreviousChampion when there is nothing to roll back to,
+    RollbackConflict when `expected_champion` is given and the champion is another version. Verification never
+    raises: it is reported.
     """
     from filelock import FileLock
 
@@ -230,6 +281,7 @@ def rollback(
         mismatches=check.mismatches,
         reason=check.reason,
         state_file=str(state_file),
+        service=sync_service(previous, root, service_url, admin_token, golden_path) if service_url else None,
     )
 
 
@@ -243,4 +295,7 @@ def format_report(report: RollbackReport) -> str:
         f"  {report.reason}",
     ]
     lines += [f"  {m}" for m in report.mismatches[1:]]
+    if report.service is not None:
+        status = "VERIFIED" if report.service["verified"] else "NOT VERIFIED"
+        lines.append(f"service {report.service['url']}: {status}, {report.service['reason']}")
     return "\n".join(lines)

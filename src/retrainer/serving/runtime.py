@@ -123,18 +123,29 @@ class ServingRuntime:
 
     def _start_state(self) -> RolloutState:
         saved = load_state(self.state_file) or RolloutState()
+        state = self._adopt(saved)
+        if state != saved:
+            save_state(state, self.state_file)
+        return state
+
+    def _adopt(self, saved: RolloutState) -> RolloutState:
+        """The saved state under the registry's champion, with the models it serves loaded."""
         champion = self.source.champion_version() or saved.champion_version
         if champion is None:
             return saved
         state = saved.with_champion(champion)
         if state.challenger_version == champion:
             state = replace(state, challenger_version=None, challenger_weight=0.0)
-        self._models[champion] = self.source.load(champion)
-        if state.challenger_version and state.challenger_weight > 0:
-            self._models[state.challenger_version] = self.source.load(state.challenger_version)
-        if state != saved:
-            save_state(state, self.state_file)
+        serving = [champion] + ([state.challenger_version] if state.effective_weight > 0 else [])
+        for version in serving:
+            if version not in self._models:
+                self._models[version] = self.source.load(version)
         return state
+
+    def reload(self) -> RolloutState:
+        """Adopt a champion changed outside the service (`retrainer rollback`, a direct promotion), and saved state."""
+        with self._lock:
+            return self._commit(self._adopt(load_state(self.state_file) or self.state))
 
     @property
     def ready(self) -> bool:

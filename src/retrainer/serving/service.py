@@ -126,6 +126,12 @@ class RetrainerService:
         self._authorise(ctx)
         return self._admin(self.runtime.rollback)
 
+    @bentoml.api(route="/admin/reload")
+    def admin_reload(self, ctx: bentoml.Context) -> dict:
+        """Serve the registry's champion and the saved rollout state, after a change made outside the service."""
+        self._authorise(ctx)
+        return self._admin(self.runtime.reload)
+
     def _authorise(self, ctx: bentoml.Context) -> None:
         status = self.runtime.check_token(ctx.request.headers.get("authorization"))
         if status:
