@@ -53,6 +53,22 @@ DEMO_CANARY = {
 }
 
 
+TRAFFIC_ROWS = 3000
+
+
+def write_traffic(seed_path: Path, month: int, folder: Path, rows: int = TRAFFIC_ROWS) -> Path:
+    """A seeded random sample of a month's flights, with outcomes, as the canary's client traffic.
+
+    Sampled rather than taken in order: the first few hundred flights of a month are the early-morning departures
+    of its first day, when delays are rare, and would not look like that month's traffic.
+    """
+    month_file = write_month_batch(seed_path, month, folder / "months")
+    sample = pd.read_csv(month_file)
+    path = folder / f"traffic-2013-{month:02d}.csv"
+    sample.sample(n=min(rows, len(sample)), random_state=month).to_csv(path, index=False)
+    return path
+
+
 def set_canary(workdir: Path, settings: dict) -> None:
     """Merge settings into the workspace's `canary` params (the section no DVC stage depends on)."""
     path = workdir / "params.yaml"
@@ -166,7 +182,7 @@ def run_demo(
                 set_canary(workdir, {"service_url": service.url})
                 console.print(f"   service up at {service.url}, serving champion v{results[-1]['champion_version']}")
             if service is not None:
-                traffic = write_month_batch(seed, min(month + 1, 12), workdir / "data" / "traffic")
+                traffic = write_traffic(seed, min(month + 1, 12), workdir / "data" / "traffic")
             started = time.perf_counter()
             with console.status(f"2013-{month:02d}: retraining on {batch.name} ..."):
                 result = run_cycle(batch, workdir, canary_traffic=traffic)

@@ -101,6 +101,23 @@ def accuracy_worse_p_value(acc_champion: float, n_champion: int, acc_challenger:
     return float(norm.sf((acc_champion - acc_challenger) / se))
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil (1982) standard error of a ROC AUC estimated on this many positives and negatives."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)
+    return math.sqrt(max(variance, 0.0) / (positives * negatives))
+
+
+def auc_worse_p_value(champion: tuple[float, int, int], challenger: tuple[float, int, int]) -> float:
+    """One-sided z-test on (AUC, positives, negatives) of two independent samples: 'the challenger ranks worse'."""
+    from scipy.stats import norm
+
+    se = math.hypot(auc_standard_error(*champion), auc_standard_error(*challenger))
+    if se == 0:
+        return 0.0 if challenger[0] < champion[0] else 1.0
+    return float(norm.sf((champion[0] - challenger[0]) / se))
+
+
 def _auc(labels: Sequence[int], probabilities: Sequence[float]) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -137,8 +154,17 @@ def analyse_canary(
 
     _check_errors(champion, challenger, policy, numbers, failures)
     _check_latency(champion, challenger, policy, numbers, failures, notes)
-    _check_distribution(champion, challenger, policy, numbers, failures, notes)
-    _check_labels(champion, challenger, policy, numbers, failures, notes)
+    divergence: list[str] = []
+    _check_distribution(champion, challenger, policy, numbers, divergence, notes)
+    labels_vouch = _check_labels(champion, challenger, policy, numbers, failures, notes)
+    # A model retrained on drifted data is expected to score differently: divergence and disagreement are proxies
+    # that roll back only while the labels cannot vouch for the challenger (too few, or it ranks no better).
+    if labels_vouch:
+        notes += [
+            f"{reason}, but on the labels the challenger ranks at least as well: not a failure" for reason in divergence
+        ]
+    else:
+        failures.extend(divergence)
 
     if failures:
         return CanaryDecision("rollback", failures + notes, numbers)
@@ -174,7 +200,7 @@ def _check_latency(champion, challenger, policy, numbers, failures, notes) -> No
         failures.append(f"challenger p95 latency {ratio:.2f}x the champion's > max {policy.max_p95_latency_ratio:g}x")
 
 
-def _check_distribution(champion, challenger, policy, numbers, failures, notes) -> None:
+def _check_distribution(champion, challenger, policy, numbers, divergence, notes) -> None:
     if not len(challenger.probabilities) or not len(champion.probabilities):
         notes.append("an arm has no predictions: divergence and agreement skipped")
         return
@@ -183,7 +209,7 @@ def _check_distribution(champion, challenger, policy, numbers, failures, notes) 
     numbers["psi"], numbers["psi_p_value"] = value, p_value
     # Small samples inflate PSI: a divergence fails only when it is both large and unlikely under no change.
     if value > policy.max_divergence and p_value < policy.significance:
-        failures.append(
+        divergence.append(
             f"prediction distributions diverge: PSI {value:.3f} > {policy.max_divergence:g} (p={p_value:.3g})"
         )
     # Sticky routing scores each record with one arm, so agreement is between the arms' predicted-label rates.
@@ -192,30 +218,47 @@ def _check_distribution(champion, challenger, policy, numbers, failures, notes) 
     agreement = 1.0 - abs(rate_ch - rate_cp)
     numbers.update(challenger_positive_rate=rate_ch, champion_positive_rate=rate_cp, agreement=agreement)
     if agreement < policy.min_agreement:
-        failures.append(
+        divergence.append(
             f"label agreement {agreement:.3f} < min {policy.min_agreement:g} "
             f"(positive rate {rate_ch:.3f} vs champion {rate_cp:.3f})"
         )
 
 
-def _check_labels(champion, challenger, policy, numbers, failures, notes) -> None:
+def _check_labels(champion, challenger, policy, numbers, failures, notes) -> bool:
+    """Accuracy and AUC on delayed labels, each with a one-sided test; True when the labels vouch for the challenger
+    (enough of them, ranking at least as well as the champion, and neither test calling it worse)."""
     n_ch, n_cp = len(challenger.feedback_labels), len(champion.feedback_labels)
     numbers["challenger_labels"], numbers["champion_labels"] = float(n_ch), float(n_cp)
     if min(n_ch, n_cp) < policy.min_labels:
         notes.append(f"labels {n_ch}/{n_cp} (challenger/champion) < {policy.min_labels}: accuracy check skipped")
-        return
+        return False
     acc_ch = accuracy(challenger.feedback_labels, challenger.feedback_probabilities, challenger.threshold)
     acc_cp = accuracy(champion.feedback_labels, champion.feedback_probabilities, champion.threshold)
     p_value = accuracy_worse_p_value(acc_cp, n_cp, acc_ch, n_ch)
+    auc_ch = _auc(challenger.feedback_labels, challenger.feedback_probabilities)
+    auc_cp = _auc(champion.feedback_labels, champion.feedback_probabilities)
     numbers.update(
         challenger_accuracy=acc_ch,
         champion_accuracy=acc_cp,
         accuracy_p_value=p_value,
-        challenger_auc=_auc(challenger.feedback_labels, challenger.feedback_probabilities),
-        champion_auc=_auc(champion.feedback_labels, champion.feedback_probabilities),
+        challenger_auc=auc_ch,
+        champion_auc=auc_cp,
     )
+    failed = len(failures)
     if p_value < policy.significance:
         failures.append(
             f"challenger accuracy {acc_ch:.3f} significantly below champion {acc_cp:.3f} "
             f"(z-test p={p_value:.3g} < {policy.significance:g})"
         )
+    if math.isnan(auc_ch) or math.isnan(auc_cp):
+        notes.append("an arm's labels are all one class: AUC check skipped")
+        return False
+    positives_ch, positives_cp = int(np.sum(challenger.feedback_labels)), int(np.sum(champion.feedback_labels))
+    auc_p = auc_worse_p_value((auc_cp, positives_cp, n_cp - positives_cp), (auc_ch, positives_ch, n_ch - positives_ch))
+    numbers["auc_p_value"] = auc_p
+    if auc_p < policy.significance:
+        failures.append(
+            f"challenger AUC {auc_ch:.3f} significantly below champion {auc_cp:.3f} "
+            f"(Hanley-McNeil z-test p={auc_p:.3g} < {policy.significance:g})"
+        )
+    return len(failures) == failed and auc_ch >= auc_cp
