@@ -133,8 +133,12 @@ def test_good_challenger_is_promoted_through_every_step(
     assert _served_by(canary_server, records) == {("champion", "2")}
 
 
-def _register_constant_model(params: Params, seed_flights: pd.DataFrame, references: dict) -> str:
-    """A real, logged sklearn pipeline whose classifier always answers 'not delayed' (probability 0)."""
+def _register_broken_model(params: Params, seed_flights: pd.DataFrame, references: dict, fault: str) -> str:
+    """A real, logged sklearn pipeline that is broken in one way a bad retrain can be:
+
+    - "constant": the classifier always answers 'not delayed' (probability 0);
+    - "raises": it was trained on one more feature than the service builds, so every predict raises.
+    """
     from sklearn.dummy import DummyClassifier
 
     from retrainer.io.project import pseudonymisation_key
@@ -144,9 +148,14 @@ def _register_constant_model(params: Params, seed_flights: pd.DataFrame, referen
 
     raw = seed_flights.loc[seed_flights["month"] == 1].iloc[::50].reset_index(drop=True)
     frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
-    features = [*params.features.numeric, *params.features.categorical]
-    model = build_pipeline(list(params.features.numeric), list(params.features.categorical), params.train)
-    model.set_params(model=DummyClassifier(strategy="constant", constant=0))
+    numeric, categorical = list(params.features.numeric), list(params.features.categorical)
+    if fault == "raises":
+        frame["not_built_when_serving"] = 1.0
+        numeric.append("not_built_when_serving")
+    model = build_pipeline(numeric, categorical, params.train)
+    if fault == "constant":
+        model.set_params(model=DummyClassifier(strategy="constant", constant=0))
+    features = [*numeric, *categorical]
     model.fit(frame[features], frame[params.data.target.name])
     registration = log_training_run(
         experiment=params.tracking.experiment,
@@ -154,7 +163,7 @@ def _register_constant_model(params: Params, seed_flights: pd.DataFrame, referen
         model=model,
         features=features,
         train_frame=frame,
-        params={"model": "constant"},
+        params={"model": fault},
         metrics={},
         tags={"threshold": "0.5"},
         artifacts=[],
@@ -173,7 +182,7 @@ def test_constant_challenger_is_rolled_back_while_clients_keep_getting_answers(
 ):
     name = canary_registry.model_name
     champion = registry.alias_version(name, registry.CHAMPION)
-    broken = _register_constant_model(params, seed_flights, references)
+    broken = _register_broken_model(params, seed_flights, references, "constant")
     registry.set_alias(name, registry.CHALLENGER, broken)
 
     result = _run(canary_server, canary_registry, broken, champion, _traffic_file(seed_flights, 2000, 600, tmp_path))
@@ -199,6 +208,47 @@ def test_constant_challenger_is_rolled_back_while_clients_keep_getting_answers(
         0,
     )
     records, _ = _traffic(params, seed_flights, 3000, 20)
+    assert _served_by(canary_server, records) == {("champion", champion)}
+
+
+def test_raising_challenger_is_rolled_back_at_the_first_step_with_failures_bounded_by_its_weight(
+    canary_server: Server,
+    canary_registry: Registry,
+    params: Params,
+    seed_flights: pd.DataFrame,
+    references: dict,
+    tmp_path: Path,
+):
+    """Every request routed to this challenger fails (5xx); at a 10 % first step only about a tenth of the
+    replayed requests fail, the error ceiling is crossed at the first look, and the challenger never gets more."""
+    name = canary_registry.model_name
+    champion = registry.alias_version(name, registry.CHAMPION)
+    broken = _register_broken_model(params, seed_flights, references, "raises")
+    registry.set_alias(name, registry.CHALLENGER, broken)
+
+    result = canary.fn(
+        base_url=canary_server.url,
+        model_name=name,
+        challenger_version=broken,
+        expected_champion=champion,
+        traffic=_traffic_file(seed_flights, 6000, 1000, tmp_path),
+        steps=[10, 100],
+        policy=POLICY,
+        root=ROOT,
+        home=canary_registry.home,
+    )
+
+    assert result["outcome"] == OUTCOME_ROLLED_BACK, result
+    assert [s["weight"] for s in result["steps"]] == [10]
+    decision = result["steps"][0]["decision"]
+    assert any("error rate" in r for r in decision["reasons"]), decision["reasons"]
+    traffic = result["steps"][0]["replay"]
+    assert traffic["failed"] > 0 and traffic["succeeded"] > 0
+    # sticky hashing sends ~10 % of keys to the challenger: the failed share stays near that, far from half
+    assert traffic["failed"] <= 0.2 * traffic["sent"], traffic
+    assert registry.alias_version(name, registry.CHAMPION) == champion
+    assert registry.version_tags(name, broken)["canary_verdict"] == OUTCOME_ROLLED_BACK
+    records, _ = _traffic(params, seed_flights, 7000, 20)
     assert _served_by(canary_server, records) == {("champion", champion)}
 
 
