@@ -42,11 +42,12 @@ def write_month_batch(seed_path: Path, month: int, inbox: Path) -> Path:
 
 
 # The production canary (params.yaml) waits 60 s and 200 challenger requests per step, from 10 % up; the demo keeps
-# every threshold but takes three steps of 100 requests each, so a month's canary takes seconds, not minutes.
+# every threshold but takes three steps of 150 requests each (so the first step already has the 100 labels the
+# accuracy and AUC tests need), and a month's canary takes seconds, not minutes.
 DEMO_CANARY = {
     "enabled": True,
     "steps": [25, 50, 100],
-    "min_requests_per_step": 100,
+    "min_requests_per_step": 150,
     "min_seconds_per_step": 0,
     "max_seconds_per_step": 120,
     "feedback_delay_seconds": 0.2,

@@ -140,7 +140,7 @@ CASES = {
         MIDDLE,
         POLICY,
         "continue",
-        "ranks at least as well",
+        "no significant deficit",
     ),
     "diverging and ranking worse on the labels rolls back": (
         replace(DIVERGED, feedback_labels=list(np.random.default_rng(9).integers(0, 2, 200))),
