@@ -140,7 +140,7 @@ CASES = {
         MIDDLE,
         POLICY,
         "continue",
-        "no significant deficit",
+        "better than chance",
     ),
     "diverging and ranking worse on the labels rolls back": (
         replace(DIVERGED, feedback_labels=list(np.random.default_rng(9).integers(0, 2, 200))),
@@ -155,6 +155,13 @@ CASES = {
         POLICY,
         "continue",
         "agreement",
+    ),
+    "constant predictor rolls back even where the label tests have no power to call it worse": (
+        replace(HEALTHY, probabilities=[0.0] * 300, feedback_probabilities=[0.0] * 200),
+        MIDDLE,
+        POLICY.model_copy(update={"significance": 1e-6}),
+        "rollback",
+        "diverge",
     ),
     "diverging with too few labels to vouch rolls back": (
         replace(

@@ -118,6 +118,14 @@ def auc_worse_p_value(champion: tuple[float, int, int], challenger: tuple[float,
     return float(norm.sf((champion[0] - challenger[0]) / se))
 
 
+def auc_chance_p_value(auc: float, positives: int, negatives: int) -> float:
+    """One-sided p-value of 'this ranking is no better than chance' (Mann-Whitney null variance of the AUC)."""
+    from scipy.stats import norm
+
+    se = math.sqrt((positives + negatives + 1) / (12 * positives * negatives))
+    return float(norm.sf((auc - 0.5) / se))
+
+
 def _auc(labels: Sequence[int], probabilities: Sequence[float]) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -158,10 +166,13 @@ def analyse_canary(
     _check_distribution(champion, challenger, policy, numbers, divergence, notes)
     labels_vouch = _check_labels(champion, challenger, policy, numbers, failures, notes)
     # A model retrained on drifted data is expected to score differently: divergence and disagreement are proxies
-    # for breakage that roll back only while the labels cannot vouch for the challenger (too few of them, or a
-    # significant deficit in accuracy or AUC, which is then a failure of its own).
+    # for breakage that roll back only while the labels cannot vouch for the challenger (too few of them, a ranking
+    # no better than chance, or a significant deficit in accuracy or AUC, which is then a failure of its own).
     if labels_vouch:
-        notes += [f"{reason}, but the labels show no significant deficit: not a failure" for reason in divergence]
+        notes += [
+            f"{reason}, but on the labels it ranks better than chance and not worse than the champion: not a failure"
+            for reason in divergence
+        ]
     else:
         failures.extend(divergence)
 
@@ -225,7 +236,9 @@ def _check_distribution(champion, challenger, policy, numbers, divergence, notes
 
 def _check_labels(champion, challenger, policy, numbers, failures, notes) -> bool:
     """Accuracy and AUC on delayed labels, each with a one-sided test; True when the labels vouch for the challenger:
-    enough of them for both arms, and neither test finds it significantly worse than the champion."""
+    enough of them for both arms, its ranking significantly better than chance, and neither test finding it
+    significantly worse than the champion. (No evidence of a deficit alone is weak with a hundred labels: a constant
+    predictor would pass; it does not rank better than chance.)"""
     n_ch, n_cp = len(challenger.feedback_labels), len(champion.feedback_labels)
     numbers["challenger_labels"], numbers["champion_labels"] = float(n_ch), float(n_cp)
     if min(n_ch, n_cp) < policy.min_labels:
@@ -260,4 +273,6 @@ def _check_labels(champion, challenger, policy, numbers, failures, notes) -> boo
             f"challenger AUC {auc_ch:.3f} significantly below champion {auc_cp:.3f} "
             f"(Hanley-McNeil z-test p={auc_p:.3g} < {policy.significance:g})"
         )
-    return len(failures) == failed
+    chance_p = auc_chance_p_value(auc_ch, positives_ch, n_ch - positives_ch)
+    numbers["auc_chance_p_value"] = chance_p
+    return len(failures) == failed and chance_p < policy.significance
