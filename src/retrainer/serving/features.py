@@ -36,9 +36,13 @@ def key_values(column: pd.Series) -> list:
     """
     if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column.dtype):
         return column.array.as_unit("ns").asi8.tolist()
-    values = column.to_numpy(dtype=object)
+    values = column.to_numpy(dtype=object, copy=True)
     values[column.isna().to_numpy()] = None
     return values.tolist()
+
+
+def _values(column: pd.Series) -> np.ndarray | ExtensionArray:
+    return column.to_numpy() if isinstance(column.dtype, np.dtype) else column.array
 
 
 class ReferenceLookup:
@@ -47,10 +51,10 @@ class ReferenceLookup:
     def __init__(self, table: pd.DataFrame, ref: Reference):
         rows = reference_rows(table, ref)
         self.join_on = list(ref.join_on)
-        self.columns = {name: rows[name].array for name in ref.columns.values()}
-        self._positions: dict[tuple, int] = {}
-        for position, key in enumerate(zip(*(key_values(rows[c]) for c in self.join_on), strict=True)):
-            self._positions.setdefault(key, position)
+        # Plain numpy arrays where the dtype allows: taking from them skips the extension-array dispatch.
+        self.columns = {name: _values(rows[name]) for name in ref.columns.values()}
+        keys = zip(*(key_values(rows[c]) for c in self.join_on), strict=True)
+        self._positions = {key: position for position, key in enumerate(keys)}  # unique: the rows are deduplicated
 
     def positions(self, columns: Mapping[str, object], rows: int) -> np.ndarray:
         """The reference row each of `rows` rows joins, -1 where none matches."""
