@@ -96,6 +96,15 @@ def test_lookup_joins_equal_the_ingest_merges_exactly(
         pd.testing.assert_frame_equal(builder.integrate([record]), _ingested([record], tables, params))
 
 
+def test_a_reference_column_named_like_a_record_column_is_refused(params: Params, seed_flights, references):
+    weather = params.data.references[0].model_copy(update={"columns": {"temp": "month"}})
+    clashing = params.model_copy(
+        update={"data": params.data.model_copy(update={"references": (weather, *params.data.references[1:])})}
+    )
+    with pytest.raises(KeyError, match="month"):
+        FeatureBuilder(clashing, references).transform(raw_records(seed_flights, 3))
+
+
 def test_transform_keeps_one_row_per_record_in_order(params: Params, seed_flights, references):
     records = raw_records(seed_flights, 30)
     records[5] = {**records[5], "tailnum": None, "origin": "XYZ"}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
-from retrainer.serving.prediction_log import LoggedPrediction, PredictionLog, features_digest
+from retrainer.serving.prediction_log import LoggedPrediction, PredictionLog, features_digest, prediction_ids
 from retrainer.serving.routing import RolloutState
 from retrainer.serving.state import load_state, save_state, state_path
 
@@ -76,3 +79,17 @@ def test_features_digest_ignores_key_order_and_sees_values():
     assert features_digest({"a": 1, "b": "x"}) == features_digest({"b": "x", "a": 1})
     assert features_digest({"a": 1}) != features_digest({"a": 2})
     assert len(features_digest({"a": 1})) == 64
+
+
+def test_features_digest_is_the_sha256_of_the_records_canonical_json():
+    record = {"time_hour": "2013-02-01T10:00:00Z", "distance": 529.0, "tailnum": None, "carrier": "US", "flight": 1}
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    assert features_digest(record) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def test_prediction_ids_are_distinct_version_4_uuids():
+    ids = prediction_ids(5_000)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert len(set(ids)) == 5_000
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids, strict=True))
+    assert prediction_ids(0) == []
