@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -87,9 +88,12 @@ def test_features_digest_is_the_sha256_of_the_records_canonical_json():
     assert features_digest(record) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def test_prediction_ids_are_distinct_version_4_uuids():
+def test_prediction_ids_are_distinct_time_ordered_uuids():
     ids = prediction_ids(5_000)
     parsed = [uuid.UUID(i) for i in ids]
     assert len(set(ids)) == 5_000
-    assert all(u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids, strict=True))
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids, strict=True))
+    later = uuid.UUID(prediction_ids(1)[0])
+    assert later.int >> 80 >= max(u.int >> 80 for u in parsed), "the leading 48 bits are the time in milliseconds"
+    assert abs((later.int >> 80) / 1000 - time.time()) < 60
     assert prediction_ids(0) == []
