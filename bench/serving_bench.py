@@ -15,8 +15,8 @@ Timed, in one run, on v1:
                (`{"dataframe_records": [...]}`), since the MLflow model is the bare pipeline.
 Single-record figures: N sequential keep-alive requests (httpx.Client), each a different real February flight, after
 a warm-up. 1,000-record figures: rows/s over ~10 requests of different records. The service also builds the features
-(reference joins, pseudonyms) and logs every prediction to SQLite; mlflow serve does neither: both the raw difference
-and that caveat are reported.
+(reference joins as key lookups, pseudonyms) and logs every prediction to SQLite; mlflow serve does neither: both the
+raw difference and that caveat are reported.
 
 Run: .venv/bin/python bench/serving_bench.py   (prints figures, writes bench/results/serving.json;
 asserts nothing about time). Loopback only; every server is stopped at the end, also on error.
@@ -258,7 +258,7 @@ def main(candidate_src: Path | None = None) -> None:
     env_vars = {"RETRAINER_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
     os.environ.update(env_vars)
     os.environ.pop("RETRAINER_PARAMS", None)
-    results: dict = {"load_average_start": load_average(), "home": str(home), "targets": TARGETS}
+    results: dict = {"load_average_start": load_average(), "targets": TARGETS}  # no temp paths in the results
     say(f"home {home}; load average {results['load_average_start']}")
 
     from retrainer.config import load_params
@@ -287,9 +287,9 @@ def main(candidate_src: Path | None = None) -> None:
     servers: list[Server] = []
     try:
         results["service"] = measure_service(home, base_env, servers, singles, batches, {})
-        # Diagnostic: the same service with OpenMP capped by the environment. ServingRuntime calls
-        # threadpool_limits(1) in the thread that builds it, but OpenMP's limit is per thread: the worker threads
-        # that run predict() still use every core.
+        # Diagnostic: the same service with OpenMP also capped by the environment. ServingRuntime caps OpenMP in
+        # each worker thread that runs predict() (limit_this_thread), so both runs should agree within noise; a
+        # clear gap means the per-thread cap no longer reaches the threads that score.
         say("diagnostic: service with OMP_NUM_THREADS=1 ...")
         results["service_omp_num_threads_1"] = measure_service(
             home, base_env, servers, singles, batches, {"OMP_NUM_THREADS": "1"}

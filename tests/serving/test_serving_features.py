@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from conftest import raw_records
@@ -11,7 +13,7 @@ from retrainer.config import Params
 from retrainer.io.project import pseudonymisation_key
 from retrainer.serving.features import FeatureBuilder
 from retrainer.serving.schema import FlightRecord, PredictRequest
-from retrainer.steps.ingest import integrate
+from retrainer.steps.ingest import integrate, join_references, parse_time_column, pseudonymise
 
 
 def test_serving_features_match_the_training_ingest(
@@ -36,6 +38,71 @@ def test_serving_features_match_the_training_ingest(
             pd.testing.assert_series_equal(left.astype(float), right.astype(float), check_names=False, obj=column)
     assert merged["temp_serve"].notna().mean() > 0.9, "the weather join should match most flights"
     assert not served["tailnum"].dropna().str.startswith("N").any(), "tail numbers are pseudonymised"
+
+
+def _ingested(records: list[dict], references: dict[str, pd.DataFrame], params: Params) -> pd.DataFrame:
+    """What training's ingest makes of the records: parsed times, merged references, pseudonyms."""
+    frame = parse_time_column(pd.DataFrame.from_records(records), params.data.time_column)
+    joined, _ = join_references(frame, references, params.data)
+    return pseudonymise(joined, params.data.identifiers, pseudonymisation_key())
+
+
+def _awkward_records(seed_flights: pd.DataFrame) -> list[dict]:
+    """3,000 real flights from the whole year as clients send them, with unmatched keys, nulls and other zones."""
+    rows = seed_flights.iloc[::100].head(3_000).reset_index(drop=True)
+    records = json.loads(rows.to_json(orient="records", date_format="iso"))
+    for i, record in enumerate(records):
+        if i % 7 == 0:
+            record["tailnum"] = None
+        elif i % 11 == 0:
+            record["tailnum"] = f"ZZ{i}"  # no such plane
+        if i % 13 == 0:
+            record["origin"] = "XYZ"  # no weather there
+        if i % 17 == 0:
+            record["minute"] = None
+        instant = pd.Timestamp(record["time_hour"])
+        # one text format (ingest refuses a batch that mixes formats), two zones: UTC and New York local time
+        record["time_hour"] = (instant.tz_convert("America/New_York") if i % 5 == 0 else instant).isoformat()
+    return records
+
+
+def _with_duplicate_and_null_keys(params: Params, references: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """References whose keys repeat later with other values (the first row must win) and a row with a null key."""
+    out = {}
+    for ref in params.data.references:
+        table = references[ref.name]
+        numeric = [c for c in ref.columns if pd.api.types.is_numeric_dtype(table[c])]
+        repeats = table.head(200).copy()
+        repeats[numeric] = -1
+        null_key = table.head(1).copy()
+        key = ref.join_on[0]
+        null_key[key] = pd.array([None], dtype=table[key].dtype)  # a missing key, the column's dtype kept
+        out[ref.name] = pd.concat([table, repeats, null_key], ignore_index=True)
+    return out
+
+
+def test_lookup_joins_equal_the_ingest_merges_exactly(
+    params: Params, seed_flights: pd.DataFrame, references: dict[str, pd.DataFrame]
+):
+    records = _awkward_records(seed_flights)
+    tables = _with_duplicate_and_null_keys(params, references)
+    builder = FeatureBuilder(params, tables)
+    expected = _ingested(records, tables, params)
+    pd.testing.assert_frame_equal(builder.integrate(records), expected)
+    pd.testing.assert_frame_equal(builder.transform(records), expected[params.features.all])
+    assert expected["seats"].isna().sum() > 400 and expected["temp"].isna().sum() > 200, "unmatched rows are tested"
+    assert (expected["seats"] == -1).sum() == 0, "the first row of a repeated key wins"
+    for record in records[:40]:  # one-record requests: integer columns stay integers when every key matches
+        pd.testing.assert_frame_equal(builder.integrate([record]), _ingested([record], tables, params))
+
+
+def test_a_reference_column_named_like_a_record_column_is_refused(params: Params, seed_flights, references):
+    weather = params.data.references[0].model_copy(update={"columns": {"temp": "month"}})
+    clashing = params.model_copy(
+        update={"data": params.data.model_copy(update={"references": (weather, *params.data.references[1:])})}
+    )
+    with pytest.raises(KeyError, match="month"):
+        FeatureBuilder(clashing, references).transform(raw_records(seed_flights, 3))
 
 
 def test_transform_keeps_one_row_per_record_in_order(params: Params, seed_flights, references):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from retrainer.serving.prediction_log import LoggedPrediction, PredictionLog, features_digest
+from retrainer.serving.prediction_log import LoggedPrediction, PredictionLog, features_digest, prediction_ids
 from retrainer.serving.routing import RolloutState
 from retrainer.serving.state import load_state, save_state, state_path
 
@@ -76,3 +80,20 @@ def test_features_digest_ignores_key_order_and_sees_values():
     assert features_digest({"a": 1, "b": "x"}) == features_digest({"b": "x", "a": 1})
     assert features_digest({"a": 1}) != features_digest({"a": 2})
     assert len(features_digest({"a": 1})) == 64
+
+
+def test_features_digest_is_the_sha256_of_the_records_canonical_json():
+    record = {"time_hour": "2013-02-01T10:00:00Z", "distance": 529.0, "tailnum": None, "carrier": "US", "flight": 1}
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    assert features_digest(record) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def test_prediction_ids_are_distinct_time_ordered_uuids():
+    ids = prediction_ids(5_000)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert len(set(ids)) == 5_000
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids, strict=True))
+    later = uuid.UUID(prediction_ids(1)[0])
+    assert later.int >> 80 >= max(u.int >> 80 for u in parsed), "the leading 48 bits are the time in milliseconds"
+    assert abs((later.int >> 80) / 1000 - time.time()) < 60
+    assert prediction_ids(0) == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -17,7 +16,13 @@ from retrainer.config import Params, load_params
 from retrainer.io.project import home_dir
 from retrainer.serving.features import FeatureBuilder, load_references
 from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_source
-from retrainer.serving.prediction_log import LOG_FILE, LoggedPrediction, PredictionLog, features_digest
+from retrainer.serving.prediction_log import (
+    LOG_FILE,
+    LoggedPrediction,
+    PredictionLog,
+    features_digest,
+    prediction_ids,
+)
 from retrainer.serving.routing import CHALLENGER, CHAMPION, RolloutState, routing_key
 from retrainer.serving.state import load_state, save_state, state_path
 
@@ -173,7 +178,10 @@ class ServingRuntime:
         with self._lock:
             state, models = self.state, dict(self._models)
         versions = {CHAMPION: state.champion_version, CHALLENGER: state.challenger_version}
-        arms = [state.arm_for(routing_key(r)) for r in records]
+        if state.effective_weight > 0:
+            arms = [state.arm_for(routing_key(r)) for r in records]
+        else:  # no key hashes below a zero weight: everything goes to the champion
+            arms = [CHAMPION] * len(records)
         frame = self.features.transform(records)
         proba = np.empty(len(records))
         result = Scored(predictions=[])
@@ -182,38 +190,35 @@ class ServingRuntime:
             if not rows:
                 continue
             outcome = result.arms[arm] = ArmResult(records=len(rows))
+            # With one arm serving every record, score the frame itself rather than a copy of all its rows.
+            part = frame if len(rows) == len(frame) else frame.take(rows)
             tick = time.perf_counter()
             try:
-                proba[rows] = models[versions[arm]].pipeline.predict_proba(frame.iloc[rows])[:, 1]
+                proba[rows] = models[versions[arm]].pipeline.predict_proba(part)[:, 1]
             except Exception as exc:
                 outcome.failed = True
                 raise ScoringError(arm) from exc
             finally:
                 outcome.seconds = time.perf_counter() - tick
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        latency_ms = (time.perf_counter() - started) * 1000
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        served = {arm: models[versions[arm]] for arm in result.arms}
         logged = []
-        for record, arm, p in zip(records, arms, proba, strict=True):
-            model = models[versions[arm]]
+        for pid, record, arm, p in zip(prediction_ids(len(records)), records, arms, proba.tolist(), strict=True):
+            model = served[arm]
             row = LoggedPrediction(
-                id=str(uuid.uuid4()),
+                id=pid,
                 time=now,
                 arm=arm,
                 model_version=model.version,
                 features_digest=features_digest(record),
-                probability=float(p),
+                probability=p,
                 label=int(p >= model.threshold),
-                latency_ms=round(latency_ms, 3),
+                latency_ms=latency_ms,
             )
             logged.append(row)
             result.predictions.append(
-                {
-                    "prediction_id": row.id,
-                    "probability": row.probability,
-                    "label": row.label,
-                    "model_version": row.model_version,
-                    "arm": arm,
-                }
+                {"prediction_id": pid, "probability": p, "label": row.label, "model_version": model.version, "arm": arm}
             )
         self.log.record(logged)
         return result

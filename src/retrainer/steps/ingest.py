@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from retrainer.config import DataConfig
+from retrainer.config import DataConfig, Reference
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ def parse_time_column(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return out
 
 
+def pseudonym(value: object, key: bytes) -> str:
+    """The keyed HMAC-SHA256 digest (16 hex chars) that stands in for one identifier value."""
+    return hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()[:16]
+
+
 def pseudonymise(frame: pd.DataFrame, columns: tuple[str, ...], key: bytes) -> pd.DataFrame:
     """Replace identifier values with a keyed HMAC-SHA256 digest (16 hex chars); nulls stay null."""
     out = frame.copy()
@@ -43,10 +48,18 @@ def pseudonymise(frame: pd.DataFrame, columns: tuple[str, ...], key: bytes) -> p
         if column not in out.columns:
             continue
         values = out[column]
-        uniques = values.dropna().unique()
-        mapping = {v: hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()[:16] for v in uniques}
+        mapping = {v: pseudonym(v, key) for v in values.dropna().unique()}
         out[column] = values.map(mapping).astype("str").where(values.notna(), None)
     return out
+
+
+def reference_rows(table: pd.DataFrame, ref: Reference) -> pd.DataFrame:
+    """The rows a reference contributes: its join keys and renamed columns, the first row of each key only."""
+    missing = [c for c in (*ref.join_on, *ref.columns) if c not in table.columns]
+    if missing:
+        raise KeyError(f"reference '{ref.name}' lacks columns {missing}")
+    right = table[[*ref.join_on, *ref.columns]].rename(columns=ref.columns)
+    return right.drop_duplicates(subset=list(ref.join_on))
 
 
 def join_references(
@@ -56,12 +69,7 @@ def join_references(
     out = frame
     unmatched: dict[str, int] = {}
     for ref in config.references:
-        table = references[ref.name]
-        missing = [c for c in (*ref.join_on, *ref.columns) if c not in table.columns]
-        if missing:
-            raise KeyError(f"reference '{ref.name}' lacks columns {missing}")
-        right = table[[*ref.join_on, *ref.columns]].rename(columns=ref.columns)
-        right = right.drop_duplicates(subset=list(ref.join_on))
+        right = reference_rows(references[ref.name], ref)
         marker = f"__matched_{ref.name}"
         right[marker] = True
         out = out.merge(right, on=list(ref.join_on), how="left", validate="many_to_one")
