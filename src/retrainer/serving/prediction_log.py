@@ -10,6 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 LOG_FILE = "predictions.db"
 
 _SCHEMA = """
@@ -30,6 +33,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions(time);
 """
+FEATURES_TABLE = "prediction_features"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,23 @@ class LoggedPrediction:
     latency_ms: float
 
 
+def quote(name: str) -> str:
+    """An SQL identifier for a column name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def feature_columns(frame: pd.DataFrame) -> list[list]:
+    """The model-input frame as one plain-Python list per column (floats, or text/None), cheap to insert."""
+    columns = []
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
+            columns.append(column.to_numpy(dtype="float64", na_value=np.nan).tolist())
+        else:
+            columns.append([None if pd.isna(v) else str(v) for v in column.tolist()])
+    return columns
+
+
 def features_digest(record: Mapping[str, object]) -> str:
     """SHA-256 of the record as canonical JSON: identifies the input without storing it."""
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
@@ -55,7 +76,7 @@ def features_digest(record: Mapping[str, object]) -> str:
 class PredictionLog:
     """A SQLite prediction log shared by the service's worker threads."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, numeric: Iterable[str] = (), categorical: Iterable[str] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
@@ -63,14 +84,37 @@ class PredictionLog:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        types = {**dict.fromkeys(numeric, "REAL"), **dict.fromkeys(categorical, "TEXT")}
+        self.feature_names = list(types)
+        self._feature_insert = self._create_features_table(types)
 
-    def record(self, rows: Iterable[LoggedPrediction]) -> int:
-        """Append predictions in one transaction; returns how many were written."""
+    def _create_features_table(self, types: dict[str, str]) -> str | None:
+        """One typed column per model feature, keyed by prediction id; columns new to params are added."""
+        if not types:
+            return None
+        self._conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {FEATURES_TABLE} (prediction_id TEXT PRIMARY KEY REFERENCES predictions(id))"
+        )
+        present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({FEATURES_TABLE})")}
+        for name, kind in types.items():
+            if name not in present:
+                self._conn.execute(f"ALTER TABLE {FEATURES_TABLE} ADD COLUMN {quote(name)} {kind}")
+        names = ", ".join(["prediction_id", *map(quote, types)])
+        return f"INSERT INTO {FEATURES_TABLE} ({names}) VALUES ({', '.join('?' * (len(types) + 1))})"
+
+    def record(self, rows: Iterable[LoggedPrediction], features: pd.DataFrame | None = None) -> int:
+        """Append predictions (and their model-input features, row for row) in one transaction."""
         values = [astuple(row) for row in rows]
+        feature_rows = None
+        if features is not None and self._feature_insert is not None:
+            columns = feature_columns(features[self.feature_names])
+            feature_rows = list(zip([v[0] for v in values], *columns, strict=True))
         with self._lock:
             self._conn.execute("BEGIN")
             try:
                 self._conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+                if feature_rows:
+                    self._conn.executemany(self._feature_insert, feature_rows)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

@@ -115,7 +115,7 @@ class ServingRuntime:
         self.source = source or open_source(
             config.root, params.tracking.registered_model, config.home / "registry.lock"
         )
-        self.log = PredictionLog(config.home / LOG_FILE)
+        self.log = PredictionLog(config.home / LOG_FILE, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}
@@ -204,7 +204,7 @@ class ServingRuntime:
                     "arm": arm,
                 }
             )
-        self.log.record(logged)
+        self.log.record(logged, features=frame)
         return result
 
     def feedback(self, prediction_id: str, label: int) -> None:

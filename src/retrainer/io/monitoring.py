@@ -1,0 +1,168 @@
+"""Monitoring adapters: the prediction-log window, the champion's reference profile, trigger state and decisions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retrainer.io.batches import BatchRecord, batch_id, inbox_files
+from retrainer.io.tables import read_json, read_table, write_json
+from retrainer.serving.prediction_log import FEATURES_TABLE, quote
+from retrainer.steps.trigger import TriggerState
+
+PROFILE_ARTIFACT = "reports/reference_profile.json"
+STATE_FILE = "trigger_state.json"
+DECISIONS_FILE = "decisions.jsonl"
+LATEST_FILE = "latest.json"
+CHUNK_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """The newest predictions of one model version: model inputs, probabilities, and feedback where it arrived."""
+
+    features: pd.DataFrame
+    proba: np.ndarray
+    labels: np.ndarray
+    labelled_proba: np.ndarray
+    first_time: str | None
+    last_time: str | None
+
+
+def monitor_dir(home: Path) -> Path:
+    """Where monitoring keeps its state, decisions, latest figures and reports."""
+    return home / "monitor"
+
+
+def load_profile(model_name: str, version: str) -> dict:
+    """The reference profile logged with a model version's MLflow run."""
+    import mlflow
+
+    run_id = mlflow.MlflowClient().get_model_version(model_name, version).run_id
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
+    except Exception as exc:
+        raise LookupError(f"v{version} has no reference profile ({PROFILE_ARTIFACT}); retrain to create one") from exc
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def read_window(
+    log_path: Path,
+    model_version: str,
+    since: str,
+    max_rows: int,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+) -> LogWindow:
+    """Read, read-only and in chunks, the newest `max_rows` predictions of a version logged at or after `since`."""
+    names = [*numeric, *categorical]
+    empty = LogWindow(pd.DataFrame(columns=names), np.empty(0), np.empty(0), np.empty(0), None, None)
+    if not log_path.exists():
+        return empty
+    with closing(sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=30)) as db:
+        if not _has_table(db, "predictions"):
+            return empty
+        with_features = _has_table(db, FEATURES_TABLE)
+        selected = ", ".join(f"pf.{quote(n)}" for n in names) if with_features else ""
+        query = (
+            "SELECT p.time, p.probability, f.label" + (f", {selected}" if selected else "") + " FROM predictions p "
+            "LEFT JOIN feedback f ON f.prediction_id = p.id "
+            + (f"LEFT JOIN {FEATURES_TABLE} pf ON pf.prediction_id = p.id " if with_features else "")
+            + "WHERE p.model_version = ? AND p.time >= ? ORDER BY p.time DESC LIMIT ?"
+        )
+        cursor = db.execute(query, (model_version, since, max_rows))
+        times, proba, labels = [], [], []
+        numbers: dict[str, list[np.ndarray]] = {n: [] for n in numeric}
+        texts: dict[str, list[pd.Categorical]] = {n: [] for n in categorical}
+        while rows := cursor.fetchmany(CHUNK_ROWS):
+            columns = list(zip(*rows, strict=True))
+            times += [columns[0][0], columns[0][-1]]
+            proba.append(np.asarray(columns[1], dtype="float64"))
+            labels.append(np.asarray(columns[2], dtype="float64"))
+            for offset, name in enumerate(names if with_features else []):
+                values = columns[3 + offset]
+                if name in numbers:
+                    numbers[name].append(np.asarray(values, dtype="float64"))
+                else:
+                    texts[name].append(pd.Categorical(values))
+    if not proba:
+        return empty
+    all_proba, all_labels = np.concatenate(proba), np.concatenate(labels)
+    frame = pd.DataFrame(
+        {
+            **{n: np.concatenate(v) for n, v in numbers.items() if v},
+            **{n: pd.api.types.union_categoricals(v) for n, v in texts.items() if v},
+        }
+    )
+    known = ~np.isnan(all_labels)
+    return LogWindow(frame, all_proba, all_labels[known].astype(int), all_proba[known], min(times), max(times))
+
+
+def load_trigger_state(home: Path) -> TriggerState:
+    """The trigger state the last pass left (a fresh, armed state the first time)."""
+    path = monitor_dir(home) / STATE_FILE
+    return TriggerState.from_dict(read_json(path)) if path.exists() else TriggerState()
+
+
+def save_trigger_state(home: Path, state: TriggerState) -> None:
+    write_json(state.to_dict(), monitor_dir(home) / STATE_FILE)
+
+
+def append_decision(home: Path, record: dict) -> Path:
+    """Append one trigger decision (fired or suppressed, and why) to the decisions log, one JSON object a line."""
+    path = monitor_dir(home) / DECISIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_decisions(home: Path) -> list[dict]:
+    """Every recorded trigger decision, oldest first."""
+    path = monitor_dir(home) / DECISIONS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_latest(home: Path, payload: dict) -> Path:
+    """The latest pass's figures, which the service's /metrics reads."""
+    path = monitor_dir(home) / LATEST_FILE
+    write_json(payload, path)
+    return path
+
+
+def count_pending(inbox: Path, record: BatchRecord, target_column: str) -> tuple[int, int]:
+    """Batch files the inbox drain would process (as drain_inbox decides) and how many labelled rows they hold."""
+    batches, labelled = 0, 0
+    for path in inbox_files(inbox):
+        existing = record.get(batch_id(path))
+        if existing is not None and existing["status"] != "failed":
+            continue
+        batches += 1
+        try:
+            labelled += int(read_table(path)[target_column].notna().sum())
+        except (KeyError, ValueError, OSError, pd.errors.ParserError):
+            continue
+    return batches, labelled
+
+
+def post_webhook(url: str, payload: dict, timeout_s: float = 5.0) -> str | None:
+    """POST the alert as JSON; returns the error text instead of raising (an alert must not stop the monitor)."""
+    import httpx
+
+    try:
+        httpx.post(url, json=payload, timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
