@@ -37,6 +37,16 @@ def _headline(result: dict) -> str:
     )
 
 
+def format_result(result: dict) -> str:
+    """The pass as a few lines of text for the command line."""
+    if result["status"] != "ok":
+        return f"monitor: {result['status']}: {result['reason']}"
+    lines = [_headline(result), f"  drifting features: {', '.join(result['drifted_features']) or 'none'}"]
+    lines += [f"  retrain {r.get('batch') or ''}: {r['status']} ({r['reason']})" for r in result.get("retrain", [])]
+    lines.append(f"  report: {result['report']['html']}")
+    return "\n".join(lines)
+
+
 def alert(result: dict, logger: logging.Logger | logging.LoggerAdapter) -> str | None:
     """A log line on every pass (a warning on an alarm); on an alarm, a POST to $RETRAINER_ALERT_WEBHOOK if set."""
     (logger.warning if result["alarm"] else logger.info)(_headline(result))

@@ -43,7 +43,9 @@ def window_shares(reference: Mapping, values: pd.Series) -> tuple[list[str], np.
         present = data[~np.isnan(data)]
         missing = 1.0 - len(present) / max(len(data), 1)
         shares = np.append(bin_shares(present, edges) * (1.0 - missing), missing) if len(edges) else np.array([1.0])
-        labels = ["<min", *(f"{e:.4g}" for e in edges[1:]), ">max", "missing"][: len(shares)]
+        spans = [f"{a:.4g}-{b:.4g}" for a, b in zip(edges[:-1], edges[1:], strict=False)]
+        labels = [f"<{edges[0]:.4g}", *spans, f"={edges[-1]:.4g}", f">{edges[-1]:.4g}"] if len(edges) else []
+        labels.append("missing")
         return labels, np.asarray(reference["shares"], dtype="float64"), shares
     ref = pd.Series(reference["shares"], dtype="float64")
     new = count_shares(values)
