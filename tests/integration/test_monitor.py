@@ -53,6 +53,7 @@ def home(tmp_path_factory, params: Params, seed_flights: pd.DataFrame, reference
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
         patch.delenv("RETRAINER_PARAMS", raising=False)
         patch.delenv("RETRAINER_ALERT_WEBHOOK", raising=False)
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         raw = seed_flights.loc[seed_flights["month"] <= 2].reset_index(drop=True)
         frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
         train, holdout = split_by_time(frame, params.data.time_column, params.split.holdout_fraction)
@@ -219,3 +220,23 @@ def test_every_decision_is_recorded_and_the_latest_figures_reach_the_metrics(hom
     assert 'retrainer_monitor_trigger_armed{model_version="1"} 0' in text
     assert 'retrainer_monitor_feature_drifted{model_version="1",feature="temp"} 1' in text
     assert gauges.text() is text, "unchanged file: the cached text, no re-read"
+
+
+def test_the_monitor_flow_publishes_its_report_and_alert_as_prefect_artifacts(home, workspace, params, prefect_harness):
+    import yaml
+    from prefect.artifacts import Artifact
+
+    from flows.monitor import monitor
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    raw["monitor"]["window"]["max_predictions"] = ROWS_PER_MONTH
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    result = monitor(root=str(workspace))
+    assert result["alarm"] and not result["fired"], "still disarmed after the September retrain"
+    report = Artifact.get("monitor-report")
+    assert "# Monitor v1: ALARM" in report.data and "suppressed" in report.data and "hysteresis" in report.data
+    assert Artifact.get("monitor-alert").data == report.data
+    link = Artifact.get("monitor-report-link")
+    assert f"({Path(result['report']['html']).as_uri()})" in link.data
+    assert len(store.read_decisions(home)) == 5

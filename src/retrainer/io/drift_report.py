@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from retrainer.steps.validate import bin_shares, count_shares
+from retrainer.steps.profile import numeric_shares
+from retrainer.steps.validate import count_shares
 
 MAX_FEATURE_PLOTS = 12
 MAX_CATEGORIES = 15
@@ -39,11 +41,8 @@ def window_shares(reference: Mapping, values: pd.Series) -> tuple[list[str], np.
     """Bin (or category) labels with the reference's and the window's shares, for plotting."""
     if reference["kind"] == "numeric":
         edges = np.asarray(reference["edges"], dtype="float64")
-        data = values.to_numpy(dtype="float64", na_value=np.nan)
-        present = data[~np.isnan(data)]
-        missing = 1.0 - len(present) / max(len(data), 1)
-        shares = np.append(bin_shares(present, edges) * (1.0 - missing), missing) if len(edges) else np.array([1.0])
-        spans = [f"{a:.4g}-{b:.4g}" for a, b in zip(edges[:-1], edges[1:], strict=False)]
+        shares = numeric_shares(values.to_numpy(dtype="float64", na_value=np.nan), edges)
+        spans = [f"{a:.4g}-{b:.4g}" for a, b in itertools.pairwise(edges)]
         labels = [f"<{edges[0]:.4g}", *spans, f"={edges[-1]:.4g}", f">{edges[-1]:.4g}"] if len(edges) else []
         labels.append("missing")
         return labels, np.asarray(reference["shares"], dtype="float64"), shares

@@ -10,6 +10,7 @@ import pandas as pd
 
 from retrainer.config import MonitorConfig, MonitorDrift, MonitorPerformance
 from retrainer.steps.canary import psi_p_value
+from retrainer.steps.profile import numeric_shares
 from retrainer.steps.validate import bin_shares, compute_psi, count_shares
 
 MIN_EXPECTED = 5
@@ -25,10 +26,8 @@ def numeric_drift(reference: Mapping, values: np.ndarray, config: MonitorDrift) 
 
     values = np.asarray(values, dtype="float64")
     present = values[~np.isnan(values)]
-    missing = 1.0 - len(present) / max(len(values), 1)
-    edges = np.asarray(reference["edges"], dtype="float64")
     ref_shares = np.asarray(reference["shares"], dtype="float64")
-    shares = np.append(bin_shares(present, edges) * (1.0 - missing), missing) if len(edges) else np.array([1.0])
+    shares = numeric_shares(values, np.asarray(reference["edges"], dtype="float64"))
     psi = compute_psi(ref_shares, shares)
     psi_p = psi_p_value(psi, len(ref_shares), reference["rows"], len(values))
     sample = np.asarray(reference["sample"], dtype="float64")
@@ -44,7 +43,7 @@ def numeric_drift(reference: Mapping, values: np.ndarray, config: MonitorDrift) 
         "psi_pvalue": psi_p,
         "ks": _finite(ks),
         "ks_pvalue": ks_p,
-        "missing_share": _finite(missing),
+        "missing_share": _finite(float(shares[-1])),
         "drifted": bool(drifted),
     }
 

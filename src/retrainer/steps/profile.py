@@ -17,15 +17,23 @@ def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
     return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
 
 
+def numeric_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Shares of all values per bin of `edges` (see bin_shares), with the missing values' share as a last bin."""
+    present = values[~np.isnan(values)]
+    missing = 1.0 - len(present) / max(len(values), 1)
+    if len(edges) == 0:
+        return np.array([missing])
+    return np.append(bin_shares(present, edges) * (1.0 - missing), missing)
+
+
 def profile_numeric(series: pd.Series, bins: int, sample_rows: int, seed: int) -> dict:
     """Quantile edges, bin shares (missing values as a last bin) and a bounded seeded sample for KS."""
     values = series.to_numpy(dtype="float64", na_value=np.nan)
     present = values[~np.isnan(values)]
-    missing = 1.0 - len(present) / max(len(values), 1)
     if len(present) == 0:
-        return {"kind": "numeric", "edges": [], "shares": [missing], "sample": [], "rows": len(values)}
+        return {"kind": "numeric", "edges": [], "shares": [1.0], "sample": [], "rows": len(values)}
     edges = quantile_edges(present, bins)
-    shares = np.append(bin_shares(present, edges) * (1.0 - missing), missing)
+    shares = numeric_shares(values, edges)
     rng = np.random.default_rng(seed)
     sample = rng.choice(present, size=min(sample_rows, len(present)), replace=False)
     return {
