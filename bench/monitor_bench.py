@@ -38,12 +38,10 @@ def build_home(home: Path, params) -> None:
     from threadpoolctl import threadpool_limits
 
     from retrainer.io import registry
+    from retrainer.io.monitoring import register_with_profile
     from retrainer.io.project import pseudonymisation_key
-    from retrainer.io.tracking import log_training_run
     from retrainer.serving.prediction_log import LOG_FILE, LoggedPrediction, PredictionLog
-    from retrainer.steps.evaluate import classification_metrics
     from retrainer.steps.ingest import integrate
-    from retrainer.steps.profile import build_reference_profile
     from retrainer.steps.train import build_pipeline
 
     flights = pd.read_parquet(ROOT / params.data.batch_source)
@@ -57,31 +55,7 @@ def build_home(home: Path, params) -> None:
         model = build_pipeline(numeric, categorical, params.train).set_params(model__max_iter=50)
         model.fit(train[features], train[label])
         proba = model.predict_proba(train[features])[:, 1]
-        drift = params.monitor.drift
-        profile = build_reference_profile(
-            train,
-            numeric,
-            categorical,
-            train[label].to_numpy(),
-            proba,
-            0.5,
-            classification_metrics(train[label].to_numpy(), proba, 0.5),
-            drift.bins,
-            drift.sample_rows,
-            SEED,
-        )
-        log_training_run(
-            experiment=params.tracking.experiment,
-            model_name=params.tracking.registered_model,
-            model=model,
-            features=features,
-            train_frame=train,
-            params={},
-            metrics={},
-            tags={"threshold": "0.5"},
-            artifacts=[],
-            reports={"reference_profile": profile},
-        )
+        register_with_profile(params, model, train, train[label].to_numpy(), proba, 0.5)
         registry.set_alias(params.tracking.registered_model, registry.CHAMPION, "1")
         rng = np.random.default_rng(SEED)
         served = dataset.iloc[rng.integers(0, len(dataset), ROWS)].reset_index(drop=True)

@@ -352,6 +352,9 @@ class Params(_WithValidate):
         hidden = sorted(set(self.data.identifiers) & set(self.features.all))
         if hidden:
             raise ValueError(f"features: identifier columns {hidden} are pseudonymised and cannot be features")
+        unknown = sorted(set(self.monitor.drift.exclude) - set(self.features.all))
+        if unknown:
+            raise ValueError(f"monitor.drift.exclude: {unknown} are not in features")
         if self.train.model not in self.train.search.space:
             raise ValueError(f"train.search.space: no search space for train.model '{self.train.model}'")
         return self

@@ -239,20 +239,12 @@ def register(params: Params, root: Path) -> dict:
 
 def write_reference_profile(params: Params, root: Path, threshold: float, metrics: dict) -> dict:
     """The profile the monitor compares served traffic with: training-window features, holdout predictions."""
-    from retrainer.steps.profile import build_reference_profile
+    from retrainer.steps.profile import profile_from_params
 
     holdout = pd.read_parquet(root / PREDICTIONS, columns=["label", "proba"])
-    profile = build_reference_profile(
-        pd.read_parquet(root / TRAIN, columns=params.features.all),
-        params.features.numeric,
-        params.features.categorical,
-        holdout["label"].to_numpy(),
-        holdout["proba"].to_numpy(),
-        threshold,
-        metrics,
-        params.monitor.drift.bins,
-        params.monitor.drift.sample_rows,
-        params.train.seed,
+    train = pd.read_parquet(root / TRAIN, columns=params.features.all)
+    profile = profile_from_params(
+        params, train, holdout["label"].to_numpy(), holdout["proba"].to_numpy(), threshold, metrics
     )
     write_json(profile, root / PROFILE)
     return profile

@@ -40,10 +40,7 @@ def home(tmp_path_factory, params: Params, seed_flights: pd.DataFrame, reference
     from threadpoolctl import threadpool_limits
 
     from retrainer.io.project import pseudonymisation_key
-    from retrainer.io.tracking import log_training_run
-    from retrainer.steps.evaluate import classification_metrics
     from retrainer.steps.ingest import integrate
-    from retrainer.steps.profile import build_reference_profile
     from retrainer.steps.split import split_by_time
     from retrainer.steps.train import build_pipeline
 
@@ -58,35 +55,10 @@ def home(tmp_path_factory, params: Params, seed_flights: pd.DataFrame, reference
         frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
         train, holdout = split_by_time(frame, params.data.time_column, params.split.holdout_fraction)
         numeric, categorical = list(params.features.numeric), list(params.features.categorical)
-        features, label = [*numeric, *categorical], params.data.target.name
+        features, label = params.features.all, params.data.target.name
         model = build_pipeline(numeric, categorical, params.train).fit(train[features], train[label])
         proba = model.predict_proba(holdout[features])[:, 1]
-        metrics = classification_metrics(holdout[label].to_numpy(), proba, 0.5)
-        drift = params.monitor.drift
-        profile = build_reference_profile(
-            train,
-            numeric,
-            categorical,
-            holdout[label].to_numpy(),
-            proba,
-            0.5,
-            metrics,
-            drift.bins,
-            drift.sample_rows,
-            params.train.seed,
-        )
-        log_training_run(
-            experiment=params.tracking.experiment,
-            model_name=params.tracking.registered_model,
-            model=model,
-            features=features,
-            train_frame=train,
-            params={},
-            metrics={},
-            tags={"threshold": "0.5"},
-            artifacts=[],
-            reports={"reference_profile": profile},
-        )
+        assert store.register_with_profile(params, model, train, holdout[label].to_numpy(), proba, 0.5) == "1"
         registry.set_alias(params.tracking.registered_model, registry.CHAMPION, "1")
         yield path
         mlflow.set_tracking_uri(None)

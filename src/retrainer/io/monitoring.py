@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from retrainer.config import Params
 from retrainer.io.batches import BatchRecord, batch_id, inbox_files
 from retrainer.io.tables import read_json, read_table, write_json
 from retrainer.serving.prediction_log import FEATURES_TABLE, quote
@@ -50,6 +51,32 @@ def load_profile(model_name: str, version: str) -> dict:
         return mlflow.artifacts.load_dict(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
     except Exception as exc:
         raise LookupError(f"v{version} has no reference profile ({PROFILE_ARTIFACT}); retrain to create one") from exc
+
+
+def register_with_profile(
+    params: Params, model, train: pd.DataFrame, holdout_labels: np.ndarray, holdout_proba: np.ndarray, threshold: float
+) -> str:
+    """Register a model fitted outside the pipeline, with its reference profile and threshold; returns its version."""
+    from retrainer.io.tracking import log_training_run
+    from retrainer.steps.evaluate import classification_metrics
+    from retrainer.steps.profile import profile_from_params
+
+    metrics = classification_metrics(holdout_labels, holdout_proba, threshold)
+    registration = log_training_run(
+        experiment=params.tracking.experiment,
+        model_name=params.tracking.registered_model,
+        model=model,
+        features=params.features.all,
+        train_frame=train,
+        params={},
+        metrics={f"holdout_{k}": v for k, v in metrics.items()},
+        tags={"threshold": f"{threshold:.6f}"},
+        artifacts=[],
+        reports={
+            "reference_profile": profile_from_params(params, train, holdout_labels, holdout_proba, threshold, metrics)
+        },
+    )
+    return registration.version
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:

@@ -22,76 +22,46 @@ def _gauge(name: str, help_text: str, samples: list[tuple[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SCALARS = (
+    ("last_pass_timestamp_seconds", "When the last monitoring pass ran"),
+    ("window_predictions", "Predictions in the monitored window"),
+    ("window_labels", "Window predictions with a feedback label"),
+    ("drift_share", "Share of judged features drifting"),
+    ("prediction_psi", "PSI of served vs holdout probabilities"),
+    ("rolling_auc", "ROC AUC on labelled window predictions"),
+    ("reference_auc", "Holdout ROC AUC of the version"),
+    ("alarm", "1 when any signal crossed its threshold"),
+    ("trigger_fired", "1 when the last pass started a retrain"),
+    ("trigger_armed", "1 while the trigger is armed (hysteresis)"),
+    ("trigger_consecutive_alarms", "Alarming passes in a row"),
+)
+PER_FEATURE = (
+    ("feature_psi", "psi", "PSI of each feature in the window vs the training window"),
+    ("feature_drifted", "drifted", "1 when the feature's drift detectors fired"),
+)
+
+
 def format_gauges(latest: dict) -> str:
     """Prometheus text for one monitoring result (as written to latest.json)."""
     if latest.get("status") != "ok":
         return ""
-    details = latest["details"]
+    state = latest["details"]["decision"]["state"]
+    features = sorted(latest["details"]["assessment"]["features"].items())
     version = f'model_version="{latest["model_version"]}"'
-    state = details["decision"]["state"]
-    features = details["assessment"]["features"]
-    stamp = datetime.fromisoformat(latest["time"]).timestamp()
-    return "".join(
-        [
-            _gauge(
-                "retrainer_monitor_last_pass_timestamp_seconds", "When the last monitoring pass ran", [(version, stamp)]
-            ),
-            _gauge(
-                "retrainer_monitor_window_predictions",
-                "Predictions in the monitored window",
-                [(version, latest["rows"])],
-            ),
-            _gauge(
-                "retrainer_monitor_window_labels",
-                "Window predictions with a feedback label",
-                [(version, latest["labelled"])],
-            ),
-            _gauge(
-                "retrainer_monitor_drift_share", "Share of judged features drifting", [(version, latest["drift_share"])]
-            ),
-            _gauge(
-                "retrainer_monitor_prediction_psi",
-                "PSI of served vs holdout probabilities",
-                [(version, latest["prediction_psi"])],
-            ),
-            _gauge(
-                "retrainer_monitor_rolling_auc",
-                "ROC AUC on labelled window predictions",
-                [(version, latest["rolling_auc"])],
-            ),
-            _gauge(
-                "retrainer_monitor_reference_auc",
-                "Holdout ROC AUC of the version",
-                [(version, latest["reference_auc"])],
-            ),
-            _gauge("retrainer_monitor_alarm", "1 when any signal crossed its threshold", [(version, latest["alarm"])]),
-            _gauge(
-                "retrainer_monitor_trigger_fired",
-                "1 when the last pass started a retrain",
-                [(version, latest["fired"])],
-            ),
-            _gauge(
-                "retrainer_monitor_trigger_armed",
-                "1 while the trigger is armed (hysteresis)",
-                [(version, state["armed"])],
-            ),
-            _gauge(
-                "retrainer_monitor_trigger_consecutive_alarms",
-                "Alarming passes in a row",
-                [(version, state["consecutive"])],
-            ),
-            _gauge(
-                "retrainer_monitor_feature_psi",
-                "PSI of each feature in the window vs the training window",
-                [(f'{version},feature="{name}"', stats["psi"]) for name, stats in sorted(features.items())],
-            ),
-            _gauge(
-                "retrainer_monitor_feature_drifted",
-                "1 when the feature's drift detectors fired",
-                [(f'{version},feature="{name}"', stats["drifted"]) for name, stats in sorted(features.items())],
-            ),
-        ]
-    )
+    values = {
+        "last_pass_timestamp_seconds": datetime.fromisoformat(latest["time"]).timestamp(),
+        "window_predictions": latest["rows"],
+        "window_labels": latest["labelled"],
+        "trigger_fired": latest["fired"],
+        "trigger_armed": state["armed"],
+        "trigger_consecutive_alarms": state["consecutive"],
+        **{k: latest[k] for k in ("drift_share", "prediction_psi", "rolling_auc", "reference_auc", "alarm")},
+    }
+    text = [_gauge(f"retrainer_monitor_{name}", doc, [(version, values[name])]) for name, doc in SCALARS]
+    for name, key, doc in PER_FEATURE:
+        samples = [(f'{version},feature="{feature}"', stats[key]) for feature, stats in features]
+        text.append(_gauge(f"retrainer_monitor_{name}", doc, samples))
+    return "".join(text)
 
 
 class MonitorGauges:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from retrainer.config import Params
 from retrainer.steps.validate import bin_shares, count_shares
 
 PROFILE_FORMAT = 1
@@ -86,3 +87,27 @@ def build_reference_profile(
         "prediction": {"edges": edges.tolist(), "shares": bin_shares(proba, edges).tolist(), "rows": len(proba)},
         "metrics": reference_metrics(holdout_labels, proba, threshold, holdout_metrics),
     }
+
+
+def profile_from_params(
+    params: Params,
+    train: pd.DataFrame,
+    holdout_labels: np.ndarray,
+    holdout_proba: np.ndarray,
+    threshold: float,
+    holdout_metrics: dict,
+) -> dict:
+    """The reference profile of a model version, with the features, bins, sample size and seed params name."""
+    drift = params.monitor.drift
+    return build_reference_profile(
+        train,
+        params.features.numeric,
+        params.features.categorical,
+        holdout_labels,
+        holdout_proba,
+        threshold,
+        holdout_metrics,
+        drift.bins,
+        drift.sample_rows,
+        params.train.seed,
+    )
