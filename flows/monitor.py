@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -39,10 +40,15 @@ def format_markdown(result: dict) -> str:
 
 
 @flow(name="monitor", log_prints=True)
-def monitor(root: str = ".") -> dict:
-    """One monitoring pass; publishes the summary (and an alert on an alarm) as Prefect artifacts."""
+def monitor(root: str = ".", now: datetime | None = None) -> dict:
+    """One monitoring pass; publishes the summary (and an alert on an alarm) as Prefect artifacts.
+
+    `now` (default: the clock) places the pass in time for the window, the cooldown and the records: a replay can
+    pass its simulated clock.
+    """
     workspace = Path(root).resolve()
-    result = run_monitor_pass(project_params(workspace), workspace, retrain_from_inbox, logger=get_run_logger())
+    params = project_params(workspace)
+    result = run_monitor_pass(params, workspace, retrain_from_inbox, now=now, logger=get_run_logger())
     markdown = format_markdown(result)
     create_markdown_artifact(markdown, key="monitor-report", description="drift and performance of the champion")
     if result.get("alarm"):

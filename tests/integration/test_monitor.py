@@ -212,3 +212,17 @@ def test_the_monitor_flow_publishes_its_report_and_alert_as_prefect_artifacts(ho
     link = Artifact.get("monitor-report-link")
     assert f"({Path(result['report']['html']).as_uri()})" in link.data
     assert len(store.read_decisions(home)) == 5
+
+
+def test_the_monitor_command_prints_json_and_exits_4_on_an_alarm(home, workspace, prefect_harness, monkeypatch):
+    from typer.testing import CliRunner
+
+    from retrainer.cli import EXIT_ALARM, app
+
+    monkeypatch.chdir(workspace)  # the params file written by the flow test is the workspace's params.yaml
+    outcome = CliRunner().invoke(app, ["monitor", "--json"])
+    assert outcome.exit_code == EXIT_ALARM == 4, outcome.output
+    printed = json.loads(outcome.stdout[outcome.stdout.index("{") :])
+    assert printed["alarm"] and not printed["fired"] and printed["model_version"] == "1"
+    assert printed["drifted_features"][:2] == ["month", "temp"]
+    assert len(store.read_decisions(home)) == 6

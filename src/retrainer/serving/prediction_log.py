@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 LOG_FILE = "predictions.db"
@@ -55,18 +54,6 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def feature_columns(frame: pd.DataFrame) -> list[list]:
-    """The model-input frame as one plain-Python list per column (floats, or text/None), cheap to insert."""
-    columns = []
-    for name in frame.columns:
-        column = frame[name]
-        if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
-            columns.append(column.to_numpy(dtype="float64", na_value=np.nan).tolist())
-        else:
-            columns.append([None if pd.isna(v) else str(v) for v in column.tolist()])
-    return columns
-
-
 def features_digest(record: Mapping[str, object]) -> str:
     """SHA-256 of the record as canonical JSON: identifies the input without storing it."""
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
@@ -107,8 +94,10 @@ class PredictionLog:
         values = [astuple(row) for row in rows]
         feature_rows = None
         if features is not None and self._feature_insert is not None:
-            columns = feature_columns(features[self.feature_names])
-            feature_rows = list(zip([v[0] for v in values], *columns, strict=True))
+            # Selecting columns costs more than the conversion itself: skip it when the order already matches.
+            ordered = features if list(features.columns) == self.feature_names else features[self.feature_names]
+            cells = ordered.to_numpy(dtype=object, na_value=None).tolist()
+            feature_rows = [(row[0], *cell) for row, cell in zip(values, cells, strict=True)]
         with self._lock:
             self._conn.execute("BEGIN")
             try:
