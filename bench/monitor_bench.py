@@ -3,9 +3,10 @@
 Run: .venv/bin/python bench/monitor_bench.py   (prints figures, writes bench/results/monitor.json;
 asserts nothing about time).
 
-Set-up (not timed): a real pipeline fitted on January flights is registered in a temporary MLflow store with the
-reference profile of January-February; 1,000,000 predictions are written through the prediction log (the serving
-write path, 10,000 rows a transaction) from real 2013 flights drawn with replacement, scored by that model.
+Set-up (not timed): a real pipeline fitted on January-February flights (the newest fifth held out) is registered
+in a temporary MLflow store with its reference profile; 1,000,000 predictions are written through the prediction
+log (the serving write path, 10,000 rows a transaction) from real 2013 flights drawn with replacement, scored by
+that model.
 The pass runs in a child process: its wall seconds are timed inside the child around `run_monitor_pass` alone, and
 its peak memory is the child's peak resident set size (VmHWM in /proc/self/status, which a new program image
 starts afresh; getrusage's ru_maxrss would carry over the large parent's peak through fork and exec), reported with
@@ -43,6 +44,7 @@ def build_home(home: Path, params) -> None:
     from retrainer.io.project import pseudonymisation_key
     from retrainer.serving.prediction_log import LOG_FILE, LoggedPrediction, PredictionLog
     from retrainer.steps.ingest import integrate
+    from retrainer.steps.split import split_by_time
     from retrainer.steps.train import build_pipeline
 
     flights = pd.read_parquet(ROOT / params.data.batch_source)
@@ -51,12 +53,12 @@ def build_home(home: Path, params) -> None:
     numeric, categorical = list(params.features.numeric), list(params.features.categorical)
     features, label = [*numeric, *categorical], params.data.target.name
     months = dataset[params.data.time_column].dt.month
-    train = dataset.loc[months <= 2]
+    train, holdout = split_by_time(dataset.loc[months <= 2], params.data.time_column, params.split.holdout_fraction)
     with threadpool_limits(limits=1):
         model = build_pipeline(numeric, categorical, params.train).set_params(model__max_iter=50)
         model.fit(train[features], train[label])
-        proba = model.predict_proba(train[features])[:, 1]
-        register_with_profile(params, model, train, train[label].to_numpy(), proba, 0.5)
+        proba = model.predict_proba(holdout[features])[:, 1]
+        register_with_profile(params, model, train, holdout[label].to_numpy(), proba, 0.5)
         registry.set_alias(params.tracking.registered_model, registry.CHAMPION, "1")
         rng = np.random.default_rng(SEED)
         served = dataset.iloc[rng.integers(0, len(dataset), ROWS)].reset_index(drop=True)

@@ -23,6 +23,7 @@ STATE_FILE = "trigger_state.json"
 DECISIONS_FILE = "decisions.jsonl"
 LATEST_FILE = "latest.json"
 CHUNK_ROWS = 100_000
+MMAP_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -99,40 +100,29 @@ def read_window(
     with closing(sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=30)) as db:
         if not _has_table(db, "predictions"):
             return empty
+        db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")  # the joins read pages at random: map them, do not copy them
         with_features = _has_table(db, FEATURES_TABLE)
-        selected = ", ".join(f"pf.{quote(n)}" for n in names) if with_features else ""
+        selected = "".join(f", pf.{quote(n)}" for n in names) if with_features else ""
         query = (
-            "SELECT p.time, p.probability, f.label" + (f", {selected}" if selected else "") + " FROM predictions p "
+            f"SELECT p.time, p.probability, f.label{selected} FROM predictions p "
             "LEFT JOIN feedback f ON f.prediction_id = p.id "
             + (f"LEFT JOIN {FEATURES_TABLE} pf ON pf.prediction_id = p.id " if with_features else "")
             + "WHERE p.model_version = ? AND p.time >= ? ORDER BY p.time DESC LIMIT ?"
         )
+        columns = ["time", "probability", "label", *(names if with_features else [])]
+        types = {c: "float64" for c in ["probability", "label", *numeric] if c in columns}
         cursor = db.execute(query, (model_version, since, max_rows))
-        times, proba, labels = [], [], []
-        numbers: dict[str, list[np.ndarray]] = {n: [] for n in numeric}
-        texts: dict[str, list[pd.Categorical]] = {n: [] for n in categorical}
+        chunks, times = [], []
         while rows := cursor.fetchmany(CHUNK_ROWS):
-            columns = list(zip(*rows, strict=True))
-            times += [columns[0][0], columns[0][-1]]
-            proba.append(np.asarray(columns[1], dtype="float64"))
-            labels.append(np.asarray(columns[2], dtype="float64"))
-            for offset, name in enumerate(names if with_features else []):
-                values = columns[3 + offset]
-                if name in numbers:
-                    numbers[name].append(np.asarray(values, dtype="float64"))
-                else:
-                    texts[name].append(pd.Categorical(values))
-    if not proba:
+            times += [rows[0][0], rows[-1][0]]
+            chunks.append(pd.DataFrame(rows, columns=columns).drop(columns="time").astype(types))
+    if not chunks:
         return empty
-    all_proba, all_labels = np.concatenate(proba), np.concatenate(labels)
-    frame = pd.DataFrame(
-        {
-            **{n: np.concatenate(v) for n, v in numbers.items() if v},
-            **{n: pd.api.types.union_categoricals(v) for n, v in texts.items() if v},
-        }
-    )
-    known = ~np.isnan(all_labels)
-    return LogWindow(frame, all_proba, all_labels[known].astype(int), all_proba[known], min(times), max(times))
+    frame = pd.concat(chunks, ignore_index=True)
+    proba, labels = frame.pop("probability").to_numpy(), frame.pop("label").to_numpy()
+    features = frame if with_features else pd.DataFrame(columns=names)
+    known = ~np.isnan(labels)
+    return LogWindow(features, proba, labels[known].astype(int), proba[known], min(times), max(times))
 
 
 def load_trigger_state(home: Path) -> TriggerState:

@@ -80,7 +80,8 @@ class PredictionLog:
         if not types:
             return None
         self._conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {FEATURES_TABLE} (prediction_id TEXT PRIMARY KEY REFERENCES predictions(id))"
+            f"CREATE TABLE IF NOT EXISTS {FEATURES_TABLE} "
+            "(prediction_id TEXT PRIMARY KEY REFERENCES predictions(id)) WITHOUT ROWID"  # one lookup per row, not two
         )
         present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({FEATURES_TABLE})")}
         for name, kind in types.items():
