@@ -104,6 +104,7 @@ def run_monitor_pass(
         params.features.categorical,
     )
     assessment = assess_window(profile, window.features, window.proba, window.labels, window.labelled_proba, config)
+    store.monitor_dir(home).mkdir(parents=True, exist_ok=True)
     with FileLock(str(store.monitor_dir(home) / "trigger.lock"), timeout=60):
         pending = store.count_pending(
             root / params.retrain.inbox_dir, BatchRecord(home / "batches.db"), params.data.target.column
@@ -155,7 +156,7 @@ def run_monitor_pass(
         "drifted_features": assessment["drifted_features"][:TOP_FEATURES],
         "prediction_psi": prediction.get("psi"),
         "rolling_auc": performance["roc_auc"],
-        "reference_auc": performance["reference"] if performance["metric"] == "roc_auc" else None,
+        "reference_auc": profile["metrics"].get("roc_auc"),
         "fired": decision.fired,
         "reason": decision.reason,
         "report": {k: str(v) for k, v in report.items()},

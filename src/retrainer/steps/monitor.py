@@ -159,7 +159,7 @@ def assess_window(
         per_feature[name] = {**detect(reference, column, drift_cfg), "judged": name not in drift_cfg.exclude}
     judged = [n for n, s in per_feature.items() if s["judged"]]
     drifted = [n for n in judged if per_feature[n]["drifted"]]
-    share = len(drifted) / len(judged) if judged else None
+    share = round(len(drifted) / len(judged), 6) if judged else None
     prediction = prediction_drift(profile["prediction"], proba, drift_cfg) if enough else None
     performance = rolling_performance(profile["metrics"], labels, labelled_proba, config.performance)
     signals = {
@@ -185,7 +185,7 @@ def assess_window(
         "labelled": len(labels),
         "features": per_feature,
         "drifted_features": ranked,
-        "drift_share": _finite(share) if share is not None else None,
+        "drift_share": share,
         "prediction": prediction,
         "performance": performance,
         "signals": signals,
