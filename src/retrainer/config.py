@@ -182,14 +182,14 @@ class MonitorDrift(_Frozen):
     js_max: float = Field(gt=0, le=1, default=0.1, description="Jensen-Shannon distance, base 2")
     new_category_share: float = Field(gt=0, le=1, default=0.01)
     significance: float = Field(gt=0, lt=1, default=0.01)
-    share_max: float = Field(gt=0, le=1, default=0.3, description="share of judged features drifting")
+    share_max: float = Field(gt=0, le=1, default=0.5, description="share of judged features drifting")
     prediction_psi_max: float = Field(gt=0, default=0.2)
 
 
 class MonitorPerformance(_Frozen):
     metric: Literal["roc_auc", "accuracy"] = "roc_auc"
     max_drop: float = Field(gt=0, le=1, default=0.05)
-    min_labels: int = Field(ge=10, default=1000)
+    min_labels: int = Field(ge=10, default=2000)
 
 
 class MonitorTrigger(_Frozen):

@@ -62,13 +62,8 @@ def test_first_repro_runs_every_stage_and_registers_a_tagged_version(workspace):
     assert run.data.metrics["holdout_roc_auc"] > 0.5
     assert run.inputs.dataset_inputs[0].dataset.digest == version.tags["dataset_digest"]
     artifacts = {a.path for a in client.list_artifacts(registration["run_id"], "plots")}
-    assert {
-        "plots/roc.png",
-        "plots/pr.png",
-        "plots/calibration.png",
-        "plots/confusion_matrix.png",
-        "plots/feature_importance.png",
-    } <= artifacts
+    assert {"plots/roc.png", "plots/pr.png", "plots/calibration.png", "plots/confusion_matrix.png",
+            "plots/feature_importance.png"} <= artifacts
 
 
 def test_the_register_stage_stores_the_reference_profile_with_the_version(workspace, params, tmp_path):

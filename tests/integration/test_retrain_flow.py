@@ -163,6 +163,8 @@ def test_a_renamed_copy_of_a_processed_batch_is_recognised_by_its_content(ws, ba
     assert result["batch_id"] == memo["first"]["batch_id"]
 
 
+
+
 def _forced_rerun(ws: Path, batch: Path) -> tuple[dict, float]:
     from flows.retrain import retrain
 
@@ -171,7 +173,9 @@ def _forced_rerun(ws: Path, batch: Path) -> tuple[dict, float]:
     return result, time.perf_counter() - started
 
 
-def test_a_forced_rerun_with_nothing_changed_is_served_from_the_dvc_cache_and_keeps_the_lineage(ws, batches, memo):
+def test_a_forced_rerun_with_nothing_changed_is_served_from_the_dvc_cache_and_keeps_the_lineage(
+    ws, batches, memo
+):
     """All stages skipped by DVC, the recorded decision reused, and nothing re-tagged or re-promoted.
 
     The time bound is a generous behavioural check of the cache: no training, evaluation or registration.

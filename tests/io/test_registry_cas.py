@@ -95,7 +95,8 @@ def test_two_processes_racing_to_promote_over_the_same_champion_never_both_win(t
     barrier = SPAWN.Barrier(3)
     results = SPAWN.Queue()
     workers = [
-        SPAWN.Process(target=_race, args=(version, str(lock_path), ROUNDS, barrier, results)) for version in ("2", "3")
+        SPAWN.Process(target=_race, args=(version, str(lock_path), ROUNDS, barrier, results))
+        for version in ("2", "3")
     ]
     for worker in workers:
         worker.start()

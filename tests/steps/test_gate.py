@@ -360,7 +360,9 @@ def test_to_dict_is_json_safe_even_with_nan_numbers():
 
 
 def test_to_markdown_lists_every_check_and_the_ci():
-    decision = decide_gate(CHALLENGER, CHAMPION, Y, SLICES, make_policy(floors={"roc_auc": 0.99, "pr_auc": 0.30}))
+    decision = decide_gate(
+        CHALLENGER, CHAMPION, Y, SLICES, make_policy(floors={"roc_auc": 0.99, "pr_auc": 0.30})
+    )
     report = decision.to_markdown()
     assert report.startswith("# Gate report: FAIL")
     for check in decision.checks:

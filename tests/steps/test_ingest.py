@@ -22,14 +22,12 @@ def test_integrate_real_sample(january_sample, references, params):
 
 
 def test_unmatched_joins_are_counted_exactly(references, params):
-    batch = pd.DataFrame(
-        {
-            "origin": ["JFK", "JFK", "EWR"],
-            "time_hour": pd.to_datetime(["2013-01-01T10:00:00Z", "2031-01-01T10:00:00Z", "2013-01-01T10:00:00Z"]),
-            "tailnum": ["N14228", "N14228", "NOPE"],
-            "arr_delay": [20.0, -3.0, 5.0],
-        }
-    )
+    batch = pd.DataFrame({
+        "origin": ["JFK", "JFK", "EWR"],
+        "time_hour": pd.to_datetime(["2013-01-01T10:00:00Z", "2031-01-01T10:00:00Z", "2013-01-01T10:00:00Z"]),
+        "tailnum": ["N14228", "N14228", "NOPE"],
+        "arr_delay": [20.0, -3.0, 5.0],
+    })
     frame, report = integrate(batch, references, params.data, b"key")
     assert report.unmatched == {"weather": 1, "planes": 1}
     assert len(frame) == 3

@@ -24,14 +24,8 @@ def _tiny_config(params, model="hgb"):
 def test_fit_model_on_real_sample(labelled, params, model):
     config = _tiny_config(params, model)
     result = fit_model(
-        labelled,
-        list(params.features.numeric),
-        list(params.features.categorical),
-        "delayed",
-        "time_hour",
-        config,
-        params.train.feature_selection,
-        0.2,
+        labelled, list(params.features.numeric), list(params.features.categorical), "delayed", "time_hour",
+        config, params.train.feature_selection, 0.2,
     )
     assert result.features == params.features.all
     assert 0 < result.threshold < 1
@@ -57,14 +51,8 @@ def test_select_features_keeps_k_informative_columns(method):
     rng = np.random.default_rng(0)
     n = 2000
     signal = rng.normal(size=n)
-    frame = pd.DataFrame(
-        {
-            "signal": signal,
-            "noise1": rng.normal(size=n),
-            "noise2": rng.normal(size=n),
-            "cat": rng.choice(["a", "b"], size=n),
-        }
-    )
+    frame = pd.DataFrame({"signal": signal, "noise1": rng.normal(size=n), "noise2": rng.normal(size=n),
+                          "cat": rng.choice(["a", "b"], size=n)})
     y = pd.Series((signal + rng.normal(scale=0.3, size=n) > 0).astype(int))
     config = FeatureSelection(enabled=True, method=method, k=1, sample_rows=1000)
     assert select_features(frame, ["signal", "noise1", "noise2"], ["cat"], y, config, seed=0) == ["signal"]

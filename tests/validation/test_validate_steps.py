@@ -133,13 +133,8 @@ def test_drift_thresholds_and_skips():
 
 
 def test_to_jsonable_makes_gx_values_json_safe():
-    value = {
-        "a": np.int64(3),
-        "b": float("nan"),
-        "c": pd.Timestamp("2013-03-01", tz="UTC"),
-        "d": [np.float32(0.5), None, pd.NaT],
-        "e": (1, "x"),
-    }
+    value = {"a": np.int64(3), "b": float("nan"), "c": pd.Timestamp("2013-03-01", tz="UTC"),
+             "d": [np.float32(0.5), None, pd.NaT], "e": (1, "x")}
     out = steps.to_jsonable(value)
     assert out == {"a": 3, "b": None, "c": "2013-03-01T00:00:00+00:00", "d": [0.5, None, None], "e": [1, "x"]}
     assert json.loads(json.dumps(out)) == out
@@ -147,22 +142,10 @@ def test_to_jsonable_makes_gx_values_json_safe():
 
 def test_format_outcome_names_checks_and_place():
     outcome = ValidationOutcome(
-        passed=False,
-        batch_id="abc",
-        drift={"distance": {"psi": 0.5, "drifted": True}},
-        failures=[
-            {
-                "check": "ranges.month",
-                "expectation": "expect_column_values_to_be_between",
-                "column": "month",
-                "severity": "block",
-                "unexpected_count": 2,
-                "examples": [13, 13],
-            }
-        ],
-        warnings=[],
-        quarantine_dir=None,
-        report={"file": "b.csv", "rows": 10},
+        passed=False, batch_id="abc", drift={"distance": {"psi": 0.5, "drifted": True}},
+        failures=[{"check": "ranges.month", "expectation": "expect_column_values_to_be_between",
+                   "column": "month", "severity": "block", "unexpected_count": 2, "examples": [13, 13]}],
+        warnings=[], quarantine_dir=None, report={"file": "b.csv", "rows": 10},
     )
     text = format_outcome(outcome)
     assert "QUARANTINED" in text and "ranges.month" in text and "[month]" in text and "2 unexpected" in text

@@ -71,14 +71,11 @@ class RetrainerService:
         state = self.runtime.state
         champion, challenger = state.champion_version or "", state.challenger_version or ""
         labels = f'champion_version="{champion}",challenger_version="{challenger}"'
-        return (
-            content
-            + (
-                "# HELP retrainer_challenger_weight Share of traffic routed to the challenger\n"
-                "# TYPE retrainer_challenger_weight gauge\n"
-                f"retrainer_challenger_weight{{{labels}}} {state.effective_weight}\n"
-            )
-            + self.monitor_gauges.text()
+        content += self.monitor_gauges.text()  # the latest monitoring pass, re-read only when it changed
+        return content + (
+            "# HELP retrainer_challenger_weight Share of traffic routed to the challenger\n"
+            "# TYPE retrainer_challenger_weight gauge\n"
+            f"retrainer_challenger_weight{{{labels}}} {state.effective_weight}\n"
         )
 
     @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
