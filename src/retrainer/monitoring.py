@@ -88,12 +88,14 @@ def run_monitor_pass(
     connect(root)
     version = registry.alias_version(name, registry.CHAMPION)
     base = {"time": now.isoformat(timespec="seconds"), "model_name": name, "model_version": version}
-    if version is None:
-        return {**base, "status": "no champion", "alarm": False, "fired": False, "reason": "no champion to monitor"}
     try:
+        if version is None:
+            raise LookupError("no champion to monitor")
         profile = store.load_profile(name, version)
     except LookupError as exc:
-        return {**base, "status": "no profile", "alarm": False, "fired": False, "reason": str(exc)}
+        logger.warning("monitor %s: nothing to monitor: %s", name, exc)
+        status = "no champion" if version is None else "no profile"
+        return {**base, "status": status, "alarm": False, "fired": False, "reason": str(exc)}
     since = (now - timedelta(hours=config.window.hours)).isoformat(timespec="milliseconds")
     window = store.read_window(
         home / LOG_FILE,
