@@ -44,17 +44,20 @@ def newest_split(frame: pd.DataFrame, time_column: str, fraction: float) -> tupl
     return older, newest
 
 
-def make_pipeline(
-    numeric: list[str], categorical: list[str], seed: int, class_weight: str | None
-) -> Pipeline:
+def make_pipeline(numeric: list[str], categorical: list[str], seed: int, class_weight: str | None) -> Pipeline:
     """Impute, ordinal-encode categoricals, HistGradientBoosting with native categorical support."""
     encoder = OrdinalEncoder(
-        handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
+        handle_unknown="use_encoded_value",
+        unknown_value=np.nan,
+        encoded_missing_value=np.nan,
         max_categories=250,
     )
-    categorical_steps = Pipeline([
-        ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")), ("encode", encoder),
-    ])
+    categorical_steps = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+            ("encode", encoder),
+        ]
+    )
     numeric_steps = Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True))])
     preprocess = ColumnTransformer(
         [("categorical", categorical_steps, categorical), ("numeric", numeric_steps, numeric)],
@@ -62,7 +65,8 @@ def make_pipeline(
     )
     model = HistGradientBoostingClassifier(
         categorical_features=[True] * len(categorical) + [False] * len(numeric),
-        class_weight=class_weight, random_state=seed,
+        class_weight=class_weight,
+        random_state=seed,
     )
     return Pipeline([("preprocess", preprocess), ("model", model)])
 
@@ -88,10 +92,15 @@ def main(settings: dict) -> dict:
     search = HalvingRandomSearchCV(
         make_pipeline(numeric, categorical, seed, class_weight),
         {f"model__{name}": values for name, values in settings["space"].items()},
-        n_candidates=candidates, factor=factor,
-        min_resources=max(len(fit_part) // factor ** (rounds - 1), 1), max_resources=len(fit_part),
-        cv=TimeSeriesSplit(n_splits=settings["cv_splits"]), scoring=settings["scoring"],
-        random_state=seed, n_jobs=1, refit=True,
+        n_candidates=candidates,
+        factor=factor,
+        min_resources=max(len(fit_part) // factor ** (rounds - 1), 1),
+        max_resources=len(fit_part),
+        cv=TimeSeriesSplit(n_splits=settings["cv_splits"]),
+        scoring=settings["scoring"],
+        random_state=seed,
+        n_jobs=1,
+        refit=True,
     )
     search.fit(fit_part[features], fit_part[label])
     threshold = best_f1_threshold(

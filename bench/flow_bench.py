@@ -104,24 +104,37 @@ def main() -> None:
         warm_up(flow_ws, workspace_env(flow_ws), tmpdir / "warm.log")
 
         say("timing the plain script: every stage in order, then the gate")
-        plain_s, out = run_timed([python, "-c", PLAIN, str(plain_ws)], plain_ws, workspace_env(plain_ws),
-                                 tmpdir / "plain.log")
+        plain_s, out = run_timed(
+            [python, "-c", PLAIN, str(plain_ws)], plain_ws, workspace_env(plain_ws), tmpdir / "plain.log"
+        )
         plain = last_json(out)
         say(f"  {plain_s:.1f} s (work {plain['work_seconds']:.1f} s): {plain['stages']}")
 
         say("timing the flow: flows.retrain.retrain on the December batch")
-        flow_s, out = run_timed([python, "-c", FLOW, str(flow_ws), str(december), "first"], flow_ws,
-                                workspace_env(flow_ws), tmpdir / "flow.log")
+        flow_s, out = run_timed(
+            [python, "-c", FLOW, str(flow_ws), str(december), "first"],
+            flow_ws,
+            workspace_env(flow_ws),
+            tmpdir / "flow.log",
+        )
         flow = last_json(out)
-        say(f"  {flow_s:.1f} s (server start-up {flow['server_seconds']:.1f} s, flow call "
-            f"{flow['flow_seconds']:.1f} s): {flow['status']}; stages {flow['stages']}")
+        say(
+            f"  {flow_s:.1f} s (server start-up {flow['server_seconds']:.1f} s, flow call "
+            f"{flow['flow_seconds']:.1f} s): {flow['status']}; stages {flow['stages']}"
+        )
 
         say("timing the no-change rerun: the same flow, force=True, same batch")
-        rerun_s, out = run_timed([python, "-c", FLOW, str(flow_ws), str(december), "force"], flow_ws,
-                                 workspace_env(flow_ws), tmpdir / "rerun.log")
+        rerun_s, out = run_timed(
+            [python, "-c", FLOW, str(flow_ws), str(december), "force"],
+            flow_ws,
+            workspace_env(flow_ws),
+            tmpdir / "rerun.log",
+        )
         rerun = last_json(out)
-        say(f"  {rerun_s:.1f} s (flow call {rerun['flow_seconds']:.1f} s): {rerun['status']}, "
-            f"reused {rerun['reused']}; stages {rerun['stages']}")
+        say(
+            f"  {rerun_s:.1f} s (flow call {rerun['flow_seconds']:.1f} s): {rerun['status']}, "
+            f"reused {rerun['reused']}; stages {rerun['stages']}"
+        )
         rows = json.loads((flow_ws / "data" / "processed" / "split_report.json").read_text())
 
     flow_ex_server = flow_s - flow["server_seconds"]
@@ -171,10 +184,12 @@ def main() -> None:
         ("no-change rerun (force=True)", rerun_s),
     ):
         print(f"{arm:<52}{seconds:>8.1f} s{seconds / plain_s:>9.2f}x")
-    print(f"overhead {figures['overhead_pct']:+.1f} % "
-          f"({figures['overhead_pct_excluding_server_startup']:+.1f} % "
-          f"without server start-up; target <= {TARGET_OVERHEAD:.0%}); rerun/first "
-          f"{figures['rerun_over_first_ratio']:.2f} (target <= {TARGET_RERUN_RATIO}) -> {out_file}")
+    print(
+        f"overhead {figures['overhead_pct']:+.1f} % "
+        f"({figures['overhead_pct_excluding_server_startup']:+.1f} % "
+        f"without server start-up; target <= {TARGET_OVERHEAD:.0%}); rerun/first "
+        f"{figures['rerun_over_first_ratio']:.2f} (target <= {TARGET_RERUN_RATIO}) -> {out_file}"
+    )
 
 
 if __name__ == "__main__":

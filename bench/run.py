@@ -37,6 +37,13 @@ SUMMARY = {
         ("stage_holdout_roc_auc", "holdout ROC AUC (stage)"),
         ("bare_holdout_roc_auc", "holdout ROC AUC (bare)"),
     ],
+    "monitor": [
+        ("rows_logged", "logged predictions"),
+        ("pass_seconds", "one monitoring pass s"),
+        ("peak_rss_mb", "peak RSS MB (child process)"),
+        ("rss_after_imports_mb", "RSS after imports MB"),
+        ("load_average_1m_at_end", "load average (1 min) at end"),
+    ],
     "flow": [
         ("rows_train", "training rows"),
         ("plain_seconds", "plain script s"),

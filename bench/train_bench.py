@@ -37,13 +37,15 @@ def workspace_env(ws: Path) -> dict[str, str]:
     """The environment a workspace's commands run in: its own home, MLflow store and Prefect home."""
     home = ws / ".retrainer"
     env = {k: v for k, v in os.environ.items() if k not in ("RETRAINER_PARAMS", "PREFECT_API_URL")}
-    env.update({
-        "RETRAINER_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "RETRAINER_HOME": str(home),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     return env
 
 
@@ -76,11 +78,14 @@ def warm_up(cwd: Path, env: dict[str, str], log: Path) -> float:
 
 def code_state() -> dict:
     """The commit measured, and whether src/ or flows/ had uncommitted edits at the time."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    return {"git_commit": git("rev-parse", "--short", "HEAD"),
-            "src_dirty": bool(git("status", "--porcelain", "--", "src", "flows", "params.yaml", "dvc.yaml"))}
+    return {
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "src_dirty": bool(git("status", "--porcelain", "--", "src", "flows", "params.yaml", "dvc.yaml")),
+    }
 
 
 def machine() -> dict:
@@ -88,8 +93,13 @@ def machine() -> dict:
     import pandas as pd
     import sklearn
 
-    return {"python": platform.python_version(), "pandas": pd.__version__, "sklearn": sklearn.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count()}
+    return {
+        "python": platform.python_version(),
+        "pandas": pd.__version__,
+        "sklearn": sklearn.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def bare_settings(params, ws: Path) -> dict:
@@ -123,34 +133,39 @@ def main() -> None:
         tmpdir = Path(tmp)
         params_file = write_params(tmpdir / "params.yaml", "2013-01-01", "2014-01-01")
         params = load_params(params_file)
-        if params.train.model != "hgb" or params.train.search.method != "halving" \
-                or params.train.feature_selection.enabled:
+        if (
+            params.train.model != "hgb"
+            or params.train.search.method != "halving"
+            or params.train.feature_selection.enabled
+        ):
             raise SystemExit("bare_train.py mirrors model hgb, search halving, no feature selection only")
         ws = create_workspace(ROOT, tmpdir / "ws", params_file)
         env = workspace_env(ws)
         say(f"workspace {ws}: dvc repro split (whole of 2013, all months; not timed)")
         setup = reproduce(ws, "split", env=env)
         split = json.loads((ws / "data" / "processed" / "split_report.json").read_text())
-        say(f"  ran {setup.ran} in {setup.seconds:.1f} s; train {split['train']['rows']:,} rows, "
-            f"holdout {split['holdout']['rows']:,} rows")
+        say(
+            f"  ran {setup.ran} in {setup.seconds:.1f} s; train {split['train']['rows']:,} rows, "
+            f"holdout {split['holdout']['rows']:,} rows"
+        )
         warm_up(ws, env, tmpdir / "warm.log")
 
         say("timing the train stage: dvc repro --single-item train")
         train_run = reproduce(ws, "train", single=True, env=env)
         report = json.loads((ws / "models" / "train_report.json").read_text())
-        say(f"  {train_run.seconds:.1f} s (ran {train_run.ran}; "
-            f"fit inside the stage {report['fit_seconds']:.1f} s)")
+        say(f"  {train_run.seconds:.1f} s (ran {train_run.ran}; fit inside the stage {report['fit_seconds']:.1f} s)")
 
         say("timing the evaluate stage: dvc repro --single-item evaluate")
         evaluate_run = reproduce(ws, "evaluate", single=True, env=env)
         metrics = json.loads((ws / "models" / "metrics.json").read_text())
-        say(f"  {evaluate_run.seconds:.1f} s (ran {evaluate_run.ran}); "
-            f"holdout ROC AUC {metrics['roc_auc']:.4f}")
+        say(f"  {evaluate_run.seconds:.1f} s (ran {evaluate_run.ran}); holdout ROC AUC {metrics['roc_auc']:.4f}")
 
         say("timing the bare script: bench/bare_train.py (pandas + sklearn only)")
         bare_s, out = run_timed(
             [sys.executable, str(ROOT / "bench" / "bare_train.py"), json.dumps(bare_settings(params, ws))],
-            ws, env, tmpdir / "bare.log",
+            ws,
+            env,
+            tmpdir / "bare.log",
         )
         bare = json.loads(out.strip().splitlines()[-1])
         say(f"  {bare_s:.1f} s; holdout ROC AUC {bare['metrics']['roc_auc']:.4f}")
@@ -196,8 +211,10 @@ def main() -> None:
     print(f"{'arm':<46}{'wall':>10}{'vs bare':>9}")
     for arm, seconds, ratio in rows:
         print(f"{arm:<46}{seconds:>10}{ratio:>9}")
-    print(f"holdout ROC AUC: stage {metrics['roc_auc']:.4f}, bare {bare['metrics']['roc_auc']:.4f}; "
-          f"target: train stage <= {TARGET_RATIO} x bare -> {out_file}")
+    print(
+        f"holdout ROC AUC: stage {metrics['roc_auc']:.4f}, bare {bare['metrics']['roc_auc']:.4f}; "
+        f"target: train stage <= {TARGET_RATIO} x bare -> {out_file}"
+    )
 
 
 if __name__ == "__main__":

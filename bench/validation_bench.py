@@ -119,8 +119,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
-    print(f"\nGX suite ({figures['expectations']} expectations) on {ROWS:,} rows: {gx_s:.3f} s "
-          f"(target 2 s); pandas: {pandas_s:.3f} s; ratio {gx_s / pandas_s:.1f}x -> {out}")
+    print(
+        f"\nGX suite ({figures['expectations']} expectations) on {ROWS:,} rows: {gx_s:.3f} s "
+        f"(target 2 s); pandas: {pandas_s:.3f} s; ratio {gx_s / pandas_s:.1f}x -> {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -58,3 +58,15 @@ def test_missing_file_and_env_override(tmp_path, monkeypatch):
 def test_changing_a_value_changes_the_hash(tmp_path, params):
     path = _write(tmp_path, lambda raw: raw["train"].update(seed=7))
     assert params_hash(load_params(path)) != params_hash(params)
+
+
+def test_monitor_exclude_must_name_features(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["monitor"]["drift"].update(exclude=["month", "arr_delay"]))
+    with pytest.raises(ConfigError, match=r"monitor\.drift\.exclude.*arr_delay"):
+        load_params(path)
+
+
+def test_monitor_thresholds_are_checked_by_key(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["monitor"]["trigger"].update(rearm_level=1.5))
+    with pytest.raises(ConfigError, match=r"monitor\.trigger\.rearm_level"):
+        load_params(path)

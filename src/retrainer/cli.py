@@ -148,22 +148,54 @@ def lineage(version: Annotated[str, typer.Argument(help="A registered model vers
 
 @app.command()
 def deploy() -> None:
-    """Serve the scheduled deployment that drains the inbox (cron from params.yaml) until stopped.
+    """Serve the scheduled deployments that drain the inbox and monitor the champion (crons in params.yaml).
 
     Start a server first (`prefect server start`) and point at it with PREFECT_API_URL.
     """
+    from prefect import serve as serve_deployments
+
+    from flows.monitor import monitor as monitor_flow
     from flows.retrain import drain_inbox
 
     params = _params()
     typer.echo(
         f"serving deployment '{params.retrain.deployment}' (cron '{params.retrain.schedule_cron}'), "
-        f"draining {params.retrain.inbox_dir}/ — Ctrl-C to stop"
+        f"draining {params.retrain.inbox_dir}/, and '{params.monitor.deployment}' "
+        f"(cron '{params.monitor.schedule_cron}') — Ctrl-C to stop"
     )
-    drain_inbox.serve(
-        name=params.retrain.deployment,
-        cron=params.retrain.schedule_cron,
-        parameters={"root": str(Path.cwd())},
+    root = {"root": str(Path.cwd())}
+    serve_deployments(
+        drain_inbox.to_deployment(name=params.retrain.deployment, cron=params.retrain.schedule_cron, parameters=root),
+        monitor_flow.to_deployment(name=params.monitor.deployment, cron=params.monitor.schedule_cron, parameters=root),
     )
+
+
+EXIT_ALARM = 4
+
+
+@app.command()
+def monitor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+) -> None:
+    """One monitoring pass: drift and performance of the champion's logged traffic; may start a retrain.
+
+    Exit codes: 0 no alarm, 4 an alarm was raised (whether the retrain fired or was suppressed), 2 nothing to monitor
+    (no champion, or no reference profile).
+    """
+    from flows.monitor import monitor as monitor_flow
+
+    _params()
+    result = monitor_flow(root=str(Path.cwd()))
+    if as_json:
+        _print_json(result)
+    else:
+        from retrainer.monitoring import format_result
+
+        typer.echo(format_result(result))
+    if result["status"] != "ok":
+        raise typer.Exit(2)
+    if result["alarm"]:
+        raise typer.Exit(EXIT_ALARM)
 
 
 @app.command()

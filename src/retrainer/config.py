@@ -168,6 +168,47 @@ class RetrainConfig(_Frozen):
     deployment: str = "retrain-scheduled"
 
 
+class MonitorWindow(_Frozen):
+    hours: float = Field(gt=0, default=168, description="predictions logged in the last N hours")
+    max_predictions: int = Field(ge=1, default=200_000, description="the newest N of them at most")
+    min_predictions: int = Field(ge=1, default=500, description="fewer: drift is not judged")
+
+
+class MonitorDrift(_Frozen):
+    exclude: tuple[str, ...] = Field(default=(), description="features whose drift is reported but not judged")
+    bins: int = Field(ge=2, default=10)
+    sample_rows: int = Field(ge=100, default=5000, description="reference values kept per numeric feature for KS")
+    psi_max: float = Field(gt=0, default=0.2)
+    ks_max: float = Field(gt=0, le=1, default=0.1)
+    js_max: float = Field(gt=0, le=1, default=0.1, description="Jensen-Shannon distance, base 2")
+    new_category_share: float = Field(gt=0, le=1, default=0.01)
+    significance: float = Field(gt=0, lt=1, default=0.01)
+    share_max: float = Field(gt=0, le=1, default=0.5, description="share of judged features drifting")
+    prediction_psi_max: float = Field(gt=0, default=0.2)
+
+
+class MonitorPerformance(_Frozen):
+    metric: Literal["roc_auc", "accuracy"] = "roc_auc"
+    max_drop: float = Field(gt=0, le=1, default=0.05)
+    min_labels: int = Field(ge=10, default=2000)
+
+
+class MonitorTrigger(_Frozen):
+    consecutive: int = Field(ge=1, default=2, description="alarming passes in a row before a retrain fires")
+    rearm_level: float = Field(gt=0, lt=1, default=0.5, description="signal level (1 = threshold) that re-arms")
+    cooldown_hours: float = Field(ge=0, default=24)
+    min_new_labels: int = Field(ge=0, default=2000, description="labelled rows waiting in the inbox")
+
+
+class MonitorConfig(_Frozen):
+    schedule_cron: str = "30 * * * *"
+    deployment: str = "monitor-scheduled"
+    window: MonitorWindow = MonitorWindow()
+    drift: MonitorDrift = MonitorDrift()
+    performance: MonitorPerformance = MonitorPerformance()
+    trigger: MonitorTrigger = MonitorTrigger()
+
+
 Severity = Literal["block", "warn"]
 
 
@@ -299,6 +340,7 @@ class Params(_WithValidate):
     gate: GateConfig
     canary: CanaryConfig = CanaryConfig()
     retrain: RetrainConfig = RetrainConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _no_leaks(self) -> Params:
@@ -311,6 +353,9 @@ class Params(_WithValidate):
         hidden = sorted(set(self.data.identifiers) & set(self.features.all))
         if hidden:
             raise ValueError(f"features: identifier columns {hidden} are pseudonymised and cannot be features")
+        unknown = sorted(set(self.monitor.drift.exclude) - set(self.features.all))
+        if unknown:
+            raise ValueError(f"monitor.drift.exclude: {unknown} are not in features")
         if self.train.model not in self.train.search.space:
             raise ValueError(f"train.search.space: no search space for train.model '{self.train.model}'")
         return self

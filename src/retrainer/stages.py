@@ -24,6 +24,7 @@ METRICS = Path("models/metrics.json")
 PREDICTIONS = Path("models/predictions.parquet")
 PLOTS = Path("models/plots")
 REGISTRATION = Path("models/registration.json")
+PROFILE = Path("models/reference_profile.json")
 
 
 def file_md5(path: Path) -> str:
@@ -227,12 +228,26 @@ def register(params: Params, root: Path) -> dict:
             "split": read_json(root / SPLIT_REPORT),
             "train": train_report,
             "metrics": metrics,
+            "reference_profile": write_reference_profile(params, root, bundle["threshold"], metrics),
         },
         root=root,
     )
     payload = {**registration.to_dict(), "tags": tags}
     write_json(payload, root / REGISTRATION)
     return payload
+
+
+def write_reference_profile(params: Params, root: Path, threshold: float, metrics: dict) -> dict:
+    """The profile the monitor compares served traffic with: training-window features, holdout predictions."""
+    from retrainer.steps.profile import profile_from_params
+
+    holdout = pd.read_parquet(root / PREDICTIONS, columns=["label", "proba"])
+    train = pd.read_parquet(root / TRAIN, columns=params.features.all)
+    profile = profile_from_params(
+        params, train, holdout["label"].to_numpy(), holdout["proba"].to_numpy(), threshold, metrics
+    )
+    write_json(profile, root / PROFILE)
+    return profile
 
 
 STAGES: dict[str, Callable[[Params, Path], dict]] = {

@@ -11,7 +11,7 @@ import yaml
 
 from retrainer.io.tables import read_json
 from retrainer.io.workspace import create_workspace, reproduce
-from retrainer.stages import REGISTRATION
+from retrainer.stages import PROFILE, REGISTRATION
 
 pytestmark = pytest.mark.integration
 ALL_STAGES = {"validate", "ingest", "split", "train", "evaluate", "register"}
@@ -69,6 +69,19 @@ def test_first_repro_runs_every_stage_and_registers_a_tagged_version(workspace):
         "plots/confusion_matrix.png",
         "plots/feature_importance.png",
     } <= artifacts
+
+
+def test_the_register_stage_stores_the_reference_profile_with_the_version(workspace, params, tmp_path):
+    ws, env, _ = workspace
+    registration = read_json(ws / REGISTRATION)
+    local = read_json(ws / PROFILE)
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    logged = client.download_artifacts(registration["run_id"], "reports/reference_profile.json", str(tmp_path))
+    assert read_json(Path(logged)) == local
+    assert set(local["features"]) == set(params.features.all)
+    assert len(local["features"]["temp"]["sample"]) == params.monitor.drift.sample_rows
+    assert local["metrics"]["roc_auc"] == read_json(ws / "models" / "metrics.json")["roc_auc"]
+    assert abs(sum(local["prediction"]["shares"]) - 1) < 1e-9
 
 
 def test_second_repro_with_nothing_changed_skips_every_stage(workspace):

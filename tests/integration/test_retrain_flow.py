@@ -33,14 +33,6 @@ CANARY = {
 ALL_STAGES = ("validate", "ingest", "split", "train", "evaluate", "register")
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def _small_params(source: Path, dest: Path) -> Path:
     """The real params with a one-month bootstrap, a two-candidate search and fewer rows timed or permuted.
 

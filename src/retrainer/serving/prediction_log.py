@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 LOG_FILE = "predictions.db"
 
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions(time);
 """
+FEATURES_TABLE = "prediction_features"
 
 
 class LoggedPrediction(NamedTuple):
@@ -67,6 +69,11 @@ def prediction_ids(n: int) -> list[str]:
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
+def quote(name: str) -> str:
+    """An SQL identifier for a column name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def features_digest(record: Mapping[str, object]) -> str:
     """SHA-256 of the record as canonical JSON: identifies the input without storing it."""
     return hashlib.sha256(_CANONICAL_JSON.encode(record).encode("utf-8")).hexdigest()
@@ -75,7 +82,7 @@ def features_digest(record: Mapping[str, object]) -> str:
 class PredictionLog:
     """A SQLite prediction log shared by the service's worker threads."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, numeric: Iterable[str] = (), categorical: Iterable[str] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
@@ -83,14 +90,40 @@ class PredictionLog:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        types = {**dict.fromkeys(numeric, "REAL"), **dict.fromkeys(categorical, "TEXT")}
+        self.feature_names = list(types)
+        self._feature_insert = self._create_features_table(types)
 
-    def record(self, rows: Iterable[LoggedPrediction]) -> int:
-        """Append predictions in one transaction; returns how many were written."""
+    def _create_features_table(self, types: dict[str, str]) -> str | None:
+        """One typed column per model feature, keyed by prediction id; columns new to params are added."""
+        if not types:
+            return None
+        self._conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {FEATURES_TABLE} "
+            "(prediction_id TEXT PRIMARY KEY REFERENCES predictions(id)) WITHOUT ROWID"  # one lookup per row, not two
+        )
+        present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({FEATURES_TABLE})")}
+        for name, kind in types.items():
+            if name not in present:
+                self._conn.execute(f"ALTER TABLE {FEATURES_TABLE} ADD COLUMN {quote(name)} {kind}")
+        names = ", ".join(["prediction_id", *map(quote, types)])
+        return f"INSERT INTO {FEATURES_TABLE} ({names}) VALUES ({', '.join('?' * (len(types) + 1))})"
+
+    def record(self, rows: Iterable[LoggedPrediction], features: pd.DataFrame | None = None) -> int:
+        """Append predictions (and their model-input features, row for row) in one transaction."""
         values = list(rows)
+        feature_rows = None
+        if features is not None and self._feature_insert is not None:
+            # Selecting columns costs more than the conversion itself: skip it when the order already matches.
+            ordered = features if list(features.columns) == self.feature_names else features[self.feature_names]
+            cells = ordered.to_numpy(dtype=object, na_value=None).tolist()
+            feature_rows = [(row[0], *cell) for row, cell in zip(values, cells, strict=True)]
         with self._lock:
             self._conn.execute("BEGIN")
             try:
                 self._conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+                if feature_rows:
+                    self._conn.executemany(self._feature_insert, feature_rows)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

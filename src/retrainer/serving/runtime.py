@@ -120,7 +120,7 @@ class ServingRuntime:
         self.source = source or open_source(
             config.root, params.tracking.registered_model, config.home / "registry.lock"
         )
-        self.log = PredictionLog(config.home / LOG_FILE)
+        self.log = PredictionLog(config.home / LOG_FILE, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}
@@ -220,7 +220,7 @@ class ServingRuntime:
             result.predictions.append(
                 {"prediction_id": pid, "probability": p, "label": row.label, "model_version": model.version, "arm": arm}
             )
-        self.log.record(logged)
+        self.log.record(logged, features=frame)
         return result
 
     def feedback(self, prediction_id: str, label: int) -> None:

@@ -63,9 +63,12 @@ class RetrainerService:
     """Scores flights with the champion, and with the challenger for its share of sticky-routed traffic."""
 
     def __init__(self) -> None:
+        from retrainer.io.monitoring import LATEST_FILE, monitor_dir
+        from retrainer.serving.monitor_gauges import MonitorGauges
         from retrainer.serving.runtime import ServingConfig, ServingRuntime
 
         self.runtime = ServingRuntime(ServingConfig.from_env())
+        self.monitor_gauges = MonitorGauges(monitor_dir(self.runtime.config.home) / LATEST_FILE)
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready
@@ -74,6 +77,7 @@ class RetrainerService:
         state = self.runtime.state
         champion, challenger = state.champion_version or "", state.challenger_version or ""
         labels = f'champion_version="{champion}",challenger_version="{challenger}"'
+        content += self.monitor_gauges.text()  # the latest monitoring pass, re-read only when it changed
         return content + (
             "# HELP retrainer_challenger_weight Share of traffic routed to the challenger\n"
             "# TYPE retrainer_challenger_weight gauge\n"

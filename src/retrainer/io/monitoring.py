@@ -1,0 +1,185 @@
+"""Monitoring adapters: the prediction-log window, the champion's reference profile, trigger state and decisions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retrainer.config import Params
+from retrainer.io.batches import BatchRecord, batch_id, inbox_files
+from retrainer.io.tables import read_json, read_table, write_json
+from retrainer.serving.prediction_log import FEATURES_TABLE, quote
+from retrainer.steps.trigger import TriggerState
+
+PROFILE_ARTIFACT = "reports/reference_profile.json"
+STATE_FILE = "trigger_state.json"
+DECISIONS_FILE = "decisions.jsonl"
+LATEST_FILE = "latest.json"
+CHUNK_ROWS = 100_000
+MMAP_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """The newest predictions of one model version: model inputs, probabilities, and feedback where it arrived."""
+
+    features: pd.DataFrame
+    proba: np.ndarray
+    labels: np.ndarray
+    labelled_proba: np.ndarray
+    first_time: str | None
+    last_time: str | None
+
+
+def monitor_dir(home: Path) -> Path:
+    """Where monitoring keeps its state, decisions, latest figures and reports."""
+    return home / "monitor"
+
+
+def load_profile(model_name: str, version: str) -> dict:
+    """The reference profile logged with a model version's MLflow run."""
+    import mlflow
+
+    run_id = mlflow.MlflowClient().get_model_version(model_name, version).run_id
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
+    except Exception as exc:
+        raise LookupError(f"v{version} has no reference profile ({PROFILE_ARTIFACT}); retrain to create one") from exc
+
+
+def register_with_profile(
+    params: Params, model, train: pd.DataFrame, holdout_labels: np.ndarray, holdout_proba: np.ndarray, threshold: float
+) -> str:
+    """Register a model fitted outside the pipeline, with its reference profile and threshold; returns its version."""
+    from retrainer.io.tracking import log_training_run
+    from retrainer.steps.evaluate import classification_metrics
+    from retrainer.steps.profile import profile_from_params
+
+    metrics = classification_metrics(holdout_labels, holdout_proba, threshold)
+    registration = log_training_run(
+        experiment=params.tracking.experiment,
+        model_name=params.tracking.registered_model,
+        model=model,
+        features=params.features.all,
+        train_frame=train,
+        params={},
+        metrics={f"holdout_{k}": v for k, v in metrics.items()},
+        tags={"threshold": f"{threshold:.6f}"},
+        artifacts=[],
+        reports={
+            "reference_profile": profile_from_params(params, train, holdout_labels, holdout_proba, threshold, metrics)
+        },
+    )
+    return registration.version
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def read_window(
+    log_path: Path,
+    model_version: str,
+    since: str,
+    max_rows: int,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+) -> LogWindow:
+    """Read, read-only and in chunks, the newest `max_rows` predictions of a version logged at or after `since`."""
+    names = [*numeric, *categorical]
+    empty = LogWindow(pd.DataFrame(columns=names), np.empty(0), np.empty(0), np.empty(0), None, None)
+    if not log_path.exists():
+        return empty
+    with closing(sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=30)) as db:
+        if not _has_table(db, "predictions"):
+            return empty
+        db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")  # the joins read pages at random: map them, do not copy them
+        with_features = _has_table(db, FEATURES_TABLE)
+        selected = "".join(f", pf.{quote(n)}" for n in names) if with_features else ""
+        query = (
+            f"SELECT p.time, p.probability, f.label{selected} FROM predictions p "
+            "LEFT JOIN feedback f ON f.prediction_id = p.id "
+            + (f"LEFT JOIN {FEATURES_TABLE} pf ON pf.prediction_id = p.id " if with_features else "")
+            + "WHERE p.model_version = ? AND p.time >= ? ORDER BY p.time DESC LIMIT ?"
+        )
+        columns = ["time", "probability", "label", *(names if with_features else [])]
+        types = {c: "float64" for c in ["probability", "label", *numeric] if c in columns}
+        cursor = db.execute(query, (model_version, since, max_rows))
+        chunks, times = [], []
+        while rows := cursor.fetchmany(CHUNK_ROWS):
+            times += [rows[0][0], rows[-1][0]]
+            chunks.append(pd.DataFrame(rows, columns=columns).drop(columns="time").astype(types))
+    if not chunks:
+        return empty
+    frame = pd.concat(chunks, ignore_index=True)
+    proba, labels = frame.pop("probability").to_numpy(), frame.pop("label").to_numpy()
+    features = frame if with_features else pd.DataFrame(columns=names)
+    known = ~np.isnan(labels)
+    return LogWindow(features, proba, labels[known].astype(int), proba[known], min(times), max(times))
+
+
+def load_trigger_state(home: Path) -> TriggerState:
+    """The trigger state the last pass left (a fresh, armed state the first time)."""
+    path = monitor_dir(home) / STATE_FILE
+    return TriggerState.from_dict(read_json(path)) if path.exists() else TriggerState()
+
+
+def save_trigger_state(home: Path, state: TriggerState) -> None:
+    write_json(state.to_dict(), monitor_dir(home) / STATE_FILE)
+
+
+def append_decision(home: Path, record: dict) -> Path:
+    """Append one trigger decision (fired or suppressed, and why) to the decisions log, one JSON object a line."""
+    path = monitor_dir(home) / DECISIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_decisions(home: Path) -> list[dict]:
+    """Every recorded trigger decision, oldest first."""
+    path = monitor_dir(home) / DECISIONS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_latest(home: Path, payload: dict) -> Path:
+    """The latest pass's figures, which the service's /metrics reads."""
+    path = monitor_dir(home) / LATEST_FILE
+    write_json(payload, path)
+    return path
+
+
+def count_pending(inbox: Path, record: BatchRecord, target_column: str) -> tuple[int, int]:
+    """Batch files the inbox drain would process (as drain_inbox decides) and how many labelled rows they hold."""
+    batches, labelled = 0, 0
+    for path in inbox_files(inbox):
+        existing = record.get(batch_id(path))
+        if existing is not None and existing["status"] != "failed":
+            continue
+        batches += 1
+        try:
+            labelled += int(read_table(path)[target_column].notna().sum())
+        except (KeyError, ValueError, OSError, pd.errors.ParserError):
+            continue
+    return batches, labelled
+
+
+def post_webhook(url: str, payload: dict, timeout_s: float = 5.0) -> str | None:
+    """POST the alert as JSON; returns the error text instead of raising (an alert must not stop the monitor)."""
+    import httpx
+
+    try:
+        httpx.post(url, json=payload, timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
