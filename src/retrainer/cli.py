@@ -281,6 +281,10 @@ def demo(
     canary: Annotated[
         bool, typer.Option(help="Canary each gate pass on a live service (replaying the next month); or promote.")
     ] = True,
+    trigger: Annotated[
+        str,
+        typer.Option(help="drift: serve each month and let the monitor decide when to retrain; monthly: every batch."),
+    ] = "drift",
 ) -> None:
     """The main job on embedded defaults: bootstrap a model, then retrain month by month on real 2013 flights."""
     from retrainer.demo import run_demo
@@ -291,7 +295,17 @@ def demo(
     except ValueError:
         typer.secho(f"error: --months must look like 3-12, got '{months}'", fg="red", err=True)
         raise typer.Exit(2) from None
-    run_demo(Path.cwd(), workdir.resolve(), list(span), params_file=os.environ.get(PARAMS_ENV), canary=canary)
+    if trigger not in ("drift", "monthly"):
+        typer.secho(f"error: --trigger must be drift or monthly, got '{trigger}'", fg="red", err=True)
+        raise typer.Exit(2)
+    run_demo(
+        Path.cwd(),
+        workdir.resolve(),
+        list(span),
+        params_file=os.environ.get(PARAMS_ENV),
+        canary=canary,
+        trigger=trigger,
+    )
 
 
 if __name__ == "__main__":

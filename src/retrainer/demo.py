@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import typer
 import yaml
 
+from retrainer.config import Params, load_params
 from retrainer.io.tables import read_json
 from retrainer.io.workspace import create_workspace, reproduce
 from retrainer.runner import canary_lines
@@ -57,25 +60,66 @@ DEMO_CANARY = {
 TRAFFIC_ROWS = 3000
 
 
-def write_traffic(seed_path: Path, month: int, folder: Path, rows: int = TRAFFIC_ROWS) -> Path:
-    """A seeded random sample of a month's flights, with outcomes, as the canary's client traffic.
+def write_traffic(seed_path: Path, month: int, folder: Path, purpose: str, rows: int = TRAFFIC_ROWS) -> Path:
+    """A seeded random sample of a month's flights, with outcomes, as client traffic (`purpose`: serve or canary).
 
     Sampled rather than taken in order: the first few hundred flights of a month are the early-morning departures
     of its first day, when delays are rare, and would not look like that month's traffic.
     """
     month_file = write_month_batch(seed_path, month, folder / "months")
     sample = pd.read_csv(month_file)
-    path = folder / f"traffic-2013-{month:02d}.csv"
-    sample.sample(n=min(rows, len(sample)), random_state=month).to_csv(path, index=False)
+    path = folder / f"{purpose}-2013-{month:02d}.csv"
+    salt = sum(map(ord, purpose))
+    sample.sample(n=min(rows, len(sample)), random_state=month * 1000 + salt).to_csv(path, index=False)
     return path
 
 
-def set_canary(workdir: Path, settings: dict) -> None:
-    """Merge settings into the workspace's `canary` params (the section no DVC stage depends on)."""
+# The monitor judges one month of served traffic at a time: the newest TRAFFIC_ROWS predictions of the champion.
+DEMO_MONITOR = {"window": {"max_predictions": TRAFFIC_ROWS}}
+
+
+def set_section(workdir: Path, section: str, settings: dict) -> None:
+    """Merge settings into a section of the workspace's params (canary, monitor: no DVC stage depends on them)."""
     path = workdir / "params.yaml"
     raw = yaml.safe_load(path.read_text())
-    raw["canary"] = {**raw.get("canary", {}), **settings}
+    merged = dict(raw.get(section, {}))
+    for key, value in settings.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    raw[section] = merged
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def month_end(month: int) -> datetime:
+    """The simulated clock of a monitoring pass: the end of the month whose traffic was just served."""
+    return datetime(2013 + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+
+
+def serve_month(url: str, traffic: Path, params: Params) -> dict:
+    """Replay a month's traffic to the service as clients would, 100 records per request, labels as feedback."""
+    from flows.canary import load_traffic
+    from retrainer.serving.replay import replay
+
+    records, labels = load_traffic(traffic, params)
+    stats = replay(url, records, labels, max_requests=len(records), timeout_s=600, batch_size=100)
+    return stats.to_dict()
+
+
+def monitor_lines(result: dict) -> list[str]:
+    """The monitoring pass of a month, for the demo table."""
+    if result["status"] != "ok":
+        return [f"monitor: {result['status']}: {result['reason']}"]
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    drifted = ", ".join(result["drifted_features"]) or "none"
+    state = "ALARM" if result["alarm"] else "ok"
+    return [
+        f"monitor v{result['model_version']}: {state}, drift share {number(result['drift_share'])} ({drifted}), "
+        f"prediction PSI {number(result['prediction_psi'])}, rolling AUC {number(result['rolling_auc'])} on "
+        f"{result['labelled']:,} labels vs {number(result['reference_auc'])} reference",
+        f"retrain {'FIRED' if result['fired'] else 'suppressed'}: {result['reason'][:150]}",
+    ]
 
 
 def _improvement(result: dict) -> dict:
@@ -112,15 +156,38 @@ def read_rows(result: dict) -> int:
     return int(((result.get("metrics") or {}).get("challenger") or {}).get("rows") or 0)
 
 
-def run_demo(
-    root: Path, workdir: Path, months: list[int], params_file: str | None = None, canary: bool = True
-) -> list[dict]:
-    """Bootstrap a model with `dvc repro`, then feed the following months one by one through the retrain flow.
+def pending_batches(workdir: Path, params: Params) -> list[Path]:
+    """The inbox batches not processed yet, oldest first: what a fired trigger retrains on."""
+    from retrainer.io.batches import BatchRecord, batch_id, inbox_files
+    from retrainer.io.project import home_dir
 
-    With `canary`, the service runs from the first champion on, and every later gate pass is canaried on it with
-    the next month's flights as traffic; without, a gate pass promotes directly.
+    record = BatchRecord(home_dir(workdir) / "batches.db")
+    waiting = []
+    for path in inbox_files(workdir / params.retrain.inbox_dir):
+        existing = record.get(batch_id(path))
+        if existing is None or existing["status"] == "failed":
+            waiting.append(path)
+    return waiting
+
+
+def run_demo(
+    root: Path,
+    workdir: Path,
+    months: list[int],
+    params_file: str | None = None,
+    canary: bool = True,
+    trigger: str = "drift",
+) -> list[dict]:
+    """Bootstrap a model with `dvc repro`, then feed the following months one by one.
+
+    The first month makes the first champion and the service starts with it. With `trigger="drift"`, each later
+    month's flights are served (with labels as feedback) and a monitoring pass decides whether to retrain on the
+    batches waiting in the inbox; with "monthly", every batch is retrained at once. With `canary`, a gate pass is
+    canaried on the service with the next month's flights as traffic; without, it promotes directly.
     """
     from rich.console import Console
+
+    from retrainer.monitoring import run_monitor_pass
 
     console = Console(soft_wrap=True)
     console.print(f"[bold]retrainer demo[/bold]: fresh workspace in {workdir}")
@@ -156,45 +223,79 @@ def run_demo(
     from retrainer.runner import run_cycle
     from retrainer.serving.launch import RunningService, start_service
 
-    set_canary(workdir, DEMO_CANARY if canary else {"enabled": False})
-    if canary:
-        os.environ["RETRAINER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+    set_section(workdir, "canary", DEMO_CANARY if canary else {"enabled": False})
+    set_section(workdir, "monitor", DEMO_MONITOR)
+    os.environ["RETRAINER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+    drift = trigger == "drift"
     console.print(
-        f"[bold]2. monthly batches[/bold]: {len(months)} months through the retrain flow (validate -> stages -> "
+        f"[bold]2. monthly batches[/bold]: {len(months)} months. "
         + (
-            "gate -> package -> canary on the live service, replaying the next month's flights)"
-            if canary
-            else "gate -> package -> promote/reject)"
+            "Each month the service scores that month's flights (labels follow as feedback), the batch lands in "
+            "the inbox, and the monitor decides whether drift or decay calls for a retrain; "
+            if drift
+            else "Each month's batch goes straight through the retrain flow; "
         )
+        + "a retrain validates, trains, gates and packages, then "
+        + ("canaries on the live service with the next month's flights." if canary else "promotes on the gate.")
     )
     widths = (8, 8, 11, 6, 6, 17, 11, 9, 5)
     header = ("month", "holdout", "challenger", "AUC", "champ", "diff 95% CI", "decision", "champion", "time")
     console.print("   " + " ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), style="bold")
-    results = []
+    results: list[dict] = []
+    passes: list[dict] = []
     service: RunningService | None = None
-    seed = root / "seeds" / "flights.parquet"
+    seed, traffic_dir, inbox = (
+        root / "seeds" / "flights.parquet",
+        workdir / "data" / "traffic",
+        workdir / "data" / "incoming",
+    )
+
+    def retrain_waiting(_root: Path, month: int, params: Params) -> list[dict]:
+        waiting = pending_batches(workdir, params)
+        console.print(f"   {'':8} the monitor fired: retraining on {len(waiting)} waiting batch(es)", style="yellow")
+        return [cycle(batch, month) for batch in waiting]
+
+    def cycle(batch: Path, month: int) -> dict:
+        traffic = write_traffic(seed, min(month + 1, 12), traffic_dir, "canary") if service else None
+        started = time.perf_counter()
+        with console.status(f"retraining on {batch.name} ..."):
+            result = run_cycle(batch, workdir, canary_traffic=traffic)
+        row = month_row(int(batch.stem[-2:]), result, time.perf_counter() - started)
+        console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], widths, strict=True)), highlight=False)
+        console.print(f"   {'':8} {row[9]}", style="dim", highlight=False)
+        if month == 12 and result.get("canary"):
+            console.print(f"   {'':8} (no later month: the canary replayed December's own flights)", style="dim")
+        for line in canary_lines(result):
+            console.print(f"   {'':8} {line}", style="cyan", highlight=False)
+        results.append(result)
+        return result
+
     try:
         for month in months:
-            batch = write_month_batch(seed, month, workdir / "data" / "incoming")
-            traffic = None
-            if canary and results and results[-1].get("champion_version") and service is None:
+            batch = write_month_batch(seed, month, inbox)
+            champion = results[-1].get("champion_version") if results else None
+            if champion and service is None:
                 with console.status("starting the service (`retrainer serve`) with the champion ..."):
                     service = start_service(workdir, home / "logs" / "serve.log")
-                set_canary(workdir, {"service_url": service.url})
-                console.print(f"   service up at {service.url}, serving champion v{results[-1]['champion_version']}")
-            if service is not None:
-                traffic = write_traffic(seed, min(month + 1, 12), workdir / "data" / "traffic")
-            started = time.perf_counter()
-            with console.status(f"2013-{month:02d}: retraining on {batch.name} ..."):
-                result = run_cycle(batch, workdir, canary_traffic=traffic)
-            row = month_row(month, result, time.perf_counter() - started)
-            console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], widths, strict=True)), highlight=False)
-            console.print(f"   {'':8} {row[9]}", style="dim", highlight=False)
-            if month == 12 and result.get("canary"):
-                console.print(f"   {'':8} (no later month: the canary replayed December's own flights)", style="dim")
-            for line in canary_lines(result):
-                console.print(f"   {'':8} {line}", style="cyan", highlight=False)
-            results.append(result)
+                set_section(workdir, "canary", {"service_url": service.url})
+                console.print(f"   service up at {service.url}, serving champion v{champion}")
+            if not (drift and service):
+                cycle(batch, month)
+                continue
+            params = load_params(workdir / "params.yaml")
+            with console.status(f"2013-{month:02d}: serving the month's flights to the champion ..."):
+                served = serve_month(service.url, write_traffic(seed, month, traffic_dir, "serve"), params)
+            console.print(
+                f"   2013-{month:02d}  served {sum(served['by_arm'].values()):,} flights to champion v{champion}, "
+                f"{served['feedback_sent']:,} labels came back; monitoring ...",
+                highlight=False,
+            )
+            outcome = run_monitor_pass(
+                params, workdir, partial(retrain_waiting, month=month, params=params), now=month_end(month)
+            )
+            for line in monitor_lines(outcome):
+                console.print(f"   {'':8} {line}", style="yellow", highlight=False)
+            passes.append(outcome)
     finally:
         if service is not None:
             service.stop()
@@ -207,6 +308,12 @@ def run_demo(
         f"{sum(r['status'] in ('quarantined', 'failed') for r in results)} quarantined or failed; "
         f"champion is v{final}."
     )
+    if passes:
+        fired = sum(bool(outcome.get("fired")) for outcome in passes)
+        console.print(
+            f"monitor: {len(passes)} passes, {fired} fired a retrain, {len(passes) - fired} suppressed "
+            f"(every decision: {home / 'monitor' / 'decisions.jsonl'}; drift reports: {home / 'monitor' / 'reports'})"
+        )
     console.print("look closer:")
     console.print(f"  mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --workers 1")
     console.print(f"  cd {workdir} && retrainer status && retrainer lineage {final}")
