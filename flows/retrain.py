@@ -15,7 +15,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from retrainer.config import PARAMS_ENV, Params, load_params
 from retrainer.cycle import data_counts, finite, gather_and_decide, write_gate_report
 from retrainer.io import registry
-from retrainer.io.batches import BatchRecord, accept, batch_id, inbox_files
+from retrainer.io.batches import BatchRecord, accept, batch_id, pending_batches
 from retrainer.io.project import home_dir
 from retrainer.io.tables import read_json, write_json
 from retrainer.io.tracking import connect
@@ -335,10 +335,6 @@ def drain_inbox(root: str = ".") -> list[dict]:
     workspace = Path(root).resolve()
     params = project_params(workspace)
     record = BatchRecord(home_dir(workspace) / "batches.db")
-    results = []
-    for path in inbox_files(workspace / params.retrain.inbox_dir):
-        existing = record.get(batch_id(path))
-        if existing is not None and existing["status"] != STATUS_FAILED:
-            continue
-        results.append(retrain(str(path), str(workspace)))
-    return results
+    return [
+        retrain(str(path), str(workspace)) for path in pending_batches(workspace / params.retrain.inbox_dir, record)
+    ]

@@ -156,20 +156,6 @@ def read_rows(result: dict) -> int:
     return int(((result.get("metrics") or {}).get("challenger") or {}).get("rows") or 0)
 
 
-def pending_batches(workdir: Path, params: Params) -> list[Path]:
-    """The inbox batches not processed yet, oldest first: what a fired trigger retrains on."""
-    from retrainer.io.batches import BatchRecord, batch_id, inbox_files
-    from retrainer.io.project import home_dir
-
-    record = BatchRecord(home_dir(workdir) / "batches.db")
-    waiting = []
-    for path in inbox_files(workdir / params.retrain.inbox_dir):
-        existing = record.get(batch_id(path))
-        if existing is None or existing["status"] == "failed":
-            waiting.append(path)
-    return waiting
-
-
 def run_demo(
     root: Path,
     workdir: Path,
@@ -187,6 +173,7 @@ def run_demo(
     """
     from rich.console import Console
 
+    from retrainer.io.batches import BatchRecord, pending_batches
     from retrainer.monitoring import run_monitor_pass
 
     console = Console(soft_wrap=True)
@@ -251,7 +238,7 @@ def run_demo(
     )
 
     def retrain_waiting(_root: Path, month: int, params: Params) -> list[dict]:
-        waiting = pending_batches(workdir, params)
+        waiting = pending_batches(workdir / params.retrain.inbox_dir, BatchRecord(home / "batches.db"))
         console.print(f"   {'':8} the monitor fired: retraining on {len(waiting)} waiting batch(es)", style="yellow")
         return [cycle(batch, month) for batch in waiting]
 

@@ -103,3 +103,13 @@ def _as_dict(row: tuple) -> dict:
     record = dict(zip(keys, row, strict=True))
     record["result"] = json.loads(record["result"]) if record["result"] else None
     return record
+
+
+def pending_batches(inbox: Path, record: BatchRecord) -> list[Path]:
+    """Inbox files with no outcome recorded yet (or a failed one), oldest first: what the next drain processes."""
+    waiting = []
+    for path in inbox_files(inbox):
+        existing = record.get(batch_id(path))
+        if existing is None or existing["status"] == "failed":
+            waiting.append(path)
+    return waiting

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from retrainer.config import Params
-from retrainer.io.batches import BatchRecord, batch_id, inbox_files
+from retrainer.io.batches import BatchRecord, pending_batches
 from retrainer.io.tables import read_json, read_table, write_json
 from retrainer.serving.prediction_log import FEATURES_TABLE, quote
 from retrainer.steps.trigger import TriggerState
@@ -161,17 +161,13 @@ def write_latest(home: Path, payload: dict) -> Path:
 
 def count_pending(inbox: Path, record: BatchRecord, target_column: str) -> tuple[int, int]:
     """Batch files the inbox drain would process (as drain_inbox decides) and how many labelled rows they hold."""
-    batches, labelled = 0, 0
-    for path in inbox_files(inbox):
-        existing = record.get(batch_id(path))
-        if existing is not None and existing["status"] != "failed":
-            continue
-        batches += 1
+    waiting, labelled = pending_batches(inbox, record), 0
+    for path in waiting:
         try:
             labelled += int(read_table(path)[target_column].notna().sum())
         except (KeyError, ValueError, OSError, pd.errors.ParserError):
             continue
-    return batches, labelled
+    return len(waiting), labelled
 
 
 def post_webhook(url: str, payload: dict, timeout_s: float = 5.0) -> str | None:
