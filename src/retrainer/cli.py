@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -208,7 +209,6 @@ def serve(
 
     Admin routes need RETRAINER_ADMIN_TOKEN set (closed without it); the retrain flow's canary uses them.
     """
-    import sys
     from urllib.parse import urlparse
 
     from retrainer.serving.package import use_project_bentoml_home
@@ -298,6 +298,10 @@ def demo(
     if trigger not in ("drift", "monthly"):
         typer.secho(f"error: --trigger must be drift or monthly, got '{trigger}'", fg="red", err=True)
         raise typer.Exit(2)
+    import signal
+
+    # A plain `kill` ends the demo like Ctrl-C does: through its cleanup, which stops the service it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_demo(
         Path.cwd(),
         workdir.resolve(),
