@@ -25,7 +25,7 @@ from retrainer.stages import DATASET, REGISTRATION, STAGES, TRAIN
 from retrainer.stages import run_stage as run_stage_in_process
 
 STATUS_PROMOTED, STATUS_REJECTED, STATUS_FAILED = "promoted", "rejected", "failed"
-STATUS_QUARANTINED, STATUS_ROLLED_BACK = "quarantined", "rolled_back"
+STATUS_QUARANTINED, STATUS_ROLLED_BACK, STATUS_INCLUDED = "quarantined", "rolled_back", "included"
 
 
 def project_params(root: Path) -> Params:
@@ -232,9 +232,64 @@ def publish_artifacts(root: Path, result: dict) -> None:
         )
 
 
+def quarantine_result(identifier: str, path: Path, validation: dict, params: Params) -> dict:
+    """The outcome recorded for a batch that failed a blocking check."""
+    return {
+        "status": STATUS_QUARANTINED,
+        "batch_id": identifier,
+        "batch": path.name,
+        "reasons": [
+            f"{f.get('check')}: {f.get('column') or ''} {f.get('unexpected_count') or ''} "
+            f"e.g. {f.get('examples') or f.get('reason') or ''}".strip()
+            for f in validation["failures"]
+        ],
+        "quarantine_dir": validation["quarantine_dir"],
+        "champion_version": registry.alias_version(params.tracking.registered_model, registry.CHAMPION),
+        "challenger_version": None,
+        "metrics": {},
+        "validation": validation["text"],
+    }
+
+
+def include_earlier(paths: list[str], params: Params, root: Path, record: BatchRecord, into: str) -> list[dict]:
+    """Validate and accept batches gathered before this cycle's batch, so its one training covers them all.
+
+    Each keeps a record of its own: `included` (trained in the cycle of batch `into`) or `quarantined`. Batches
+    already processed, or claimed by another run, are skipped.
+    """
+    outcomes = []
+    for name in paths:
+        path = Path(name).resolve()
+        identifier = batch_id(path)
+        existing = record.get(identifier)
+        if (existing and existing["status"] != STATUS_FAILED) or not record.claim(identifier, str(path)):
+            continue
+        validation = validate_batch(path, params, root, identifier)
+        if validation["passed"]:
+            accept_batch(path, params, root, identifier)
+            outcome = {
+                "status": STATUS_INCLUDED,
+                "batch_id": identifier,
+                "batch": path.name,
+                "trained_with": into,
+                "reasons": [f"accepted; trained in the cycle of batch {into}"],
+            }
+        else:
+            outcome = quarantine_result(identifier, path, validation, params)
+        record.finish(identifier, outcome["status"], outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
 @flow(name="retrain", log_prints=True)
-def retrain(batch: str, root: str = ".", force: bool = False, canary_traffic: str | None = None) -> dict:
-    """One retrain cycle for one batch file.
+def retrain(
+    batch: str,
+    root: str = ".",
+    force: bool = False,
+    canary_traffic: str | None = None,
+    earlier: list[str] | None = None,
+) -> dict:
+    """One retrain cycle for one batch file (and the `earlier` batches gathered before it: one training for all).
 
     A challenger that passes the gate is packaged as a Bento, then promoted directly (`canary.enabled: false`, or
     no champion yet) or through a canary on the running service at `canary.service_url`. `canary_traffic` is a raw
@@ -253,23 +308,10 @@ def retrain(batch: str, root: str = ".", force: bool = False, canary_traffic: st
     if not record.claim(identifier, str(path), force=force):
         raise RuntimeError(f"batch {identifier} is being processed by another run")
     try:
+        included = include_earlier(earlier or [], params, workspace, record, identifier)
         validation = validate_batch(path, params, workspace, identifier)
         if not validation["passed"]:
-            result = {
-                "status": STATUS_QUARANTINED,
-                "batch_id": identifier,
-                "batch": path.name,
-                "reasons": [
-                    f"{f.get('check')}: {f.get('column') or ''} {f.get('unexpected_count') or ''} "
-                    f"e.g. {f.get('examples') or f.get('reason') or ''}".strip()
-                    for f in validation["failures"]
-                ],
-                "quarantine_dir": validation["quarantine_dir"],
-                "champion_version": registry.alias_version(params.tracking.registered_model, registry.CHAMPION),
-                "challenger_version": None,
-                "metrics": {},
-                "validation": validation["text"],
-            }
+            result = quarantine_result(identifier, path, validation, params)
             record.finish(identifier, STATUS_QUARANTINED, result)
             logger.error("batch %s quarantined:\n%s", identifier, validation["text"])
             raise BatchQuarantined(result)
@@ -310,6 +352,7 @@ def retrain(batch: str, root: str = ".", force: bool = False, canary_traffic: st
             "gate": gate,
             "registration": registration,
             "stages": stages,
+            "included": included,
             **rollout,
         }
         result["validation"] = {
@@ -330,11 +373,13 @@ def retrain(batch: str, root: str = ".", force: bool = False, canary_traffic: st
 
 
 @flow(name="drain-inbox", log_prints=True)
-def drain_inbox(root: str = ".") -> list[dict]:
-    """Process every batch waiting in the inbox, oldest first, each exactly once."""
+def drain_inbox(root: str = ".", canary_traffic: str | None = None) -> list[dict]:
+    """Retrain once on every batch waiting in the inbox: the newest is the cycle's batch, the others are included
+    (validated and accepted first); each batch is processed exactly once."""
     workspace = Path(root).resolve()
     params = project_params(workspace)
     record = BatchRecord(home_dir(workspace) / "batches.db")
-    return [
-        retrain(str(path), str(workspace)) for path in pending_batches(workspace / params.retrain.inbox_dir, record)
-    ]
+    waiting = [str(path) for path in pending_batches(workspace / params.retrain.inbox_dir, record)]
+    if not waiting:
+        return []
+    return [retrain(waiting[-1], str(workspace), canary_traffic=canary_traffic, earlier=waiting[:-1])]

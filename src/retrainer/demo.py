@@ -239,14 +239,15 @@ def run_demo(
 
     def retrain_waiting(_root: Path, month: int, params: Params) -> list[dict]:
         waiting = pending_batches(workdir / params.retrain.inbox_dir, BatchRecord(home / "batches.db"))
-        console.print(f"   {'':8} the monitor fired: retraining on {len(waiting)} waiting batch(es)", style="yellow")
-        return [cycle(batch, month) for batch in waiting]
+        names = ", ".join(path.stem.removeprefix("flights-") for path in waiting)
+        console.print(f"   {'':8} the monitor fired: one retrain on the waiting batches ({names})", style="yellow")
+        return [cycle(waiting[-1], month, waiting[:-1])] if waiting else []
 
-    def cycle(batch: Path, month: int) -> dict:
+    def cycle(batch: Path, month: int, earlier: list[Path] | None = None) -> dict:
         traffic = write_traffic(seed, min(month + 1, 12), traffic_dir, "canary") if service else None
         started = time.perf_counter()
         with console.status(f"retraining on {batch.name} ..."):
-            result = run_cycle(batch, workdir, canary_traffic=traffic)
+            result = run_cycle(batch, workdir, canary_traffic=traffic, earlier=earlier)
         row = month_row(int(batch.stem[-2:]), result, time.perf_counter() - started)
         console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], widths, strict=True)), highlight=False)
         console.print(f"   {'':8} {row[9]}", style="dim", highlight=False)

@@ -22,12 +22,20 @@ class BatchQuarantined(Exception):
         self.result = result
 
 
-def run_cycle(batch: Path, root: Path, force: bool = False, canary_traffic: Path | None = None) -> dict:
-    """Run the retrain flow on one batch and return its outcome; failures become status 'failed'."""
+def run_cycle(
+    batch: Path,
+    root: Path,
+    force: bool = False,
+    canary_traffic: Path | None = None,
+    earlier: list[Path] | None = None,
+) -> dict:
+    """Run the retrain flow on one batch (with `earlier` batches included) and return its outcome; failures become
+    status 'failed'."""
     from flows.retrain import retrain
 
     traffic = str(canary_traffic) if canary_traffic else None
-    state = retrain(str(batch), str(root), force, canary_traffic=traffic, return_state=True)
+    before = [str(path) for path in earlier or []]
+    state = retrain(str(batch), str(root), force, canary_traffic=traffic, earlier=before, return_state=True)
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)

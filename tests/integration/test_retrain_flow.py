@@ -18,7 +18,7 @@ from retrainer.demo import write_month_batch
 from retrainer.io import registry
 from retrainer.io.batches import BatchRecord, batch_id
 from retrainer.io.tables import read_json
-from retrainer.stages import TRAIN, TRAIN_REPORT, file_md5
+from retrainer.stages import DATASET, TRAIN, TRAIN_REPORT, file_md5
 
 pytestmark = pytest.mark.integration
 MODEL = "flights-delay"
@@ -99,7 +99,7 @@ def ws(project_root, tmp_path_factory, prefect_harness):
 
 @pytest.fixture(scope="module")
 def batches(project_root, tmp_path_factory) -> dict[str, Path]:
-    """Small real batches as a provider would drop them: 1/4 of February and March, 1/8 of April and May.
+    """Small real batches as a provider would drop them: 1/4 of February and March, 1/8 of April to July.
 
     `apr-traffic` is a quarter of April's flights as client traffic for the canary of the March challenger.
     """
@@ -109,6 +109,8 @@ def batches(project_root, tmp_path_factory) -> dict[str, Path]:
         "mar": _sample_batch(project_root, 3, staging, "flights-2013-03-sample.csv", every=4),
         "apr": _sample_batch(project_root, 4, staging, "flights-2013-04-sample.csv", every=8),
         "may": _sample_batch(project_root, 5, staging, "flights-2013-05-sample.csv", every=8),
+        "jun": _sample_batch(project_root, 6, staging, "flights-2013-06-sample.csv", every=8),
+        "jul": _sample_batch(project_root, 7, staging, "flights-2013-07-sample.csv", every=8),
         "apr-traffic": _sample_batch(project_root, 4, staging, "traffic-2013-04.csv", every=4),
     }
 
@@ -347,6 +349,32 @@ def test_drain_inbox_processes_each_waiting_batch_exactly_once(ws, batches, memo
 
     assert drain_inbox(root=str(ws)) == []
     assert len(_versions() - before) == 1
+
+
+def test_drain_inbox_retrains_once_on_every_batch_gathered_since_the_last_training(ws, batches):
+    """Two batches waiting: one cycle on the newest, the older one validated, accepted and trained in it."""
+    import pandas as pd
+
+    from flows.retrain import drain_inbox
+
+    inbox = ws / "data" / "incoming"
+    for name in ("jun", "jul"):
+        shutil.copyfile(batches[name], inbox / batches[name].name)
+    before = _versions()
+
+    results = drain_inbox(root=str(ws))
+    assert [r["batch_id"] for r in results] == [batch_id(batches["jul"])]
+    (result,) = results
+    assert result["status"] in {"promoted", "rejected", "rolled_back"}, result["reasons"]
+    june = batch_id(batches["jun"])
+    assert [(i["batch_id"], i["status"], i["trained_with"]) for i in result["included"]] == [
+        (june, "included", result["batch_id"])
+    ]
+    assert _record(ws).get(june)["status"] == "included"
+    assert len(_versions() - before) == 1, "one training for both batches"
+    assert (ws / "data" / "batches" / f"{june}.csv").read_bytes() == batches["jun"].read_bytes()
+    assert {6, 7} <= set(pd.read_parquet(ws / DATASET, columns=["month"])["month"])
+    assert drain_inbox(root=str(ws)) == []
 
 
 def test_run_cycle_on_a_missing_file_returns_failed(ws, memo):
