@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from results_file import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 1_000_000
@@ -154,14 +154,8 @@ def main() -> None:
         "memory_measure": "child process peak RSS (VmHWM), includes the interpreter and imports",
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "git_commit": git.stdout.strip(),
-        "python": platform.python_version(),
-        "pandas": pd.__version__,
-        "machine": platform.machine(),
     }
-    out = ROOT / "bench" / "results" / "monitor.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+    out = write_results("monitor", figures)
     print(
         f"\none monitoring pass over {ROWS:,} logged predictions: {figures['pass_seconds']} s, "
         f"peak RSS {figures['peak_rss_mb']} MB ({figures['rss_after_imports_mb']} MB after imports) -> {out}"

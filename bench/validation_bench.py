@@ -6,14 +6,13 @@ asserts nothing about time).
 
 from __future__ import annotations
 
-import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+from results_file import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 1_000_000
@@ -110,15 +109,8 @@ def main() -> None:
         "gx_failures": [f["check"] for f in summary.failures],
         "pandas_failures": sorted(k for k, ok in pandas_result.items() if not ok),
         "target_seconds": 2.0,
-        "python": platform.python_version(),
-        "pandas": pd.__version__,
-        "great_expectations": __import__("great_expectations").__version__,
-        "machine": platform.machine(),
     }
-    out = ROOT / "bench" / "results" / "validation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+    out = write_results("validation", figures, great_expectations=__import__("great_expectations").__version__)
     print(
         f"\nGX suite ({figures['expectations']} expectations) on {ROWS:,} rows: {gx_s:.3f} s "
         f"(target 2 s); pandas: {pandas_s:.3f} s; ratio {gx_s / pandas_s:.1f}x -> {out}"
