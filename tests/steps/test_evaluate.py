@@ -1,6 +1,7 @@
 """Holdout metrics and curve tables on cases with known answers."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from retrainer.steps.evaluate import classification_metrics, evaluation_curves
@@ -37,3 +38,30 @@ def test_curves_tables():
     assert curves["confusion"]["count"].sum() == 500
     assert curves["roc"]["tpr"].iloc[-1] == 1.0
     assert len(curves["calibration"]) == 5
+
+
+class _Cost:
+    """A stand-in model whose one-row predict costs CPU (a busy loop) or only waits (a sleep), for `seconds`."""
+
+    def __init__(self, seconds: float, busy: bool):
+        self.seconds, self.busy = seconds, busy
+
+    def predict_proba(self, frame):
+        import time
+
+        if self.busy:
+            end = time.thread_time() + self.seconds
+            while time.thread_time() < end:
+                pass
+        else:
+            time.sleep(self.seconds)
+        return np.zeros((len(frame), 2))
+
+
+def test_latency_budget_measures_what_the_model_costs_not_the_wall_clock():
+    """Stand-in models (no real model can be made to sleep): waiting is not cost, computing is."""
+    from retrainer.steps.evaluate import latency_p95_ms
+
+    frame = pd.DataFrame({"x": range(20)})
+    assert latency_p95_ms(_Cost(0.004, busy=True), frame, 20) >= 3.5
+    assert latency_p95_ms(_Cost(0.02, busy=False), frame, 20) < 2.0
