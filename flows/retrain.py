@@ -264,18 +264,26 @@ def include_earlier(paths: list[str], params: Params, root: Path, record: BatchR
         existing = record.get(identifier)
         if (existing and existing["status"] != STATUS_FAILED) or not record.claim(identifier, str(path)):
             continue
-        validation = validate_batch(path, params, root, identifier)
-        if validation["passed"]:
-            accept_batch(path, params, root, identifier)
+        try:
+            validation = validate_batch(path, params, root, identifier)
+            if validation["passed"]:
+                accept_batch(path, params, root, identifier)
+                outcome = {
+                    "status": STATUS_INCLUDED,
+                    "batch_id": identifier,
+                    "batch": path.name,
+                    "trained_with": into,
+                    "reasons": [f"accepted; trained in the cycle of batch {into}"],
+                }
+            else:
+                outcome = quarantine_result(identifier, path, validation, params)
+        except Exception as exc:  # this batch fails alone (retryable); the cycle goes on with the others
             outcome = {
-                "status": STATUS_INCLUDED,
+                "status": STATUS_FAILED,
                 "batch_id": identifier,
                 "batch": path.name,
-                "trained_with": into,
-                "reasons": [f"accepted; trained in the cycle of batch {into}"],
+                "reasons": [str(exc)[:2000]],
             }
-        else:
-            outcome = quarantine_result(identifier, path, validation, params)
         record.finish(identifier, outcome["status"], outcome)
         outcomes.append(outcome)
     return outcomes
