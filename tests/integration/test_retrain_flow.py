@@ -377,6 +377,31 @@ def test_drain_inbox_retrains_once_on_every_batch_gathered_since_the_last_traini
     assert drain_inbox(root=str(ws)) == []
 
 
+def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting(
+    ws, project_root, tmp_path, monkeypatch
+):
+    """Fault injected with a stand-in (a full disk cannot be caused here): accepting the batch raises."""
+    import flows.retrain as retrain_flow
+    from retrainer.io.batches import pending_batches
+
+    inbox = ws / "data" / "incoming"
+    path = _sample_batch(project_root, 8, tmp_path, "flights-2013-08-sample.csv", every=16)
+    waiting = inbox / path.name
+    shutil.copyfile(path, waiting)
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(retrain_flow, "accept_batch", disk_full)
+    record = _record(ws)
+    (outcome,) = retrain_flow.include_earlier([str(waiting)], retrain_flow.project_params(ws), ws, record, "cycle")
+    assert outcome["status"] == "failed" and "No space left" in outcome["reasons"][0]
+    assert record.get(batch_id(waiting))["status"] == "failed"
+    assert not (ws / "data" / "batches" / f"{batch_id(waiting)}.csv").exists(), "nothing half-accepted"
+    assert waiting in pending_batches(inbox, record), "a failed batch is taken again by the next drain"
+    waiting.unlink()
+
+
 def test_run_cycle_on_a_missing_file_returns_failed(ws, memo):
     from retrainer.runner import run_cycle
 
