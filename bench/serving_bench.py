@@ -157,10 +157,7 @@ def register_models(params, flights, references) -> tuple[object, list[str], int
             features=features,
             train_frame=frame,
             params={"max_iter": max_iter, "bench": "serving"},
-            metrics={},
             tags={"threshold": "0.5"},
-            artifacts=[],
-            reports={},
         )
         pipelines[registration.version] = model
         say(f"v{registration.version}: {model.named_steps['model'].n_iter_} boosting iterations")

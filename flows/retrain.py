@@ -134,19 +134,13 @@ def promote(params: Params, root: Path, gate: dict, expected_champion: str | Non
 
 def tell_service(params: Params) -> str:
     """Have a service running at canary.service_url adopt the registry's new champion (POST /admin/reload)."""
-    from retrainer.serving.client import reload_service, service_state
+    from retrainer.serving.client import adopt_champion
     from retrainer.serving.runtime import TOKEN_ENV
 
-    url, token = params.canary.service_url, os.environ.get(TOKEN_ENV)
-    if service_state(url) is None:
-        return f"no service at {url} to switch (one started later serves the new champion)"
-    if not token:
-        return f"the service at {url} was not switched: {TOKEN_ENV} is not set"
-    try:
-        return f"the service at {url} now serves v{reload_service(url, token)['champion_version']}"
-    except RuntimeError as exc:
-        get_run_logger().warning("the running service did not adopt the new champion: %s", exc)
-        return f"the service at {url} was not switched: {exc}"
+    adoption = adopt_champion(params.canary.service_url, os.environ.get(TOKEN_ENV))
+    if adoption.reached and adoption.state is None:
+        get_run_logger().warning("the running service did not adopt the new champion: %s", adoption.message)
+    return adoption.message
 
 
 def record_golden(params: Params, root: Path, version: str, replaced: str | None) -> None:

@@ -6,7 +6,7 @@ import os
 import secrets
 import time
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import pandas as pd
@@ -25,23 +25,33 @@ def _stream(line: str) -> None:
         typer.echo(f"  | {line[:150]}")
 
 
-def write_month_batch(seed_path: Path, month: int, inbox: Path) -> Path:
-    """One month of the seed flights as a CSV batch in the raw schema, as a data provider would deliver it.
+@cache
+def read_seed(seed_path: Path) -> pd.DataFrame:
+    """The seed flights, read once per demo (every month and traffic sample is cut from them)."""
+    return pd.read_parquet(seed_path)
 
-    Months are cut on the UTC time column, as the bootstrap window is, so no flight falls between the two;
-    the last month of the year keeps everything after its start.
-    """
-    flights = pd.read_parquet(seed_path)
+
+def month_flights(seed_path: Path, month: int) -> pd.DataFrame:
+    """One month of the seed flights, cut on the UTC time column as the bootstrap window is, so no flight falls
+    between the two; the last month of the year keeps everything after its start."""
+    flights = read_seed(seed_path)
     start = pd.Timestamp(year=2013, month=month, day=1, tz="UTC")
     in_month = flights["time_hour"] >= start
     if month < 12:
         in_month &= flights["time_hour"] < start + pd.DateOffset(months=1)
-    batch = flights.loc[in_month].copy()
-    batch["time_hour"] = batch["time_hour"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    inbox.mkdir(parents=True, exist_ok=True)
-    path = inbox / f"flights-2013-{month:02d}.csv"
-    batch.to_csv(path, index=False)
+    return flights.loc[in_month]
+
+
+def write_raw_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Flights as a data provider delivers them: CSV in the raw schema, times as UTC ISO text."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.assign(time_hour=frame["time_hour"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(path, index=False)
     return path
+
+
+def write_month_batch(seed_path: Path, month: int, inbox: Path) -> Path:
+    """One month of the seed flights as a CSV batch in the raw schema, as a data provider would deliver it."""
+    return write_raw_csv(month_flights(seed_path, month), inbox / f"flights-2013-{month:02d}.csv")
 
 
 # The production canary (params.yaml) waits 60 s and 200 challenger requests per step, from 10 % up; the demo keeps
@@ -66,12 +76,9 @@ def write_traffic(seed_path: Path, month: int, folder: Path, purpose: str, rows:
     Sampled rather than taken in order: the first few hundred flights of a month are the early-morning departures
     of its first day, when delays are rare, and would not look like that month's traffic.
     """
-    month_file = write_month_batch(seed_path, month, folder / "months")
-    sample = pd.read_csv(month_file)
-    path = folder / f"{purpose}-2013-{month:02d}.csv"
-    salt = sum(map(ord, purpose))
-    sample.sample(n=min(rows, len(sample)), random_state=month * 1000 + salt).to_csv(path, index=False)
-    return path
+    flights = month_flights(seed_path, month)
+    sample = flights.sample(n=min(rows, len(flights)), random_state=month * 1000 + sum(map(ord, purpose)))
+    return write_raw_csv(sample, folder / f"{purpose}-2013-{month:02d}.csv")
 
 
 # The monitor judges one month of served traffic at a time: the newest TRAFFIC_ROWS predictions of the champion.

@@ -151,6 +151,16 @@ def test_a_stale_expectation_of_no_champion_does_not_promote(tracking):
     assert registry.alias_version(MODEL, registry.CHAMPION) == "1"
 
 
+def _assert_promotes_at_once(lock_path: Path, version: str) -> None:
+    """Over champion v1, `version` is promoted within seconds: the dead holder's lock does not block."""
+    _reset_champion("1")
+    started = time.perf_counter()
+    outcome = registry.promote_if_current(MODEL, version, "1", lock_path)
+    assert outcome.promoted
+    assert time.perf_counter() - started < 5
+    assert registry.alias_version(MODEL, registry.CHAMPION) == version
+
+
 def test_a_lock_held_by_a_killed_process_does_not_block_promotion(tracking):
     lock_path = tracking / "killed.lock"
     held = SPAWN.Event()
@@ -166,12 +176,7 @@ def test_a_lock_held_by_a_killed_process_does_not_block_promotion(tracking):
     finally:
         if holder.is_alive():
             holder.kill()
-    _reset_champion("1")
-    started = time.perf_counter()
-    outcome = registry.promote_if_current(MODEL, "2", "1", lock_path)
-    assert outcome.promoted
-    assert time.perf_counter() - started < 5
-    assert registry.alias_version(MODEL, registry.CHAMPION) == "2"
+    _assert_promotes_at_once(lock_path, "2")
 
 
 def test_a_lock_held_by_a_process_that_exits_without_releasing_does_not_block_promotion(tracking):
@@ -180,9 +185,4 @@ def test_a_lock_held_by_a_process_that_exits_without_releasing_does_not_block_pr
     holder.start()
     holder.join(timeout=60)
     assert holder.exitcode == EXITED_HOLDING, "the child failed before it took the lock"
-    _reset_champion("1")
-    started = time.perf_counter()
-    outcome = registry.promote_if_current(MODEL, "3", "1", lock_path)
-    assert outcome.promoted
-    assert time.perf_counter() - started < 5
-    assert registry.alias_version(MODEL, registry.CHAMPION) == "3"
+    _assert_promotes_at_once(lock_path, "3")

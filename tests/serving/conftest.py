@@ -31,33 +31,61 @@ class Registry:
     model_name: str
 
 
-def _register_versions(params: Params, flights: pd.DataFrame, references: dict[str, pd.DataFrame]) -> None:
-    from retrainer.io import registry
+def register_fitted(
+    params: Params,
+    flights: pd.DataFrame,
+    references: dict[str, pd.DataFrame],
+    *,
+    every: int = 13,
+    threshold: float = 0.5,
+    run_params: dict | None = None,
+    extra_feature: str | None = None,
+    **pipeline_params: object,
+) -> str:
+    """Fit the real pipeline on every `every`-th January flight and register it; returns its version.
+
+    `pipeline_params` go to the pipeline's set_params (e.g. model__max_iter, or a whole `model`); `extra_feature`
+    trains on one more column than the service builds, so every predict of that version raises.
+    """
     from retrainer.io.project import pseudonymisation_key
     from retrainer.io.tracking import log_training_run
     from retrainer.steps.ingest import integrate
     from retrainer.steps.train import build_pipeline
 
-    raw = flights.loc[flights["month"] == 1].iloc[::13].reset_index(drop=True)
+    raw = flights.loc[flights["month"] == 1].iloc[::every].reset_index(drop=True)
     frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
     numeric, categorical = list(params.features.numeric), list(params.features.categorical)
+    if extra_feature:
+        frame[extra_feature] = 1.0
+        numeric.append(extra_feature)
+    model = build_pipeline(numeric, categorical, params.train).set_params(**pipeline_params)
     features = [*numeric, *categorical]
+    model.fit(frame[features], frame[params.data.target.name])
+    registration = log_training_run(
+        experiment=params.tracking.experiment,
+        model_name=params.tracking.registered_model,
+        model=model,
+        features=features,
+        train_frame=frame,
+        params=run_params,
+        tags={"threshold": str(threshold)},
+    )
+    return registration.version
+
+
+def _register_versions(params: Params, flights: pd.DataFrame, references: dict[str, pd.DataFrame]) -> None:
+    from retrainer.io import registry
+
     for version, max_iter in (("1", 30), ("2", 60)):
-        model = build_pipeline(numeric, categorical, params.train).set_params(model__max_iter=max_iter)
-        model.fit(frame[features], frame[params.data.target.name])
-        registration = log_training_run(
-            experiment=params.tracking.experiment,
-            model_name=params.tracking.registered_model,
-            model=model,
-            features=features,
-            train_frame=frame,
-            params={"max_iter": max_iter},
-            metrics={},
-            tags={"threshold": str(THRESHOLDS[version])},
-            artifacts=[],
-            reports={},
+        registered = register_fitted(
+            params,
+            flights,
+            references,
+            threshold=THRESHOLDS[version],
+            run_params={"max_iter": max_iter},
+            model__max_iter=max_iter,
         )
-        assert registration.version == version
+        assert registered == version
     registry.set_alias(params.tracking.registered_model, registry.CHAMPION, "1")
     registry.set_alias(params.tracking.registered_model, registry.CHALLENGER, "2")
 

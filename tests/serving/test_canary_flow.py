@@ -15,7 +15,7 @@ import httpx
 import mlflow
 import pandas as pd
 import pytest
-from conftest import ROOT, TOKEN, Registry, Server, _register_versions, service_for
+from conftest import ROOT, TOKEN, Registry, Server, _register_versions, register_fitted, service_for
 
 from flows.canary import OUTCOME_ABORTED, OUTCOME_PROMOTED, OUTCOME_ROLLED_BACK, canary, labelled_traffic
 from retrainer.config import CanaryConfig, Params
@@ -141,35 +141,11 @@ def _register_broken_model(params: Params, seed_flights: pd.DataFrame, reference
     """
     from sklearn.dummy import DummyClassifier
 
-    from retrainer.io.project import pseudonymisation_key
-    from retrainer.io.tracking import log_training_run
-    from retrainer.steps.ingest import integrate
-    from retrainer.steps.train import build_pipeline
-
-    raw = seed_flights.loc[seed_flights["month"] == 1].iloc[::50].reset_index(drop=True)
-    frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
-    numeric, categorical = list(params.features.numeric), list(params.features.categorical)
-    if fault == "raises":
-        frame["not_built_when_serving"] = 1.0
-        numeric.append("not_built_when_serving")
-    model = build_pipeline(numeric, categorical, params.train)
     if fault == "constant":
-        model.set_params(model=DummyClassifier(strategy="constant", constant=0))
-    features = [*numeric, *categorical]
-    model.fit(frame[features], frame[params.data.target.name])
-    registration = log_training_run(
-        experiment=params.tracking.experiment,
-        model_name=params.tracking.registered_model,
-        model=model,
-        features=features,
-        train_frame=frame,
-        params={"model": fault},
-        metrics={},
-        tags={"threshold": "0.5"},
-        artifacts=[],
-        reports={},
-    )
-    return registration.version
+        broken = {"model": DummyClassifier(strategy="constant", constant=0)}
+    else:
+        broken = {"extra_feature": "not_built_when_serving"}
+    return register_fitted(params, seed_flights, references, every=50, run_params={"model": fault}, **broken)
 
 
 def test_constant_challenger_is_rolled_back_while_clients_keep_getting_answers(
@@ -361,6 +337,6 @@ def test_cli_rollback_reports_a_service_it_could_not_tell(canary_server: Server,
         "url": canary_server.url,
         "reached": True,
         "verified": False,
-        "reason": "RETRAINER_ADMIN_TOKEN is not set: the running service was not told and serves its old champion",
+        "reason": f"the service at {canary_server.url} was not switched: RETRAINER_ADMIN_TOKEN is not set",
     }
     assert httpx.get(f"{canary_server.url}/rollout", timeout=10).json()["champion_version"] == "2"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import register_fitted
 
 from retrainer.config import Params
 from retrainer.io import registry
@@ -34,36 +35,17 @@ def home(
     """A home of its own (other serving tests share theirs) with two real versions, no alias set."""
     from threadpoolctl import threadpool_limits
 
-    from retrainer.io.project import pseudonymisation_key
-    from retrainer.io.tracking import log_training_run
-    from retrainer.steps.ingest import integrate
-    from retrainer.steps.train import build_pipeline
-
     path = tmp_path_factory.mktemp("rollback-home")
     # One thread: OpenMP spin-waiting makes these tiny fits many times slower on a busy 2-core machine.
     with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1):
         patch.setenv("RETRAINER_HOME", str(path))
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
         patch.delenv("RETRAINER_PARAMS", raising=False)
-        raw = seed_flights.loc[seed_flights["month"] == 1].iloc[::13].reset_index(drop=True)
-        frame, _ = integrate(raw, references, params.data, pseudonymisation_key())
-        numeric, categorical = list(params.features.numeric), list(params.features.categorical)
         for version, max_iter in (("1", 20), ("2", 40)):
-            model = build_pipeline(numeric, categorical, params.train).set_params(model__max_iter=max_iter)
-            model.fit(frame[[*numeric, *categorical]], frame[params.data.target.name])
-            registration = log_training_run(
-                experiment=params.tracking.experiment,
-                model_name=params.tracking.registered_model,
-                model=model,
-                features=[*numeric, *categorical],
-                train_frame=frame,
-                params={"max_iter": max_iter},
-                metrics={},
-                tags={"threshold": "0.5"},
-                artifacts=[],
-                reports={},
+            registered = register_fitted(
+                params, seed_flights, references, run_params={"max_iter": max_iter}, model__max_iter=max_iter
             )
-            assert registration.version == version
+            assert registered == version
         yield path
 
 

@@ -69,10 +69,8 @@ def register_with_profile(
         model=model,
         features=params.features.all,
         train_frame=train,
-        params={},
         metrics={f"holdout_{k}": v for k, v in metrics.items()},
         tags={"threshold": f"{threshold:.6f}"},
-        artifacts=[],
         reports={
             "reference_profile": profile_from_params(params, train, holdout_labels, holdout_proba, threshold, metrics)
         },

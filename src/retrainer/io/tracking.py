@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +63,11 @@ def log_training_run(
     model,
     features: list[str],
     train_frame: pd.DataFrame,
-    params: dict[str, object],
-    metrics: dict[str, float],
     tags: dict[str, str],
-    artifacts: list[Path],
-    reports: dict[str, dict | list],
+    params: dict[str, object] | None = None,
+    metrics: dict[str, float] | None = None,
+    artifacts: Sequence[Path] = (),
+    reports: dict[str, dict | list] | None = None,
     root: Path | None = None,
 ) -> Registration:
     """One MLflow run: params, metrics, reports, plots, training data input, and a registered model version."""
@@ -80,9 +81,9 @@ def log_training_run(
     example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
     signature = infer_signature(example, model.predict_proba(example)[:, 1])
     with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
-        for name, payload in reports.items():
+        mlflow.log_params({k: str(v)[:500] for k, v in (params or {}).items()})
+        mlflow.log_metrics({k: float(v) for k, v in (metrics or {}).items() if v == v})
+        for name, payload in (reports or {}).items():
             mlflow.log_dict(payload, f"reports/{name}.json")
         for path in artifacts:
             mlflow.log_artifact(str(path), artifact_path="plots")

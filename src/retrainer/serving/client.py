@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import httpx
 
@@ -30,3 +31,28 @@ def score_records(url: str, records: Sequence[dict], timeout_s: float = 120.0) -
     if response.status_code != 200:
         raise RuntimeError(f"{url}/predict answered {response.status_code}: {response.text[:300]}")
     return response.json()["predictions"]
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What asking a service to adopt the registry's champion did: did it answer, its new state, in words."""
+
+    reached: bool
+    state: dict | None
+    message: str
+
+
+def adopt_champion(url: str, token: str | None) -> Adoption:
+    """Have a service running at `url` serve the registry's champion and saved state (POST /admin/reload).
+
+    Never raises: an absent service, a missing token or a refusal is reported in the result.
+    """
+    if service_state(url) is None:
+        return Adoption(False, None, f"no service answers at {url}")
+    if not token:
+        return Adoption(True, None, f"the service at {url} was not switched: RETRAINER_ADMIN_TOKEN is not set")
+    try:
+        state = reload_service(url, token)
+    except RuntimeError as exc:
+        return Adoption(True, None, f"the service at {url} was not switched: {exc}")
+    return Adoption(True, state, f"the service at {url} now serves v{state.get('champion_version')}")

@@ -189,19 +189,13 @@ def sync_service(version: str, root: Path, url: str, token: str | None, golden_p
 
     Never raises for an absent or refusing service: what happened is returned for the report.
     """
-    from retrainer.serving.client import reload_service, score_records, service_state
+    from retrainer.serving.client import adopt_champion, score_records
 
-    if service_state(url) is None:
-        return {"url": url, "reached": False, "verified": False, "reason": f"no service answers at {url}"}
-    if not token:
-        reason = "RETRAINER_ADMIN_TOKEN is not set: the running service was not told and serves its old champion"
-        return {"url": url, "reached": True, "verified": False, "reason": reason}
-    try:
-        state = reload_service(url, token)
-    except RuntimeError as exc:
-        return {"url": url, "reached": True, "verified": False, "reason": str(exc)}
-    if state.get("champion_version") != version:
-        reason = f"the service serves v{state.get('champion_version')} after reloading, not v{version}"
+    adoption = adopt_champion(url, token)
+    if adoption.state is None:
+        return {"url": url, "reached": adoption.reached, "verified": False, "reason": adoption.message}
+    if adoption.state.get("champion_version") != version:
+        reason = f"the service serves v{adoption.state.get('champion_version')} after reloading, not v{version}"
         return {"url": url, "reached": True, "verified": False, "reason": reason}
 
     def over_http(records: list[dict]) -> np.ndarray:
