@@ -89,11 +89,37 @@ def test_lookup_joins_equal_the_ingest_merges_exactly(
     builder = FeatureBuilder(params, tables)
     expected = _ingested(records, tables, params)
     pd.testing.assert_frame_equal(builder.integrate(records), expected)
-    pd.testing.assert_frame_equal(builder.transform(records), expected[params.features.all])
+    # the model's frame, built from the fast per-column path: the same values, numbers as float64
+    numbers_as_float = dict.fromkeys(params.features.numeric, "float64")
+    pd.testing.assert_frame_equal(builder.transform(records), expected[params.features.all].astype(numbers_as_float))
     assert expected["seats"].isna().sum() > 400 and expected["temp"].isna().sum() > 200, "unmatched rows are tested"
     assert (expected["seats"] == -1).sum() == 0, "the first row of a repeated key wins"
     for record in records[:40]:  # one-record requests: integer columns stay integers when every key matches
         pd.testing.assert_frame_equal(builder.integrate([record]), _ingested([record], tables, params))
+        pd.testing.assert_frame_equal(
+            builder.transform([record]),
+            _ingested([record], tables, params)[params.features.all].astype(numbers_as_float),
+        )
+
+
+def test_every_way_of_writing_the_time_joins_the_same_weather(params: Params, seed_flights, references):
+    """ISO text in any zone, datetimes and Timestamps take the fast path; other text goes through ingest's parser."""
+    record = raw_records(seed_flights, 1, start=500)[0]
+    instant = pd.Timestamp(record["time_hour"])
+    builder = FeatureBuilder(params, references)
+    expected = builder.integrate([record])[params.features.all]
+    assert expected["temp"].notna().all(), "the chosen flight has weather"
+    for written in (
+        instant.isoformat(),
+        instant.tz_convert("America/New_York").isoformat(),
+        instant.tz_localize(None).isoformat(),  # naive: read as UTC, as ingest does
+        instant.to_pydatetime(),
+        instant,
+        instant.strftime("%m/%d/%Y %H:%M"),  # not ISO 8601: pandas parses it
+    ):
+        served = builder.columns([{**record, "time_hour": written}])
+        assert served["temp"][0] == expected["temp"][0], written
+        assert served["carrier"][0] == expected["carrier"][0]
 
 
 def test_a_reference_column_named_like_a_record_column_is_refused(params: Params, seed_flights, references):

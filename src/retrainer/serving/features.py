@@ -1,13 +1,15 @@
 """Serving-time features: the same ingest transforms as training (time parsing, reference joins, pseudonyms).
 
 Training joins with pandas merges; a request instead looks its keys up in dictionaries built once from the same
-deduplicated reference rows (`reference_rows`), and takes the reference columns by position, so a one-record
-request does not pay for a merge.
+deduplicated reference rows (`reference_rows`), and builds each model input column as one numpy array straight from
+the records (`FeatureBuilder.columns`), so a one-record request pays for neither a merge nor a DataFrame.
 """
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -41,20 +43,83 @@ def key_values(column: pd.Series) -> list:
     return values.tolist()
 
 
+_PRESENT_TYPES = (str, int, bool)
+
+
+def _missing(value: object) -> bool:
+    """None, NaN, NaT and pd.NA: what pandas counts as missing in a record (plain types answered first)."""
+    kind = type(value)
+    if kind in _PRESENT_TYPES:
+        return False
+    if kind is float:
+        return value != value
+    return value is None or bool(pd.isna(value))
+
+
+def instant_keys(values: Sequence[object]) -> list:
+    """Record times as the UTC nanoseconds `key_values` gives a parsed time column (None where missing).
+
+    ISO 8601 text and datetimes are converted directly (naive times are UTC, as ingest reads them), each distinct
+    value once; anything else goes through the same pandas parser as ingest, for the whole column.
+    """
+    known: dict[object, int | None] = {}
+    try:
+        for value in values:
+            if value not in known:
+                known[value] = _instant_key(value)
+    except (TypeError, ValueError, AttributeError):
+        parsed = parse_time_column(pd.DataFrame({"t": pd.Series(list(values), dtype=object)}), "t")["t"]
+        return key_values(parsed)
+    return [known[value] for value in values]
+
+
+def _instant_key(value: object) -> int | None:
+    if _missing(value):
+        return None
+    instant = datetime.fromisoformat(value) if isinstance(value, str) else value
+    seconds = calendar.timegm(instant.utctimetuple())
+    return seconds * 1_000_000_000 + instant.microsecond * 1_000 + getattr(instant, "nanosecond", 0)
+
+
 def _values(column: pd.Series) -> np.ndarray | ExtensionArray:
     return column.to_numpy() if isinstance(column.dtype, np.dtype) else column.array
+
+
+def _object_array(values: Sequence[object]) -> np.ndarray:
+    """Category values as an object array, every kind of missing as None."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values if all(type(v) is str for v in values) else [None if _missing(v) else v for v in values]
+    return out
+
+
+def _float_array(values: Sequence[object]) -> np.ndarray:
+    """Numbers as float64, every kind of missing as NaN."""
+    try:
+        return np.array(values, dtype=np.float64)  # None becomes NaN
+    except (TypeError, ValueError):
+        return np.array([np.nan if _missing(v) else v for v in values], dtype=np.float64)
 
 
 class ReferenceLookup:
     """One reference table indexed by its join key: the row position of each key, and its columns as arrays."""
 
-    def __init__(self, table: pd.DataFrame, ref: Reference):
+    def __init__(self, table: pd.DataFrame, ref: Reference, time_column: str):
         rows = reference_rows(table, ref)
         self.join_on = list(ref.join_on)
+        self.time_column = time_column
         # Plain numpy arrays where the dtype allows: taking from them skips the extension-array dispatch.
         self.columns = {name: _values(rows[name]) for name in ref.columns.values()}
         keys = zip(*(key_values(rows[c]) for c in self.join_on), strict=True)
         self._positions = {key: position for position, key in enumerate(keys)}  # unique: the rows are deduplicated
+        # The same columns as model inputs: float64 with NaN where numeric, else objects with None.
+        self._inputs = {
+            name: (
+                rows[name].to_numpy(dtype=np.float64, na_value=np.nan)
+                if pd.api.types.is_numeric_dtype(rows[name].dtype)
+                else _object_array(rows[name].tolist())
+            )
+            for name in ref.columns.values()
+        }
 
     def positions(self, columns: Mapping[str, object], rows: int) -> np.ndarray:
         """The reference row each of `rows` rows joins, -1 where none matches."""
@@ -62,40 +127,90 @@ class ReferenceLookup:
         keys = zip(*(key_values(pd.Series(columns[c], copy=False)) for c in self.join_on), strict=True)
         return np.fromiter((get(key, -1) for key in keys), dtype=np.intp, count=rows)
 
+    def record_positions(self, records: Sequence[Mapping[str, object]]) -> np.ndarray:
+        """`positions` straight from records: the time key as UTC nanoseconds, any missing value as None."""
+        get = self._positions.get
+        parts = [
+            instant_keys([r.get(c) for r in records])
+            if c == self.time_column
+            else [None if _missing(v) else v for v in (r.get(c) for r in records)]
+            for c in self.join_on
+        ]
+        return np.fromiter((get(key, -1) for key in zip(*parts, strict=True)), dtype=np.intp, count=len(records))
+
+    def take_input(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """One reference column as a model input for those rows: NaN (numbers) or None where -1."""
+        values = self._inputs[name]
+        out = values[positions] if len(values) else np.empty(len(positions), dtype=values.dtype)
+        out[positions < 0] = np.nan if out.dtype == np.float64 else None
+        return out
+
     def take(self, positions: np.ndarray) -> dict[str, object]:
         """The reference columns for those rows; missing where -1 (integers widen to float, as a merge does)."""
         return {name: take(values, positions, allow_fill=True) for name, values in self.columns.items()}
 
 
 class FeatureBuilder:
-    """Turns raw flight records into the frame a registered pipeline expects."""
+    """Turns raw flight records into the columns (or the frame) a registered pipeline expects."""
 
     def __init__(self, params: Params, references: Mapping[str, pd.DataFrame], key: bytes | None = None):
         self._data = params.data
+        self._numeric = list(params.features.numeric)
+        self._categorical = list(params.features.categorical)
         self._columns = params.features.all
-        self._lookups = [ReferenceLookup(references[ref.name], ref) for ref in self._data.references]
+        self._lookups = [
+            ReferenceLookup(references[ref.name], ref, self._data.time_column) for ref in self._data.references
+        ]
         self._pseudonym = lru_cache(maxsize=PSEUDONYM_CACHE)(
             partial(pseudonym, key=key if key is not None else pseudonymisation_key())
         )
 
     @property
-    def columns(self) -> list[str]:
+    def feature_names(self) -> list[str]:
         return list(self._columns)
 
-    def integrate(self, records: Sequence[Mapping[str, object]]) -> pd.DataFrame:
-        """Raw records -> joined, pseudonymised rows, in the order received (no label, nothing dropped)."""
-        return pd.DataFrame(self._integrated_columns(records), copy=False)
+    def columns(self, records: Sequence[Mapping[str, object]]) -> dict[str, np.ndarray]:
+        """Raw records -> one array per model feature, row for row: float64 (NaN missing) or objects (None missing).
 
-    def transform(self, records: Sequence[Mapping[str, object]]) -> pd.DataFrame:
-        """Raw records -> the model's feature columns; a left join keeps one row per record, in order."""
-        columns = self._integrated_columns(records)
-        missing = [c for c in self._columns if c not in columns]
+        The values are those ingest gives the same records (parsed times, left joins, pseudonyms).
+        """
+        present: set[str] = set().union(*records)
+        joined: dict[str, tuple[ReferenceLookup, np.ndarray]] = {}
+        for lookup in self._lookups:
+            clash = sorted(set(lookup.columns) & present)
+            if clash:
+                raise KeyError(f"reference columns {clash} would shadow columns of the records")
+            positions = lookup.record_positions(records)
+            joined.update({name: (lookup, positions) for name in lookup.columns})
+        missing = [c for c in self._columns if c not in joined and c not in present]
         if missing:
             raise KeyError(f"features {missing} are not produced from the records and references")
-        return pd.DataFrame({c: columns[c] for c in self._columns}, copy=False)
+        out: dict[str, np.ndarray] = {}
+        for name in self._columns:
+            if name in joined:
+                lookup, positions = joined[name]
+                out[name] = lookup.take_input(name, positions)
+                continue
+            values = [r.get(name) for r in records]
+            if name in self._data.identifiers:
+                values = [None if _missing(v) else self._pseudonym(v) for v in values]
+            out[name] = _float_array(values) if name in self._numeric else _object_array(values)
+        return out
 
-    def _integrated_columns(self, records: Sequence[Mapping[str, object]]) -> dict[str, object]:
-        """What ingest's parse, joins and pseudonymisation give each record, as one array per column, in order."""
+    def frame(self, columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+        """The feature columns as the DataFrame a pipeline scores: numbers as float64, categories as strings."""
+        data = {
+            name: columns[name] if name in self._numeric else pd.array(columns[name], dtype="str")
+            for name in self._columns
+        }
+        return pd.DataFrame(data, copy=False)
+
+    def transform(self, records: Sequence[Mapping[str, object]]) -> pd.DataFrame:
+        """Raw records -> the model's feature frame; a left join keeps one row per record, in order."""
+        return self.frame(self.columns(records))
+
+    def integrate(self, records: Sequence[Mapping[str, object]]) -> pd.DataFrame:
+        """Raw records -> every column ingest would give them (joined, pseudonymised), in the order received."""
         frame = parse_time_column(pd.DataFrame.from_records(list(records)), self._data.time_column)
         columns: dict[str, object] = {name: frame[name].array for name in frame.columns}
         for lookup in self._lookups:
@@ -107,7 +222,7 @@ class FeatureBuilder:
         for name in self._data.identifiers:
             if name in columns:
                 columns[name] = self._pseudonymised(pd.Series(columns[name], copy=False))
-        return columns
+        return pd.DataFrame(columns, copy=False)
 
     def _pseudonymised(self, values: pd.Series) -> ExtensionArray:
         """Identifier values replaced by their pseudonyms (each distinct value hashed once per process); nulls stay."""

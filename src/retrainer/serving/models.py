@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from retrainer.io import registry
+from retrainer.serving.scorer import CompiledScorer, compile_pipeline
 
 MANIFEST = "retrainer_bento.json"
 DEFAULT_THRESHOLD = 0.5
@@ -15,11 +19,27 @@ DEFAULT_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A fitted pipeline ready to score, with the threshold its version was registered with."""
+    """A fitted pipeline ready to score, with the threshold its version was registered with.
+
+    `compiled` is the same pipeline's arithmetic on numpy columns (checked equal when it was built), when the
+    pipeline's structure allows; otherwise scoring goes through the pipeline itself.
+    """
 
     version: str
     pipeline: Any
     threshold: float
+    compiled: CompiledScorer | None = None
+
+    @classmethod
+    def of(cls, version: str, pipeline: Any, threshold: float) -> LoadedModel:
+        """A loaded version, compiled for scoring when its pipeline allows."""
+        return cls(version, pipeline, threshold, compile_pipeline(pipeline))
+
+    def score(self, columns: Mapping[str, np.ndarray], frame: Callable[[Mapping[str, np.ndarray]], Any]) -> np.ndarray:
+        """Positive-class probabilities of feature columns; `frame` builds the DataFrame when the pipeline scores."""
+        if self.compiled is not None:
+            return self.compiled.predict_proba(columns)
+        return np.asarray(self.pipeline.predict_proba(frame(columns))[:, 1], dtype=np.float64)
 
 
 class ModelSource(Protocol):
@@ -59,7 +79,7 @@ class MlflowSource:
 
     def load(self, version: str) -> LoadedModel:
         pipeline = registry.load_version(self.model_name, version)
-        return LoadedModel(version, pipeline, _threshold(registry.version_tags(self.model_name, version)))
+        return LoadedModel.of(version, pipeline, _threshold(registry.version_tags(self.model_name, version)))
 
     def set_champion(self, version: str, expected: str | None) -> tuple[bool, str]:
         outcome = registry.promote_if_current(self.model_name, version, expected, self.lock_path)
@@ -110,7 +130,7 @@ class BentoSource:
             raise KeyError(f"v{version} is not packed in this Bento (has {sorted(self._tags)})")
         model = bentoml.models.get(self._tags[version])
         pipeline = mlflow.sklearn.load_model(model.path_of("mlflow_model"))
-        return LoadedModel(version, pipeline, _threshold(dict(model.info.labels)))
+        return LoadedModel.of(version, pipeline, _threshold(dict(model.info.labels)))
 
     def set_champion(self, version: str, expected: str | None) -> tuple[bool, str]:
         if version not in self._tags:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import orjson
 import pandas as pd
 
 LOG_FILE = "predictions.db"
+DEAD_LETTER_FILE = "predictions.failed.jsonl"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -66,17 +67,39 @@ def prediction_ids(n: int) -> list[str]:
     return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes]
 
 
-_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
-
-
 def quote(name: str) -> str:
     """An SQL identifier for a column name."""
     return '"' + name.replace('"', '""') + '"'
 
 
 def features_digest(record: Mapping[str, object]) -> str:
-    """SHA-256 of the record as canonical JSON: identifies the input without storing it."""
-    return hashlib.sha256(_CANONICAL_JSON.encode(record).encode("utf-8")).hexdigest()
+    """SHA-256 of the record as canonical JSON (sorted keys, no spaces, UTF-8): identifies the input without storing it.
+
+    orjson writes the same bytes as `json.dumps(sort_keys=True, separators=(",", ":"))` for ASCII records, about four
+    times faster.
+    """
+    return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+
+
+def append_dead_letter(
+    path: Path, rows: Sequence[LoggedPrediction], features: Mapping[str, object], error: BaseException
+) -> None:
+    """Keep predictions the log could not take: one JSON line with the error, the rows and their features."""
+    entry = {
+        "error": f"{type(error).__name__}: {error}",
+        "predictions": [row._asdict() for row in rows],
+        "features": {name: _cells(column) for name, column in features.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as out:
+        out.write(orjson.dumps(entry) + b"\n")
+
+
+def _cells(column: object) -> list:
+    """One feature column as SQLite values: numbers (NaN is stored as NULL), text, or None."""
+    if isinstance(column, np.ndarray):
+        return column.tolist()
+    return pd.Series(column, copy=False).to_numpy(dtype=object, na_value=None).tolist()
 
 
 class PredictionLog:
@@ -109,15 +132,16 @@ class PredictionLog:
         names = ", ".join(["prediction_id", *map(quote, types)])
         return f"INSERT INTO {FEATURES_TABLE} ({names}) VALUES ({', '.join('?' * (len(types) + 1))})"
 
-    def record(self, rows: Iterable[LoggedPrediction], features: pd.DataFrame | None = None) -> int:
-        """Append predictions (and their model-input features, row for row) in one transaction."""
+    def record(self, rows: Iterable[LoggedPrediction], features: Mapping[str, object] | None = None) -> int:
+        """Append predictions (and their model-input features, row for row) in one transaction.
+
+        `features` maps each feature name to its column (a numpy array, a Series, or a DataFrame's columns).
+        """
         values = list(rows)
         feature_rows = None
         if features is not None and self._feature_insert is not None:
-            # Selecting columns costs more than the conversion itself: skip it when the order already matches.
-            ordered = features if list(features.columns) == self.feature_names else features[self.feature_names]
-            cells = ordered.to_numpy(dtype=object, na_value=None).tolist()
-            feature_rows = [(row[0], *cell) for row, cell in zip(values, cells, strict=True)]
+            cells = [_cells(features[name]) for name in self.feature_names]
+            feature_rows = list(zip([row[0] for row in values], *cells, strict=True))
         with self._lock:
             self._conn.execute("BEGIN")
             try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,9 +19,11 @@ from retrainer.io.project import home_dir
 from retrainer.serving.features import FeatureBuilder, load_references
 from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_source
 from retrainer.serving.prediction_log import (
+    DEAD_LETTER_FILE,
     LOG_FILE,
     LoggedPrediction,
     PredictionLog,
+    append_dead_letter,
     features_digest,
     prediction_ids,
 )
@@ -29,6 +33,9 @@ from retrainer.serving.state import load_state, save_state, state_path
 ROOT_ENV = "RETRAINER_ROOT"
 TOKEN_ENV = "RETRAINER_ADMIN_TOKEN"
 THREADS_ENV = "RETRAINER_SERVING_THREADS"
+FEEDBACK_WAIT_SECONDS = 10.0
+LOG_QUEUE_REQUESTS = 64
+LOGGER = logging.getLogger("retrainer.serving")
 
 
 _THREAD_LIMIT = threading.local()
@@ -104,8 +111,31 @@ class ArmResult:
 
 @dataclass
 class Scored:
+    """One request's answers and what each arm did, with what the prediction log still needs from it."""
+
     predictions: list[dict]
     arms: dict[str, ArmResult] = field(default_factory=dict)
+    records: Sequence[Mapping[str, object]] = ()
+    features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    time: str = ""
+    latency_ms: float = 0.0
+    ticket: int = 0
+
+    def log_rows(self) -> list[LoggedPrediction]:
+        """The prediction log's rows (the input digests are computed here, off the answer's path)."""
+        return [
+            LoggedPrediction(
+                p["prediction_id"],
+                self.time,
+                p["arm"],
+                p["model_version"],
+                features_digest(record),
+                p["probability"],
+                p["label"],
+                self.latency_ms,
+            )
+            for p, record in zip(self.predictions, self.records, strict=True)
+        ]
 
 
 class ServingRuntime:
@@ -123,6 +153,12 @@ class ServingRuntime:
         self.log = PredictionLog(config.home / LOG_FILE, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
+        self._log_settled = threading.Condition()
+        self._tickets = 0
+        self._owed: set[int] = set()  # tickets of scored requests whose predictions are not logged yet
+        self._log_queue: queue.Queue[Scored | None] = queue.Queue(maxsize=LOG_QUEUE_REQUESTS)
+        self._log_writer: threading.Thread | None = None
+        self.log_failures = 0  # predictions that went to the dead-letter file instead of the log
         self._models: dict[str, LoadedModel] = {}
         self.state = self._start_state()
 
@@ -172,7 +208,17 @@ class ServingRuntime:
         return 0
 
     def predict(self, records: Sequence[dict]) -> Scored:
-        """Score raw records: route each by its key, score each arm's rows together, log every prediction."""
+        """Score raw records and log every prediction before returning."""
+        scored = self.score(records)
+        self.write_log(scored)
+        return scored
+
+    def score(self, records: Sequence[dict]) -> Scored:
+        """Route each record by its key and score each arm's rows together; the caller then owes `write_log(scored)`.
+
+        The service answers first and logs through `log_later` (the write overlaps the next request); feedback for
+        a prediction that is still owed waits for it.
+        """
         started = time.perf_counter()
         limit_this_thread(self.config.threads)
         with self._lock:
@@ -182,7 +228,7 @@ class ServingRuntime:
             arms = [state.arm_for(routing_key(r)) for r in records]
         else:  # no key hashes below a zero weight: everything goes to the champion
             arms = [CHAMPION] * len(records)
-        frame = self.features.transform(records)
+        columns = self.features.columns(records)
         proba = np.empty(len(records))
         result = Scored(predictions=[])
         for arm in (CHAMPION, CHALLENGER):
@@ -190,42 +236,89 @@ class ServingRuntime:
             if not rows:
                 continue
             outcome = result.arms[arm] = ArmResult(records=len(rows))
-            # With one arm serving every record, score the frame itself rather than a copy of all its rows.
-            part = frame if len(rows) == len(frame) else frame.take(rows)
+            # With one arm serving every record, score the columns themselves rather than a copy of all their rows.
+            part = columns if len(rows) == len(records) else {name: values[rows] for name, values in columns.items()}
             tick = time.perf_counter()
             try:
-                proba[rows] = models[versions[arm]].pipeline.predict_proba(part)[:, 1]
+                proba[rows] = models[versions[arm]].score(part, self.features.frame)
             except Exception as exc:
                 outcome.failed = True
                 raise ScoringError(arm) from exc
             finally:
                 outcome.seconds = time.perf_counter() - tick
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
         served = {arm: models[versions[arm]] for arm in result.arms}
-        logged = []
-        for pid, record, arm, p in zip(prediction_ids(len(records)), records, arms, proba.tolist(), strict=True):
-            model = served[arm]
-            row = LoggedPrediction(
-                id=pid,
-                time=now,
-                arm=arm,
-                model_version=model.version,
-                features_digest=features_digest(record),
-                probability=p,
-                label=int(p >= model.threshold),
-                latency_ms=latency_ms,
+        if len(served) == 1:
+            (model,) = served.values()
+            model_versions, thresholds = [model.version] * len(records), model.threshold
+        else:
+            model_versions = [served[a].version for a in arms]
+            thresholds = np.array([served[a].threshold for a in arms])
+        labels = (proba >= thresholds).astype(int).tolist()
+        result.predictions = [
+            {"prediction_id": i, "probability": p, "label": label, "model_version": v, "arm": a}
+            for i, p, label, v, a in zip(
+                prediction_ids(len(records)), proba.tolist(), labels, model_versions, arms, strict=True
             )
-            logged.append(row)
-            result.predictions.append(
-                {"prediction_id": pid, "probability": p, "label": row.label, "model_version": model.version, "arm": arm}
-            )
-        self.log.record(logged, features=frame)
+        ]
+        result.records, result.features = records, columns
+        result.time = datetime.now(UTC).isoformat(timespec="milliseconds")
+        result.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        with self._log_settled:
+            self._tickets += 1
+            result.ticket = self._tickets
+            self._owed.add(result.ticket)
         return result
 
+    def write_log(self, scored: Scored) -> None:
+        """Log a scored request's predictions and features in one transaction.
+
+        Rows that cannot be written are appended to the dead-letter file (JSON lines, with the error), then the error
+        is raised: a failed write loses nothing.
+        """
+        rows = scored.log_rows()
+        try:
+            self.log.record(rows, features=scored.features)
+        except Exception as exc:
+            append_dead_letter(self.config.home / DEAD_LETTER_FILE, rows, scored.features, exc)
+            raise
+        finally:
+            with self._log_settled:
+                self._owed.discard(scored.ticket)
+                self._log_settled.notify_all()
+
+    def log_later(self, scored: Scored) -> None:
+        """Hand a scored request to the log writer thread (blocking while LOG_QUEUE_REQUESTS are waiting).
+
+        The writer commits while the next request is being scored: SQLite releases the GIL as it writes.
+        """
+        if self._log_writer is None:
+            self._log_writer = threading.Thread(target=self._write_queued, name="prediction-log", daemon=True)
+            self._log_writer.start()
+        self._log_queue.put(scored)
+
+    def _write_queued(self) -> None:
+        while (scored := self._log_queue.get()) is not None:
+            try:
+                self.write_log(scored)
+            except Exception:
+                self.log_failures += len(scored.predictions)
+                LOGGER.exception(
+                    "%d predictions could not be logged; kept in %s", len(scored.predictions), DEAD_LETTER_FILE
+                )
+
+    def _wait_for_owed_log(self, timeout: float) -> None:
+        """Wait until every request scored before now is logged (or `timeout` seconds pass)."""
+        with self._log_settled:
+            latest = self._tickets
+            self._log_settled.wait_for(lambda: not any(t <= latest for t in self._owed), timeout=timeout)
+
     def feedback(self, prediction_id: str, label: int) -> None:
-        """Record the observed label of a logged prediction."""
-        if not self.log.record_feedback(prediction_id, label, datetime.now(UTC).isoformat(timespec="seconds")):
+        """Record the observed label of a logged prediction (one answered a moment ago may still be on its way)."""
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        if self.log.record_feedback(prediction_id, label, now):
+            return
+        self._wait_for_owed_log(timeout=FEEDBACK_WAIT_SECONDS)
+        if not self.log.record_feedback(prediction_id, label, now):
             raise UnknownPrediction(prediction_id)
 
     def set_weight(self, weight: float) -> RolloutState:
@@ -276,4 +369,9 @@ class ServingRuntime:
         return state
 
     def close(self) -> None:
+        """Write what is still queued for the log, then close it."""
+        if self._log_writer is not None:
+            self._log_queue.put(None)
+            self._log_writer.join()
+            self._log_writer = None
         self.log.close()

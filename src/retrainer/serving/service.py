@@ -82,6 +82,10 @@ class RetrainerService:
             "# HELP retrainer_challenger_weight Share of traffic routed to the challenger\n"
             "# TYPE retrainer_challenger_weight gauge\n"
             f"retrainer_challenger_weight{{{labels}}} {state.effective_weight}\n"
+            "# HELP retrainer_prediction_log_failures_total Answered predictions the log could not take "
+            "(kept in the dead-letter file)\n"
+            "# TYPE retrainer_prediction_log_failures_total counter\n"
+            f"retrainer_prediction_log_failures_total {self.runtime.log_failures}\n"
         )
 
     @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
@@ -89,7 +93,8 @@ class RetrainerService:
         """Score each record; the response carries probability, label, model version, arm and a prediction id.
 
         The body is the PredictResponse schema, written directly: the runtime builds every prediction with the
-        schema's types, and validating thousands of them again would cost more than scoring them.
+        schema's types, and validating thousands of them again would cost more than scoring them. The predictions
+        are logged just after the answer is sent; rows the log cannot take go to the dead-letter file.
         """
         if not self.runtime.ready:
             ERRORS.labels(arm="none").inc()
@@ -98,7 +103,7 @@ class RetrainerService:
 
         rows = RECORDS_JSON.dump_python(records, mode="json")
         try:
-            scored = self.runtime.predict(rows)
+            scored = self.runtime.score(rows)
         except ScoringError as exc:
             ERRORS.labels(arm=exc.arm).inc()
             raise
@@ -109,6 +114,7 @@ class RetrainerService:
             REQUESTS.labels(arm=arm).inc()
             RECORDS.labels(arm=arm).inc(outcome.records)
             LATENCY.labels(arm=arm).observe(outcome.seconds)
+        self.runtime.log_later(scored)  # written by the log thread while the next request is scored
         return Response(to_json({"predictions": scored.predictions}), media_type="application/json")
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)

@@ -1,0 +1,88 @@
+"""The runtime answers first and logs right after: feedback waits for owed rows, a failed write keeps them."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, Registry, raw_records
+
+from retrainer.config import Params
+from retrainer.serving.prediction_log import DEAD_LETTER_FILE, FEATURES_TABLE, LOG_FILE
+from retrainer.serving.runtime import ServingConfig, ServingRuntime, UnknownPrediction
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def runtime(registry_home: Registry, params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A runtime over the test registry, with its own log and rollout state under tmp_path."""
+    for key, value in registry_home.env.items():
+        monkeypatch.setenv(key, value)
+    served = ServingRuntime(ServingConfig(root=ROOT, home=tmp_path, params=params, admin_token=None))
+    yield served
+    served.close()
+
+
+def test_feedback_for_a_prediction_still_owed_to_the_log_waits_for_it(runtime, seed_flights: pd.DataFrame):
+    scored = runtime.score(raw_records(seed_flights, 3))
+    prediction_id = scored.predictions[1]["prediction_id"]
+    assert runtime.log.get(prediction_id) is None, "scoring alone logs nothing"
+    writer = threading.Timer(0.3, runtime.write_log, args=(scored,))
+    writer.start()
+    tick = time.perf_counter()
+    runtime.feedback(prediction_id, 1)
+    assert time.perf_counter() - tick >= 0.25, "feedback waited for the write"
+    writer.join()
+    assert runtime.log.feedback_label(prediction_id) == 1
+    assert runtime.log.get(prediction_id).probability == scored.predictions[1]["probability"]
+
+
+def test_feedback_for_an_unknown_prediction_fails_without_waiting(runtime):
+    tick = time.perf_counter()
+    with pytest.raises(UnknownPrediction):
+        runtime.feedback("00000000-0000-7000-8000-000000000000", 0)
+    assert time.perf_counter() - tick < 1.0, "nothing was owed, so nothing to wait for"
+
+
+def test_a_failed_log_write_keeps_the_answered_rows_in_the_dead_letter_file(
+    runtime, seed_flights: pd.DataFrame, tmp_path: Path
+):
+    """A real fault: another connection drops the features table, so the runtime's insert fails."""
+    with sqlite3.connect(tmp_path / LOG_FILE) as other:
+        other.execute(f"DROP TABLE {FEATURES_TABLE}")
+    scored = runtime.score(raw_records(seed_flights, 4))
+    with pytest.raises(sqlite3.OperationalError, match=FEATURES_TABLE):
+        runtime.write_log(scored)
+    ids = [p["prediction_id"] for p in scored.predictions]
+    assert all(runtime.log.get(i) is None for i in ids), "the transaction was rolled back as a whole"
+    (line,) = (tmp_path / DEAD_LETTER_FILE).read_text().splitlines()
+    kept = json.loads(line)
+    assert FEATURES_TABLE in kept["error"]
+    assert [row["id"] for row in kept["predictions"]] == ids
+    assert [row["probability"] for row in kept["predictions"]] == [p["probability"] for p in scored.predictions]
+    assert kept["features"]["carrier"] == list(scored.features["carrier"])
+    with pytest.raises(UnknownPrediction):  # nothing is owed any more: it fails at once
+        runtime.feedback(ids[0], 1)
+
+
+def test_the_log_thread_writes_queued_requests_and_counts_what_it_could_not(
+    runtime, seed_flights: pd.DataFrame, tmp_path: Path
+):
+    first = runtime.score(raw_records(seed_flights, 5))
+    runtime.log_later(first)
+    runtime.feedback(first.predictions[-1]["prediction_id"], 0)  # waits for the thread's write
+    assert all(runtime.log.get(p["prediction_id"]) for p in first.predictions)
+    with sqlite3.connect(tmp_path / LOG_FILE) as other:  # a real fault, as above
+        other.execute(f"DROP TABLE {FEATURES_TABLE}")
+    second = runtime.score(raw_records(seed_flights, 2, start=10))
+    runtime.log_later(second)
+    runtime.close()  # writes what is queued, then stops the thread
+    assert runtime.log_failures == 2
+    kept = json.loads((tmp_path / DEAD_LETTER_FILE).read_text())
+    assert [row["id"] for row in kept["predictions"]] == [p["prediction_id"] for p in second.predictions]
