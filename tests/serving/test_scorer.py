@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
+from threadpoolctl import threadpool_limits
 
 from retrainer.config import Params
 from retrainer.serving import scorer as scorer_module
@@ -92,13 +95,25 @@ def scored(params: Params) -> pd.DataFrame:
     return scoring_frame(params)
 
 
+@pytest.fixture(scope="module")
+def hgb(params: Params, training) -> Pipeline:
+    """A small HGB pipeline for the tests that tamper with a copy of its private state."""
+    return fit(params, "hgb", *training, model__max_iter=10)
+
+
 def expected(pipeline: Pipeline, frame: pd.DataFrame) -> np.ndarray:
     return pipeline.predict_proba(frame[list(pipeline.feature_names_in_)])[:, 1]
+
+
+def fast_path(pipeline: Pipeline) -> str:
+    """The path an intact pipeline must compile to: HGB's trees directly, LogisticRegression's own predict_proba."""
+    return "hgb-trees" if isinstance(pipeline.named_steps["model"], HistGradientBoostingClassifier) else "estimator"
 
 
 def test_compiled_scores_equal_the_pipeline_on_hard_rows(fitted: Pipeline, scored: pd.DataFrame):
     compiled = compile_pipeline(fitted)
     assert isinstance(compiled, CompiledScorer)
+    assert compiled.path == fast_path(fitted)
     columns = as_columns(scored)
     proba = compiled.predict_proba(columns)
     assert proba.dtype == np.float64 and proba.shape == (len(scored),)
@@ -117,6 +132,7 @@ def test_the_training_frame_exercises_rare_and_missing_categories(fitted: Pipeli
 
 def test_one_row_at_a_time_equals_the_pipeline(fitted: Pipeline, scored: pd.DataFrame):
     compiled = compile_pipeline(fitted)
+    assert compiled.path == fast_path(fitted)
     columns = as_columns(scored)
     for row in range(12):
         one = compiled.predict_proba({name: values[row : row + 1] for name, values in columns.items()})
@@ -126,6 +142,7 @@ def test_one_row_at_a_time_equals_the_pipeline(fitted: Pipeline, scored: pd.Data
 
 def test_every_missing_marker_and_container_scores_the_same(fitted: Pipeline, scored: pd.DataFrame):
     compiled = compile_pipeline(fitted)
+    assert compiled.path == fast_path(fitted)
     base = as_columns(scored.iloc[:10])
     markers = [None, np.nan, pd.NA, float("nan")]
     variants = []
@@ -173,14 +190,99 @@ def test_ordinal_infrequent_grouping_is_compiled_exactly(params: Params, trainin
     encoder = pipeline.named_steps["preprocess"].named_transformers_["categorical"].named_steps["encode"]
     assert encoder.infrequent_categories_[0] is not None and encoder.infrequent_categories_[2] is not None
     compiled = compile_pipeline(pipeline)
-    assert compiled is not None
+    assert compiled is not None and compiled.path == "hgb-trees"
     assert np.array_equal(compiled.predict_proba(as_columns(scored)), expected(pipeline, scored))
+
+
+@pytest.mark.parametrize(
+    "categorical_features",
+    [[False, True, True, False, False, False, False, False], None],
+    ids=["hgb-reorders-columns", "no-categorical-features"],
+)
+def test_the_trees_path_follows_hgbs_own_column_order(
+    params: Params, training, scored: pd.DataFrame, categorical_features: list[bool] | None
+):
+    """carrier as a plain number moves HGB's categorical columns first; None leaves HGB without a preprocessor.
+
+    Fitted without class weights, so that the baseline the trees path adds is not 0 (balanced weights make it 0).
+    """
+    pipeline = fit(
+        params,
+        "hgb",
+        *training,
+        model__max_iter=10,
+        model__categorical_features=categorical_features,
+        model__class_weight=None,
+    )
+    assert pipeline.named_steps["model"]._baseline_prediction[0, 0] != 0.0
+    compiled = compile_pipeline(pipeline)
+    assert compiled is not None and compiled.path == "hgb-trees"
+    assert np.array_equal(compiled.predict_proba(as_columns(scored)), expected(pipeline, scored))
+
+
+def test_the_trees_path_folds_hgbs_re_encoding_of_codes_it_never_saw(params: Params, training, scored: pd.DataFrame):
+    """A declared but never-seen category takes outer code 0, which HGB's own encoder does not know: every inner code
+    differs from the outer one, so the folded tables (not the outer codes) must reach the trees."""
+    frame, _ = training
+    declared = [["A0_never", *sorted(frame[name].fillna("__missing__").unique())] for name in CATEGORICAL]
+    pipeline = fit(params, "hgb", *training, model__max_iter=10, preprocess__categorical__encode__categories=declared)
+    inner = pipeline.named_steps["model"]._preprocessor.named_transformers_["encoder"]
+    assert all(0.0 not in categories for categories in inner.categories_)
+    compiled = compile_pipeline(pipeline)
+    assert compiled is not None and compiled.path == "hgb-trees"
+    rows = scored.copy()
+    rows.loc[rows.index[:3], "carrier"] = "A0_never"
+    assert np.array_equal(compiled.predict_proba(as_columns(rows)), expected(pipeline, rows))
+
+
+def test_scores_are_exact_under_a_one_thread_limit(fitted: Pipeline, scored: pd.DataFrame):
+    compiled = compile_pipeline(fitted)
+    assert compiled.path == fast_path(fitted)
+    with threadpool_limits(limits=1):
+        assert np.array_equal(compiled.predict_proba(as_columns(scored)), expected(fitted, scored))
+
+
+def test_odd_private_hgb_state_falls_back_to_the_public_path(hgb: Pipeline, scored: pd.DataFrame):
+    """Mock of a future sklearn change: `_baseline_prediction` stored with shape (1,) instead of (1, 1).
+
+    HGB's own predict_proba broadcasts it and still works; the trees path refuses the shape.
+    """
+    changed = copy.deepcopy(hgb)
+    model = changed.named_steps["model"]
+    model._baseline_prediction = model._baseline_prediction.reshape(-1)
+    assert np.array_equal(expected(changed, scored), expected(hgb, scored))
+    compiled = compile_pipeline(changed)
+    assert compiled is not None and compiled.path == "estimator"
+    assert np.array_equal(compiled.predict_proba(as_columns(scored)), expected(changed, scored))
+
+
+def test_a_renamed_private_hgb_attribute_falls_back_to_the_public_path(hgb: Pipeline, scored: pd.DataFrame):
+    """Mock of a future sklearn change: HGB's internal `_preprocessor` renamed (AttributeError for the trees path)."""
+    changed = copy.deepcopy(hgb)
+    model = changed.named_steps["model"]
+    model._category_preprocessor = model.__dict__.pop("_preprocessor")
+    model._preprocess_X = lambda X, reset: model._category_preprocessor.transform(X)
+    assert not hasattr(model, "_preprocessor")
+    compiled = compile_pipeline(changed)
+    assert compiled is not None and compiled.path == "estimator"
+    assert np.array_equal(compiled.predict_proba(as_columns(scored)), expected(hgb, scored))
+
+
+def test_a_trees_path_missing_the_probe_falls_back_to_the_public_path(
+    hgb: Pipeline, scored: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+):
+    """Mocked: the trees path is wrapped to move every probability up by one ulp; the self-check must catch it."""
+    exact = scorer_module._TreesHead.__call__
+    monkeypatch.setattr(scorer_module._TreesHead, "__call__", lambda self, matrix: np.nextafter(exact(self, matrix), 2))
+    compiled = compile_pipeline(hgb)
+    assert compiled is not None and compiled.path == "estimator"
+    assert np.array_equal(compiled.predict_proba(as_columns(scored)), expected(hgb, scored))
 
 
 def test_one_hot_unknowns_can_go_to_the_infrequent_column(params: Params, training, scored: pd.DataFrame):
     pipeline = fit(params, "logreg", *training, preprocess__categorical__encode__handle_unknown="infrequent_if_exist")
     compiled = compile_pipeline(pipeline)
-    assert compiled is not None
+    assert compiled is not None and compiled.path == "estimator"
     assert np.array_equal(compiled.predict_proba(as_columns(scored)), expected(pipeline, scored))
 
 
@@ -214,7 +316,7 @@ def test_unfitted_or_foreign_objects_compile_to_none(params: Params):
 def test_the_self_check_rejects_a_scorer_off_by_one_ulp(
     fitted: Pipeline, scored: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ):
-    """Mocked: CompiledScorer.predict_proba is wrapped to move every probability up by one ulp."""
+    """Mocked: CompiledScorer.predict_proba is wrapped to move every probability up by one ulp (on both paths)."""
     assert compile_pipeline(fitted) is not None
     exact = scorer_module.CompiledScorer.predict_proba
     monkeypatch.setattr(
