@@ -179,8 +179,9 @@ def raw_records(flights, start: int, n: int) -> list[dict]:
 def measure_in_process(pipeline, builder, singles: list[dict], batches: list[list[dict]]) -> dict:
     """One thread, as the service scores: the sklearn pipeline on ready frames, the compiled scorer on ready columns,
     and raw records -> columns -> compiled scorer (the service's path without HTTP, validation and logging)."""
-    from retrainer.serving.scorer import compile_pipeline
     from threadpoolctl import threadpool_limits
+
+    from retrainer.serving.scorer import compile_pipeline
 
     compiled = compile_pipeline(pipeline)
     assert compiled is not None, "the bench pipeline should compile"
