@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from retrainer.config import Params
 from retrainer.io.project import pseudonymisation_key
 from retrainer.serving.features import FeatureBuilder
-from retrainer.serving.schema import FlightRecord, PredictRequest
+from retrainer.serving.schema import PredictRequest, json_records
 from retrainer.steps.ingest import integrate, join_references, parse_time_column, pseudonymise
 
 
@@ -20,9 +20,7 @@ def test_serving_features_match_the_training_ingest(
     params: Params, seed_flights: pd.DataFrame, references: dict[str, pd.DataFrame]
 ):
     records = raw_records(seed_flights, 400, outcomes=True)
-    served = FeatureBuilder(params, references).integrate(
-        [FlightRecord.model_validate(r).model_dump(mode="json") for r in records]
-    )
+    served = FeatureBuilder(params, references).integrate(json_records(records))
     raw = seed_flights.loc[seed_flights["month"] == 2].iloc[:400].reset_index(drop=True)
     trained, _ = integrate(raw, references, params.data, pseudonymisation_key())
     keys = ["carrier", "flight", "time_hour"]

@@ -7,9 +7,8 @@ the records (`FeatureBuilder.columns`), so a one-record request pays for neither
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -59,26 +58,44 @@ def _missing(value: object) -> bool:
 def instant_keys(values: Sequence[object]) -> list:
     """Record times as the UTC nanoseconds `key_values` gives a parsed time column (None where missing).
 
-    ISO 8601 text and datetimes are converted directly (naive times are UTC, as ingest reads them), each distinct
-    value once; anything else goes through the same pandas parser as ingest, for the whole column.
+    Datetimes (naive ones are UTC, as ingest reads them) and ISO 8601 text (each distinct text parsed once) are
+    converted directly; anything else goes through the same pandas parser as ingest, for the whole column.
     """
-    known: dict[object, int | None] = {}
+    parsed: dict[str, int] = {}
+    keys: list = []
     try:
         for value in values:
-            if value not in known:
-                known[value] = _instant_key(value)
-    except (TypeError, ValueError, AttributeError):
-        parsed = parse_time_column(pd.DataFrame({"t": pd.Series(list(values), dtype=object)}), "t")["t"]
-        return key_values(parsed)
-    return [known[value] for value in values]
+            if type(value) is str:
+                if value not in parsed:
+                    parsed[value] = _datetime_key(datetime.fromisoformat(value))
+                keys.append(parsed[value])
+            elif isinstance(value, datetime):
+                keys.append(_datetime_key(value))
+            elif _missing(value):
+                keys.append(None)
+            else:
+                raise TypeError(f"{type(value).__name__} is not a time")
+    except (TypeError, ValueError):
+        frame = parse_time_column(pd.DataFrame({"t": pd.Series(list(values), dtype=object)}), "t")
+        return key_values(frame["t"])
+    return keys
 
 
-def _instant_key(value: object) -> int | None:
-    if _missing(value):
-        return None
-    instant = datetime.fromisoformat(value) if isinstance(value, str) else value
-    seconds = calendar.timegm(instant.utctimetuple())
-    return seconds * 1_000_000_000 + instant.microsecond * 1_000 + getattr(instant, "nanosecond", 0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+
+
+def _datetime_key(instant: datetime) -> int:
+    """UTC nanoseconds since the epoch, exactly (a Timestamp keeps its nanoseconds)."""
+    if isinstance(instant, pd.Timestamp):
+        return int(instant.as_unit("ns").value)
+    delta = instant - (_EPOCH if instant.tzinfo is not None else _EPOCH_NAIVE)
+    return ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1_000
+
+
+def column_values(records: Sequence[Mapping[str, object]], name: str) -> list:
+    """One field of every record (None where a record lacks it)."""
+    return [record.get(name) for record in records]
 
 
 def _values(column: pd.Series) -> np.ndarray | ExtensionArray:
@@ -131,9 +148,9 @@ class ReferenceLookup:
         """`positions` straight from records: the time key as UTC nanoseconds, any missing value as None."""
         get = self._positions.get
         parts = [
-            instant_keys([r.get(c) for r in records])
+            instant_keys(column_values(records, c))
             if c == self.time_column
-            else [None if _missing(v) else v for v in (r.get(c) for r in records)]
+            else [None if _missing(v) else v for v in column_values(records, c)]
             for c in self.join_on
         ]
         return np.fromiter((get(key, -1) for key in zip(*parts, strict=True)), dtype=np.intp, count=len(records))
@@ -191,7 +208,7 @@ class FeatureBuilder:
                 lookup, positions = joined[name]
                 out[name] = lookup.take_input(name, positions)
                 continue
-            values = [r.get(name) for r in records]
+            values = column_values(records, name)
             if name in self._data.identifiers:
                 values = [None if _missing(v) else self._pseudonym(v) for v in values]
             out[name] = _float_array(values) if name in self._numeric else _object_array(values)

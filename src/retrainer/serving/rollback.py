@@ -80,11 +80,10 @@ def golden_record_path(home: Path, version: str) -> Path:
 def golden_records(path: Path) -> list[dict]:
     """The golden set as the service receives it: each row validated by the request schema, dumped as JSON types."""
     from retrainer.io.tables import read_table
-    from retrainer.serving.schema import FlightRecord
+    from retrainer.serving.schema import json_records
 
     frame = read_table(path)
-    raw = json.loads(frame.to_json(orient="records", date_format="iso"))
-    return [FlightRecord.model_validate(row).model_dump(mode="json") for row in raw]
+    return json_records(json.loads(frame.to_json(orient="records", date_format="iso")))
 
 
 def _digest(records: list[dict]) -> str:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -117,25 +118,19 @@ class Scored:
     arms: dict[str, ArmResult] = field(default_factory=dict)
     records: Sequence[Mapping[str, object]] = ()
     features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    answers: tuple[list, ...] = ()  # ids, arms, versions, probabilities, labels: one list each, row for row
     time: str = ""
     latency_ms: float = 0.0
     ticket: int = 0
 
     def log_rows(self) -> list[LoggedPrediction]:
         """The prediction log's rows (the input digests are computed here, off the answer's path)."""
-        return [
-            LoggedPrediction(
-                p["prediction_id"],
-                self.time,
-                p["arm"],
-                p["model_version"],
-                features_digest(record),
-                p["probability"],
-                p["label"],
-                self.latency_ms,
-            )
-            for p, record in zip(self.predictions, self.records, strict=True)
-        ]
+        ids, arms, versions, probabilities, labels = self.answers
+        n = len(ids)
+        digests = [features_digest(record) for record in self.records]
+        time_, latency = repeat(self.time, n), repeat(self.latency_ms, n)
+        rows = zip(ids, time_, arms, versions, digests, probabilities, labels, latency, strict=True)
+        return list(map(LoggedPrediction._make, rows))
 
 
 class ServingRuntime:
@@ -254,11 +249,10 @@ class ServingRuntime:
             model_versions = [served[a].version for a in arms]
             thresholds = np.array([served[a].threshold for a in arms])
         labels = (proba >= thresholds).astype(int).tolist()
+        result.answers = (prediction_ids(len(records)), arms, model_versions, proba.tolist(), labels)
         result.predictions = [
             {"prediction_id": i, "probability": p, "label": label, "model_version": v, "arm": a}
-            for i, p, label, v, a in zip(
-                prediction_ids(len(records)), proba.tolist(), labels, model_versions, arms, strict=True
-            )
+            for i, a, v, p, label in zip(*result.answers, strict=True)
         ]
         result.records, result.features = records, columns
         result.time = datetime.now(UTC).isoformat(timespec="milliseconds")
