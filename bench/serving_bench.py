@@ -9,13 +9,14 @@ Timed, in one run, on v1, all single-threaded as the service scores:
                scorer the service uses (retrainer.serving.scorer) on ready feature columns; and raw records ->
                FeatureBuilder.columns -> compiled scorer, i.e. the service's work minus HTTP, validation and logging;
   service      `bentoml serve retrainer.serving.service:RetrainerService` on a loopback port, raw records in:
-               champion only (weight 0) and canary split (weight 0.5), alternated in BLOCKS blocks so that load
-               drift hits both alike (with --candidate-src DIR, once more importing `retrainer` from DIR, e.g. a
+               champion only (weight 0) and canary split (weight 0.5), in BLOCKS blocks of rotating order with
+               mlflow's, so that load drift hits every arm alike (with --candidate-src DIR, once more importing `retrainer` from DIR, e.g. a
                patched copy of src/);
   mlflow       `mlflow models serve -m models:/<name>/1 --env-manager local -w 1`: ready *feature* records in
-               (`{"dataframe_records": [...]}`), since the MLflow model is the bare pipeline.
+               (`{"dataframe_records": [...]}`), since the MLflow model is the bare pipeline; it runs throughout
+               and is measured in the same rotating blocks as the service's two arms.
 Single-record figures: sequential keep-alive requests (httpx.Client), each a different real February flight, after
-a warm-up. 1,000-record figures: rows/s over 10 requests of different records. The service also builds the features
+a warm-up. 1,000-record figures: rows/s over 12 requests of different records. The service also builds the features
 (reference joins as key lookups, pseudonyms) and logs every prediction to SQLite; mlflow serve does neither: both the
 raw difference and that caveat are reported.
 
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +48,8 @@ RESULTS = ROOT / "bench" / "results" / "serving.json"
 N_SINGLE = 300
 WARMUP = 20
 BATCH = 1_000
-N_BATCHES = 10
-BLOCKS = 6  # champion-only and canary-split blocks, alternated
+N_BATCHES = 12
+BLOCKS = 6  # blocks of every HTTP arm, in rotating order
 TRAIN_ROWS = 20_000
 TOKEN = "bench-admin-token"
 SERVICE = "retrainer.serving.service:RetrainerService"
@@ -210,61 +213,64 @@ def measure_in_process(pipeline, builder, singles: list[dict], batches: list[lis
     return out
 
 
-def measure_http(url_path: str, client, singles: list, batches: list, wrap) -> dict:
-    def post(payload):
-        response = client.post(url_path, json=wrap(payload))
-        response.raise_for_status()
-        return response
+@dataclass
+class Arm:
+    """One way of serving, measured in blocks: what to set before a block, and how to send one payload."""
 
-    return {
-        "single": time_calls(post, [[r] for r in singles]),
-        "batch": time_batches(post, batches, BATCH),
-    }
+    prepare: Callable[[], None]
+    post: Callable[[list], None]
+    singles: list  # one record each
+    batches: list  # BATCH records each
 
 
-def measure_split_interleaved(client, singles: list, batches: list, blocks: int = BLOCKS) -> dict:
-    """Champion only (weight 0) and canary split (weight 0.5) in alternating blocks, so load drift hits both alike."""
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    weights = {"champion_only": 0.0, "canary_split": 0.5}
-    single_times: dict[str, list[float]] = {arm: [] for arm in weights}
-    batch_seconds: dict[str, float] = dict.fromkeys(weights, 0.0)
-    batch_requests: dict[str, int] = dict.fromkeys(weights, 0)
-
-    def post(records):
-        client.post("/predict", json={"records": records}).raise_for_status()
-
+def measure_interleaved(arms: dict[str, Arm], blocks: int = BLOCKS) -> dict:
+    """Every arm in each of `blocks` blocks, in a rotating order, so that load drift hits all arms alike."""
+    names = list(arms)
+    single_times: dict[str, list[float]] = {name: [] for name in names}
+    batch_seconds: dict[str, float] = dict.fromkeys(names, 0.0)
+    batch_requests: dict[str, int] = dict.fromkeys(names, 0)
     for block in range(blocks):
-        for arm, weight in weights.items() if block % 2 == 0 else reversed(weights.items()):
-            client.post("/admin/weights", json={"challenger_weight": weight}, headers=auth).raise_for_status()
-            for record in singles[:WARMUP]:
-                post([record])
-            for record in singles[block::blocks]:
+        for name in names[block % len(names) :] + names[: block % len(names)]:
+            arm = arms[name]
+            arm.prepare()
+            for record in arm.singles[:WARMUP]:
+                arm.post([record])
+            for record in arm.singles[block::blocks]:
                 tick = time.perf_counter()
-                post([record])
-                single_times[arm].append(time.perf_counter() - tick)
-            post(batches[0])  # warm-up
+                arm.post([record])
+                single_times[name].append(time.perf_counter() - tick)
+            arm.post(arm.batches[0])  # warm-up
             tick = time.perf_counter()
-            for batch in batches[block::blocks]:
-                post(batch)
-                batch_requests[arm] += 1
-            batch_seconds[arm] += time.perf_counter() - tick
-    out = {}
-    for arm in weights:
-        out[arm] = {
-            "single": {**percentiles(single_times[arm]), "load_average": load_average()},
+            for batch in arm.batches[block::blocks]:
+                arm.post(batch)
+                batch_requests[name] += 1
+            batch_seconds[name] += time.perf_counter() - tick
+    return {
+        name: {
+            "single": {**percentiles(single_times[name]), "load_average": load_average()},
             "batch": {
-                "rows_per_second": round(BATCH * batch_requests[arm] / batch_seconds[arm]),
-                "requests": batch_requests[arm],
+                "rows_per_second": round(BATCH * batch_requests[name] / batch_seconds[name]),
+                "requests": batch_requests[name],
                 "rows_per_request": BATCH,
-                "seconds": round(batch_seconds[arm], 3),
+                "seconds": round(batch_seconds[name], 3),
                 "load_average": load_average(),
             },
         }
-    return out
+        for name in names
+    }
 
 
-def measure_service(home: Path, base_env: dict, servers: list, singles: list, batches: list, extra_env: dict) -> dict:
-    """Start the service; champion only and the canary split, interleaved in blocks; stop it."""
+def http_post(client, path: str, wrap: Callable[[list], dict]) -> Callable[[list], None]:
+    def post(payload: list) -> None:
+        client.post(path, json=wrap(payload)).raise_for_status()
+
+    return post
+
+
+def measure_service(
+    home: Path, base_env: dict, servers: list, singles: list, batches: list, extra_env: dict, mlflow: Arm
+) -> dict:
+    """Start the service; champion only, canary split and `mlflow models serve`, interleaved in blocks; stop it."""
     import httpx
 
     port = free_port()
@@ -285,13 +291,27 @@ def measure_service(home: Path, base_env: dict, servers: list, singles: list, ba
     ready = service.start(port)
     say(f"service ready in {ready:.1f} s {extra_env or ''}")
     out: dict = {"startup_seconds": round(ready, 2), "extra_env": extra_env}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=service.url, timeout=60) as client:
         rollout = client.get("/rollout").json()
         assert rollout["champion_version"] == "1", rollout
-        say(f"service: champion only and canary split 0.5, {BLOCKS} interleaved blocks ...")
-        out.update(measure_split_interleaved(client, singles, batches))
-        arms = [p["arm"] for p in client.post("/predict", json={"records": singles}).json()["predictions"]]
-        out["canary_split"]["challenger_share_of_singles"] = round(arms.count("challenger") / len(arms), 3)
+
+        def weight(value: float) -> Callable[[], None]:
+            return lambda: client.post(
+                "/admin/weights", json={"challenger_weight": value}, headers=auth
+            ).raise_for_status()
+
+        post = http_post(client, "/predict", lambda records: {"records": records})
+        arms = {
+            "champion_only": Arm(weight(0.0), post, singles, batches),
+            "canary_split": Arm(weight(0.5), post, singles, batches),
+            "mlflow_serve": mlflow,
+        }
+        say(f"champion only, canary split 0.5 and mlflow models serve, {BLOCKS} interleaved blocks ...")
+        out.update(measure_interleaved(arms))
+        weight(0.5)()
+        arms_of = [p["arm"] for p in client.post("/predict", json={"records": singles}).json()["predictions"]]
+        out["canary_split"]["challenger_share_of_singles"] = round(arms_of.count("challenger") / len(arms_of), 3)
     service.stop()
     return out
 
@@ -332,30 +352,12 @@ def main(candidate_src: Path | None = None) -> None:
     base_env = {**os.environ, **env_vars, "PATH": f"{BIN}:{os.environ['PATH']}", "BENTOML_DO_NOT_TRACK": "true"}
     servers: list[Server] = []
     try:
-        results["service"] = measure_service(home, base_env, servers, singles, batches, {})
-        if candidate_src is not None:
-            say(f"candidate: service importing retrainer from {candidate_src} ...")
-            results["service_candidate"] = measure_service(
-                home, base_env, servers, singles, batches, {"PYTHONPATH": str(candidate_src)}
-            )
-
         port = free_port()
         mlflow_server = Server(
             "mlflow models serve",
             [
-                str(BIN / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                f"models:/{name}/1",
-                "--env-manager",
-                "local",
-                "-w",
-                "1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
+                *(str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/1", "--env-manager", "local"),
+                *("-w", "1", "-h", "127.0.0.1", "-p", str(port)),
             ],
             base_env,
             home / "mlflow-serve.log",
@@ -364,14 +366,20 @@ def main(candidate_src: Path | None = None) -> None:
         servers.append(mlflow_server)
         ready = mlflow_server.start(port)
         say(f"mlflow models serve ready in {ready:.1f} s")
-        with httpx.Client(base_url=mlflow_server.url, timeout=60) as client:
-            say("mlflow models serve ...")
-            results["mlflow_serve"] = {"startup_seconds": round(ready, 2)}
-            results["mlflow_serve"].update(
-                measure_http(
-                    "/invocations", client, feature_singles, feature_batches, lambda rs: {"dataframe_records": rs}
-                )
+        with httpx.Client(base_url=mlflow_server.url, timeout=60) as mlflow_client:
+            mlflow = Arm(
+                lambda: None,
+                http_post(mlflow_client, "/invocations", lambda records: {"dataframe_records": records}),
+                feature_singles,
+                feature_batches,
             )
+            results["service"] = measure_service(home, base_env, servers, singles, batches, {}, mlflow)
+            if candidate_src is not None:
+                say(f"candidate: service importing retrainer from {candidate_src} ...")
+                results["service_candidate"] = measure_service(
+                    home, base_env, servers, singles, batches, {"PYTHONPATH": str(candidate_src)}, mlflow
+                )
+        results["mlflow_serve"] = {"startup_seconds": round(ready, 2), **results["service"].pop("mlflow_serve")}
         mlflow_server.stop()
     finally:
         for server in servers:
@@ -397,7 +405,8 @@ def compare(r: dict) -> dict:
 
 def compare_one(r: dict, service: dict) -> dict:
     ip = r["in_process"]
-    champ, split, ml = service["champion_only"], service["canary_split"], r["mlflow_serve"]
+    champ, split = service["champion_only"], service["canary_split"]
+    ml = service.get("mlflow_serve", r["mlflow_serve"])  # the mlflow figures measured alongside this service
     p50 = champ["single"]["p50_ms"]
     c = {
         # the issue's baseline: in-process predict of the same (sklearn) pipeline, features ready
