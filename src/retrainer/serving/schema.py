@@ -16,12 +16,20 @@ _INSTANT = TypeAdapter(datetime)
 
 @lru_cache(maxsize=4_096)
 def _iso_text(text: str) -> str:
-    return _INSTANT.validate_python(text).isoformat()
+    return _json_instant(text)
+
+
+def _json_instant(value: object) -> str:
+    return _INSTANT.dump_python(_INSTANT.validate_python(value), mode="json")
 
 
 def iso_instant(value: object) -> str:
-    """A time by pydantic's datetime rules, as ISO 8601 text (records of one hour share one parse)."""
-    return _iso_text(value) if isinstance(value, str) else _INSTANT.validate_python(value).isoformat()
+    """A time read by pydantic's datetime rules, written as pydantic writes it in JSON ("...Z" for UTC).
+
+    The same text a validated datetime field gave once dumped: digests, routing keys and golden records are unchanged.
+    Records of one hour share one parse.
+    """
+    return _iso_text(value) if isinstance(value, str) else _json_instant(value)
 
 
 # Kept as text: hashing and digesting text is cheaper than datetimes, and every consumer parses ISO 8601.
