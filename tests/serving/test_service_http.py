@@ -185,3 +185,27 @@ def test_weights_survive_a_restart(server: Server, seed_flights: pd.DataFrame):
         }
         assert arms == {"champion", "challenger"}
         _weights(http, 0.0)
+
+
+def test_a_stopped_service_has_logged_every_prediction_it_answered(
+    server: Server, seed_flights: pd.DataFrame, registry_home: Registry
+):
+    """The log is written by a thread after each answer: a SIGTERM right after answering must not lose any row."""
+    answered = []
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for start in range(0, 4_000, 1_000):
+            response = http.post("/predict", json={"records": raw_records(seed_flights, 1_000, start=start)})
+            answered += [p["prediction_id"] for p in response.json()["predictions"]]
+    server.stop()  # SIGTERM at once: the writes still queued are flushed on shutdown
+    try:
+        with sqlite3.connect(registry_home.home / "predictions.db") as db:
+            db.execute("CREATE TEMP TABLE answered (id TEXT PRIMARY KEY)")
+            db.executemany("INSERT INTO answered VALUES (?)", [(i,) for i in answered])
+            logged = db.execute("SELECT COUNT(*) FROM answered JOIN predictions USING (id)").fetchone()[0]
+            with_features = db.execute(
+                "SELECT COUNT(*) FROM answered a JOIN prediction_features f ON f.prediction_id = a.id"
+            ).fetchone()[0]
+    finally:
+        server.start()
+    assert len(answered) == 4_000
+    assert logged == with_features == 4_000
