@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from retrainer.io import registry
 from retrainer.serving.scorer import CompiledScorer, compile_pipeline
 
+LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 MANIFEST = "retrainer_bento.json"
 DEFAULT_THRESHOLD = 0.5
 
@@ -32,8 +34,11 @@ class LoadedModel:
 
     @classmethod
     def of(cls, version: str, pipeline: Any, threshold: float) -> LoadedModel:
-        """A loaded version, compiled for scoring when its pipeline allows."""
-        return cls(version, pipeline, threshold, compile_pipeline(pipeline))
+        """A loaded version, compiled for scoring when its pipeline allows (the log says which way it scores)."""
+        compiled = compile_pipeline(pipeline)
+        way = f"compiled ({compiled.path})" if compiled is not None else "the sklearn pipeline (not compiled)"
+        LOGGER.info("v%s scores with %s", version, way)
+        return cls(version, pipeline, threshold, compiled)
 
     def score(self, columns: Mapping[str, np.ndarray], frame: Callable[[Mapping[str, np.ndarray]], Any]) -> np.ndarray:
         """Positive-class probabilities of feature columns; `frame` builds the DataFrame when the pipeline scores."""

@@ -36,7 +36,7 @@ TOKEN_ENV = "RETRAINER_ADMIN_TOKEN"
 THREADS_ENV = "RETRAINER_SERVING_THREADS"
 FEEDBACK_WAIT_SECONDS = 10.0
 LOG_QUEUE_REQUESTS = 64
-LOGGER = logging.getLogger("retrainer.serving")
+LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 
 
 _THREAD_LIMIT = threading.local()
