@@ -10,8 +10,8 @@ Timed, in one run, on v1, all single-threaded as the service scores:
                FeatureBuilder.columns -> compiled scorer, i.e. the service's work minus HTTP, validation and logging;
   service      `bentoml serve retrainer.serving.service:RetrainerService` on a loopback port, raw records in:
                champion only (weight 0) and canary split (weight 0.5), in BLOCKS blocks of rotating order with
-               mlflow's, so that load drift hits every arm alike (with --candidate-src DIR, once more importing `retrainer` from DIR, e.g. a
-               patched copy of src/);
+               mlflow's, so that load drift hits every arm alike (with --candidate-src DIR, once more importing
+               `retrainer` from DIR, e.g. a patched copy of src/);
   mlflow       `mlflow models serve -m models:/<name>/1 --env-manager local -w 1`: ready *feature* records in
                (`{"dataframe_records": [...]}`), since the MLflow model is the bare pipeline; it runs throughout
                and is measured in the same rotating blocks as the service's two arms.

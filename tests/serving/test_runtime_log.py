@@ -66,7 +66,7 @@ def test_a_failed_log_write_keeps_the_answered_rows_in_the_dead_letter_file(
     assert FEATURES_TABLE in kept["error"]
     assert [row["id"] for row in kept["predictions"]] == ids
     assert [row["probability"] for row in kept["predictions"]] == [p["probability"] for p in scored.predictions]
-    assert kept["features"]["carrier"] == list(scored.features["carrier"])
+    assert kept["features"]["carrier"] == list(scored.request_log.features["carrier"])
     with pytest.raises(UnknownPrediction):  # nothing is owed any more: it fails at once
         runtime.feedback(ids[0], 1)
 

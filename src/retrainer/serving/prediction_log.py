@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,6 +21,8 @@ import pandas as pd
 
 LOG_FILE = "predictions.db"
 DEAD_LETTER_FILE = "predictions.failed.jsonl"
+QUEUE_REQUESTS = 64  # requests handed to the writer thread and not written yet, before hand_over blocks
+LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -79,6 +85,26 @@ def features_digest(record: Mapping[str, object]) -> str:
     times faster.
     """
     return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+
+
+@dataclass(frozen=True)
+class RequestLog:
+    """What one answered request owes the log: its records (for the digests), model-input features and answers."""
+
+    records: Sequence[Mapping[str, object]]
+    features: Mapping[str, np.ndarray]
+    answers: tuple[list, ...]  # ids, arms, versions, probabilities, labels: one list each, row for row
+    time: str
+    latency_ms: float
+
+    def rows(self) -> list[LoggedPrediction]:
+        """The log's rows; the input digests are computed here, off the answer's path."""
+        ids, arms, versions, probabilities, labels = self.answers
+        n = len(ids)
+        digests = [features_digest(record) for record in self.records]
+        time_, latency = repeat(self.time, n), repeat(self.latency_ms, n)
+        rows = zip(ids, time_, arms, versions, digests, probabilities, labels, latency, strict=True)
+        return list(map(LoggedPrediction._make, rows))
 
 
 def append_dead_letter(
@@ -188,3 +214,68 @@ class PredictionLog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class LogWriter:
+    """Writes answered requests to a PredictionLog, now (`write`) or from a thread of its own (`hand_over`).
+
+    Each request gets a ticket when it is scored (`owe`), so that a reader can wait for everything answered before
+    it (`wait_for_owed`). A failed write keeps the rows in the dead-letter file; the thread counts them in `failures`.
+    """
+
+    def __init__(self, log: PredictionLog, dead_letter: Path):
+        self.log, self.dead_letter = log, dead_letter
+        self.failures = 0
+        self._settled = threading.Condition()
+        self._tickets = 0
+        self._owed: set[int] = set()
+        self._queue: queue.Queue[tuple[int, RequestLog] | None] = queue.Queue(maxsize=QUEUE_REQUESTS)
+        self._thread = threading.Thread(target=self._write_queued, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def owe(self) -> int:
+        """A ticket for a request whose predictions the log does not have yet."""
+        with self._settled:
+            self._tickets += 1
+            self._owed.add(self._tickets)
+            return self._tickets
+
+    def write(self, ticket: int, request: RequestLog) -> None:
+        """Write one request in one transaction; on failure keep its rows in the dead-letter file and raise."""
+        rows = request.rows()
+        try:
+            self.log.record(rows, features=request.features)
+        except Exception as exc:
+            append_dead_letter(self.dead_letter, rows, request.features, exc)
+            raise
+        finally:
+            with self._settled:
+                self._owed.discard(ticket)
+                self._settled.notify_all()
+
+    def hand_over(self, ticket: int, request: RequestLog) -> None:
+        """Queue a request for the writer thread (blocking while QUEUE_REQUESTS are waiting)."""
+        self._queue.put((ticket, request))
+
+    def wait_for_owed(self, timeout: float) -> None:
+        """Wait until every request ticketed before now is written (or `timeout` seconds pass)."""
+        with self._settled:
+            latest = self._tickets
+            self._settled.wait_for(lambda: not any(t <= latest for t in self._owed), timeout=timeout)
+
+    def _write_queued(self) -> None:
+        while (item := self._queue.get()) is not None:
+            ticket, request = item
+            try:
+                self.write(ticket, request)
+            except Exception:
+                self.failures += len(request.answers[0])
+                LOGGER.exception(
+                    "%d predictions kept in %s instead of the log", len(request.answers[0]), self.dead_letter
+                )
+
+    def close(self) -> None:
+        """Write what is still queued, then stop the thread (the log itself stays open)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +19,9 @@ from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_so
 from retrainer.serving.prediction_log import (
     DEAD_LETTER_FILE,
     LOG_FILE,
-    LoggedPrediction,
+    LogWriter,
     PredictionLog,
-    append_dead_letter,
-    features_digest,
+    RequestLog,
     prediction_ids,
 )
 from retrainer.serving.routing import CHALLENGER, CHAMPION, RolloutState, routing_key
@@ -35,8 +31,6 @@ ROOT_ENV = "RETRAINER_ROOT"
 TOKEN_ENV = "RETRAINER_ADMIN_TOKEN"
 THREADS_ENV = "RETRAINER_SERVING_THREADS"
 FEEDBACK_WAIT_SECONDS = 10.0
-LOG_QUEUE_REQUESTS = 64
-LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 
 
 _THREAD_LIMIT = threading.local()
@@ -112,25 +106,12 @@ class ArmResult:
 
 @dataclass
 class Scored:
-    """One request's answers and what each arm did, with what the prediction log still needs from it."""
+    """One request's answers and what each arm did, with what the prediction log still needs from it (`ticket`)."""
 
     predictions: list[dict]
     arms: dict[str, ArmResult] = field(default_factory=dict)
-    records: Sequence[Mapping[str, object]] = ()
-    features: Mapping[str, np.ndarray] = field(default_factory=dict)
-    answers: tuple[list, ...] = ()  # ids, arms, versions, probabilities, labels: one list each, row for row
-    time: str = ""
-    latency_ms: float = 0.0
+    request_log: RequestLog | None = None
     ticket: int = 0
-
-    def log_rows(self) -> list[LoggedPrediction]:
-        """The prediction log's rows (the input digests are computed here, off the answer's path)."""
-        ids, arms, versions, probabilities, labels = self.answers
-        n = len(ids)
-        digests = [features_digest(record) for record in self.records]
-        time_, latency = repeat(self.time, n), repeat(self.latency_ms, n)
-        rows = zip(ids, time_, arms, versions, digests, probabilities, labels, latency, strict=True)
-        return list(map(LoggedPrediction._make, rows))
 
 
 class ServingRuntime:
@@ -148,12 +129,7 @@ class ServingRuntime:
         self.log = PredictionLog(config.home / LOG_FILE, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
-        self._log_settled = threading.Condition()
-        self._tickets = 0
-        self._owed: set[int] = set()  # tickets of scored requests whose predictions are not logged yet
-        self._log_queue: queue.Queue[Scored | None] = queue.Queue(maxsize=LOG_QUEUE_REQUESTS)
-        self._log_writer: threading.Thread | None = None
-        self.log_failures = 0  # predictions that went to the dead-letter file instead of the log
+        self.log_writer = LogWriter(self.log, config.home / DEAD_LETTER_FILE)
         self._models: dict[str, LoadedModel] = {}
         self.state = self._start_state()
 
@@ -249,69 +225,36 @@ class ServingRuntime:
             model_versions = [served[a].version for a in arms]
             thresholds = np.array([served[a].threshold for a in arms])
         labels = (proba >= thresholds).astype(int).tolist()
-        result.answers = (prediction_ids(len(records)), arms, model_versions, proba.tolist(), labels)
+        answers = (prediction_ids(len(records)), arms, model_versions, proba.tolist(), labels)
         result.predictions = [
             {"prediction_id": i, "probability": p, "label": label, "model_version": v, "arm": a}
-            for i, a, v, p, label in zip(*result.answers, strict=True)
+            for i, a, v, p, label in zip(*answers, strict=True)
         ]
-        result.records, result.features = records, columns
-        result.time = datetime.now(UTC).isoformat(timespec="milliseconds")
-        result.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        with self._log_settled:
-            self._tickets += 1
-            result.ticket = self._tickets
-            self._owed.add(result.ticket)
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        result.request_log = RequestLog(records, columns, answers, now, latency_ms)
+        result.ticket = self.log_writer.owe()
         return result
 
     def write_log(self, scored: Scored) -> None:
-        """Log a scored request's predictions and features in one transaction.
-
-        Rows that cannot be written are appended to the dead-letter file (JSON lines, with the error), then the error
-        is raised: a failed write loses nothing.
-        """
-        rows = scored.log_rows()
-        try:
-            self.log.record(rows, features=scored.features)
-        except Exception as exc:
-            append_dead_letter(self.config.home / DEAD_LETTER_FILE, rows, scored.features, exc)
-            raise
-        finally:
-            with self._log_settled:
-                self._owed.discard(scored.ticket)
-                self._log_settled.notify_all()
+        """Log a scored request's predictions and features now, in one transaction (see `LogWriter.write`)."""
+        self.log_writer.write(scored.ticket, scored.request_log)
 
     def log_later(self, scored: Scored) -> None:
-        """Hand a scored request to the log writer thread (blocking while LOG_QUEUE_REQUESTS are waiting).
+        """Hand a scored request to the log's writer thread, which commits while the next request is scored."""
+        self.log_writer.hand_over(scored.ticket, scored.request_log)
 
-        The writer commits while the next request is being scored: SQLite releases the GIL as it writes.
-        """
-        if self._log_writer is None:
-            self._log_writer = threading.Thread(target=self._write_queued, name="prediction-log", daemon=True)
-            self._log_writer.start()
-        self._log_queue.put(scored)
-
-    def _write_queued(self) -> None:
-        while (scored := self._log_queue.get()) is not None:
-            try:
-                self.write_log(scored)
-            except Exception:
-                self.log_failures += len(scored.predictions)
-                LOGGER.exception(
-                    "%d predictions could not be logged; kept in %s", len(scored.predictions), DEAD_LETTER_FILE
-                )
-
-    def _wait_for_owed_log(self, timeout: float) -> None:
-        """Wait until every request scored before now is logged (or `timeout` seconds pass)."""
-        with self._log_settled:
-            latest = self._tickets
-            self._log_settled.wait_for(lambda: not any(t <= latest for t in self._owed), timeout=timeout)
+    @property
+    def log_failures(self) -> int:
+        """Answered predictions the writer thread could not log (kept in the dead-letter file)."""
+        return self.log_writer.failures
 
     def feedback(self, prediction_id: str, label: int) -> None:
         """Record the observed label of a logged prediction (one answered a moment ago may still be on its way)."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
         if self.log.record_feedback(prediction_id, label, now):
             return
-        self._wait_for_owed_log(timeout=FEEDBACK_WAIT_SECONDS)
+        self.log_writer.wait_for_owed(timeout=FEEDBACK_WAIT_SECONDS)
         if not self.log.record_feedback(prediction_id, label, now):
             raise UnknownPrediction(prediction_id)
 
@@ -364,8 +307,5 @@ class ServingRuntime:
 
     def close(self) -> None:
         """Write what is still queued for the log, then close it."""
-        if self._log_writer is not None:
-            self._log_queue.put(None)
-            self._log_writer.join()
-            self._log_writer = None
+        self.log_writer.close()
         self.log.close()

@@ -103,7 +103,7 @@ class RetrainerService:
         from retrainer.serving.runtime import ScoringError
 
         try:
-            scored = self.runtime.score(records)  # validated dicts: times are datetimes
+            scored = self.runtime.score(records)  # the validated records, as plain dicts
         except ScoringError as exc:
             ERRORS.labels(arm=exc.arm).inc()
             raise
