@@ -13,28 +13,23 @@ from retrainer.config import Params
 from retrainer.io.project import pseudonymisation_key
 from retrainer.serving.features import FeatureBuilder
 from retrainer.serving.schema import PredictRequest, json_records
-from retrainer.steps.ingest import integrate, join_references, parse_time_column, pseudonymise
+from retrainer.steps.ingest import join_references, parse_time_column, pseudonymise
 
 
-def test_serving_features_match_the_training_ingest(
+def test_serving_features_match_the_training_ingest_pseudonyms_included(
     params: Params, seed_flights: pd.DataFrame, references: dict[str, pd.DataFrame]
 ):
-    records = raw_records(seed_flights, 400, outcomes=True)
-    served = FeatureBuilder(params, references).integrate(json_records(records))
-    raw = seed_flights.loc[seed_flights["month"] == 2].iloc[:400].reset_index(drop=True)
-    trained, _ = integrate(raw, references, params.data, pseudonymisation_key())
-    keys = ["carrier", "flight", "time_hour"]
-    merged = trained.merge(served, on=keys, suffixes=("_train", "_serve"), validate="one_to_one")
-    assert len(merged) == len(trained) > 350
-    for column in [*params.features.all, "tailnum"]:
-        if column in keys:
-            continue
-        left, right = merged[f"{column}_train"], merged[f"{column}_serve"]
-        if column in params.features.categorical or column == "tailnum":
-            assert (left.fillna("<NA>").astype(str) == right.fillna("<NA>").astype(str)).all(), column
-        else:
-            pd.testing.assert_series_equal(left.astype(float), right.astype(float), check_names=False, obj=column)
-    assert merged["temp_serve"].notna().mean() > 0.9, "the weather join should match most flights"
+    """Records through the request schema, with the tail number (an identifier) made a feature too."""
+    categorical = (*params.features.categorical, "tailnum")
+    with_tailnum = params.model_copy(
+        update={"features": params.features.model_copy(update={"categorical": categorical})}
+    )
+    records = json_records(raw_records(seed_flights, 400, outcomes=True))
+    served = FeatureBuilder(with_tailnum, references).transform(records)
+    expected = _ingested(records, references, params)[with_tailnum.features.all]
+    pd.testing.assert_frame_equal(served, expected.astype(dict.fromkeys(params.features.numeric, "float64")))
+    assert served["temp"].notna().mean() > 0.9, "the weather join should match most flights"
+    assert served["tailnum"].notna().mean() > 0.9
     assert not served["tailnum"].dropna().str.startswith("N").any(), "tail numbers are pseudonymised"
 
 
@@ -86,14 +81,12 @@ def test_lookup_joins_equal_the_ingest_merges_exactly(
     tables = _with_duplicate_and_null_keys(params, references)
     builder = FeatureBuilder(params, tables)
     expected = _ingested(records, tables, params)
-    pd.testing.assert_frame_equal(builder.integrate(records), expected)
-    # the model's frame, built from the fast per-column path: the same values, numbers as float64
+    # the model's frame, built per column from the records: the same values, numbers as float64
     numbers_as_float = dict.fromkeys(params.features.numeric, "float64")
     pd.testing.assert_frame_equal(builder.transform(records), expected[params.features.all].astype(numbers_as_float))
     assert expected["seats"].isna().sum() > 400 and expected["temp"].isna().sum() > 200, "unmatched rows are tested"
     assert (expected["seats"] == -1).sum() == 0, "the first row of a repeated key wins"
-    for record in records[:40]:  # one-record requests: integer columns stay integers when every key matches
-        pd.testing.assert_frame_equal(builder.integrate([record]), _ingested([record], tables, params))
+    for record in records[:40]:  # one-record requests
         pd.testing.assert_frame_equal(
             builder.transform([record]),
             _ingested([record], tables, params)[params.features.all].astype(numbers_as_float),
@@ -105,7 +98,7 @@ def test_every_way_of_writing_the_time_joins_the_same_weather(params: Params, se
     record = raw_records(seed_flights, 1, start=500)[0]
     instant = pd.Timestamp(record["time_hour"])
     builder = FeatureBuilder(params, references)
-    expected = builder.integrate([record])[params.features.all]
+    expected = builder.transform([record])
     assert expected["temp"].notna().all(), "the chosen flight has weather"
     for written in (
         instant.isoformat(),

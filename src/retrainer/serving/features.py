@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pandas.api.extensions import ExtensionArray, take
 
 from retrainer.config import Params, Reference
 from retrainer.io.project import pseudonymisation_key
@@ -98,10 +97,6 @@ def column_values(records: Sequence[Mapping[str, object]], name: str) -> list:
     return [record.get(name) for record in records]
 
 
-def _values(column: pd.Series) -> np.ndarray | ExtensionArray:
-    return column.to_numpy() if isinstance(column.dtype, np.dtype) else column.array
-
-
 def _object_array(values: Sequence[object]) -> np.ndarray:
     """Category values as an object array, every kind of missing as None."""
     out = np.empty(len(values), dtype=object)
@@ -124,12 +119,10 @@ class ReferenceLookup:
         rows = reference_rows(table, ref)
         self.join_on = list(ref.join_on)
         self.time_column = time_column
-        # Plain numpy arrays where the dtype allows: taking from them skips the extension-array dispatch.
-        self.columns = {name: _values(rows[name]) for name in ref.columns.values()}
         keys = zip(*(key_values(rows[c]) for c in self.join_on), strict=True)
         self._positions = {key: position for position, key in enumerate(keys)}  # unique: the rows are deduplicated
-        # The same columns as model inputs: float64 with NaN where numeric, else objects with None.
-        self._inputs = {
+        # The reference's columns as model inputs: float64 with NaN where numeric, else objects with None.
+        self.columns = {
             name: (
                 rows[name].to_numpy(dtype=np.float64, na_value=np.nan)
                 if pd.api.types.is_numeric_dtype(rows[name].dtype)
@@ -138,14 +131,11 @@ class ReferenceLookup:
             for name in ref.columns.values()
         }
 
-    def positions(self, columns: Mapping[str, object], rows: int) -> np.ndarray:
-        """The reference row each of `rows` rows joins, -1 where none matches."""
-        get = self._positions.get
-        keys = zip(*(key_values(pd.Series(columns[c], copy=False)) for c in self.join_on), strict=True)
-        return np.fromiter((get(key, -1) for key in keys), dtype=np.intp, count=rows)
+    def positions(self, records: Sequence[Mapping[str, object]]) -> np.ndarray:
+        """The reference row each record joins, -1 where none matches (a left join, as ingest's merge).
 
-    def record_positions(self, records: Sequence[Mapping[str, object]]) -> np.ndarray:
-        """`positions` straight from records: the time key as UTC nanoseconds, any missing value as None."""
+        Keys compare as `key_values` gives them: the time key as UTC nanoseconds, any missing value as None.
+        """
         get = self._positions.get
         parts = [
             instant_keys(column_values(records, c))
@@ -155,16 +145,12 @@ class ReferenceLookup:
         ]
         return np.fromiter((get(key, -1) for key in zip(*parts, strict=True)), dtype=np.intp, count=len(records))
 
-    def take_input(self, name: str, positions: np.ndarray) -> np.ndarray:
+    def take(self, name: str, positions: np.ndarray) -> np.ndarray:
         """One reference column as a model input for those rows: NaN (numbers) or None where -1."""
-        values = self._inputs[name]
+        values = self.columns[name]
         out = values[positions] if len(values) else np.empty(len(positions), dtype=values.dtype)
         out[positions < 0] = np.nan if out.dtype == np.float64 else None
         return out
-
-    def take(self, positions: np.ndarray) -> dict[str, object]:
-        """The reference columns for those rows; missing where -1 (integers widen to float, as a merge does)."""
-        return {name: take(values, positions, allow_fill=True) for name, values in self.columns.items()}
 
 
 class FeatureBuilder:
@@ -197,7 +183,7 @@ class FeatureBuilder:
             clash = sorted(set(lookup.columns) & present)
             if clash:
                 raise KeyError(f"reference columns {clash} would shadow columns of the records")
-            positions = lookup.record_positions(records)
+            positions = lookup.positions(records)
             joined.update({name: (lookup, positions) for name in lookup.columns})
         missing = [c for c in self._columns if c not in joined and c not in present]
         if missing:
@@ -206,7 +192,7 @@ class FeatureBuilder:
         for name in self._columns:
             if name in joined:
                 lookup, positions = joined[name]
-                out[name] = lookup.take_input(name, positions)
+                out[name] = lookup.take(name, positions)
                 continue
             values = column_values(records, name)
             if name in self._data.identifiers:
@@ -225,24 +211,3 @@ class FeatureBuilder:
     def transform(self, records: Sequence[Mapping[str, object]]) -> pd.DataFrame:
         """Raw records -> the model's feature frame; a left join keeps one row per record, in order."""
         return self.frame(self.columns(records))
-
-    def integrate(self, records: Sequence[Mapping[str, object]]) -> pd.DataFrame:
-        """Raw records -> every column ingest would give them (joined, pseudonymised), in the order received."""
-        frame = parse_time_column(pd.DataFrame.from_records(list(records)), self._data.time_column)
-        columns: dict[str, object] = {name: frame[name].array for name in frame.columns}
-        for lookup in self._lookups:
-            joined = lookup.take(lookup.positions(columns, len(frame)))
-            clash = sorted(set(joined) & set(columns))
-            if clash:
-                raise KeyError(f"reference columns {clash} would shadow columns of the records")
-            columns.update(joined)
-        for name in self._data.identifiers:
-            if name in columns:
-                columns[name] = self._pseudonymised(pd.Series(columns[name], copy=False))
-        return pd.DataFrame(columns, copy=False)
-
-    def _pseudonymised(self, values: pd.Series) -> ExtensionArray:
-        """Identifier values replaced by their pseudonyms (each distinct value hashed once per process); nulls stay."""
-        missing = values.isna().to_numpy()
-        hashed = [None if gone else self._pseudonym(v) for v, gone in zip(values.tolist(), missing, strict=True)]
-        return pd.array(hashed, dtype="str")
