@@ -44,14 +44,19 @@ def key_values(column: pd.Series) -> list:
 _PRESENT_TYPES = (str, int, bool)
 
 
-def _missing(value: object) -> bool:
-    """None, NaN, NaT and pd.NA: what pandas counts as missing in a record (plain types answered first)."""
+def is_missing(value: object) -> bool:
+    """None, pd.NA and every NaN-like scalar (NaN, NaT): what pandas counts as missing (plain types answered first)."""
     kind = type(value)
     if kind in _PRESENT_TYPES:
         return False
     if kind is float:
         return value != value
-    return value is None or bool(pd.isna(value))
+    if value is None or value is pd.NA:
+        return True
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError):  # e.g. a container: not a missing scalar
+        return False
 
 
 def instant_keys(values: Sequence[object]) -> list:
@@ -70,7 +75,7 @@ def instant_keys(values: Sequence[object]) -> list:
                 keys.append(parsed[value])
             elif isinstance(value, datetime):
                 keys.append(_datetime_key(value))
-            elif _missing(value):
+            elif is_missing(value):
                 keys.append(None)
             else:
                 raise TypeError(f"{type(value).__name__} is not a time")
@@ -100,16 +105,16 @@ def column_values(records: Sequence[Mapping[str, object]], name: str) -> list:
 def _object_array(values: Sequence[object]) -> np.ndarray:
     """Category values as an object array, every kind of missing as None."""
     out = np.empty(len(values), dtype=object)
-    out[:] = values if all(type(v) is str for v in values) else [None if _missing(v) else v for v in values]
+    out[:] = values if all(type(v) is str for v in values) else [None if is_missing(v) else v for v in values]
     return out
 
 
-def _float_array(values: Sequence[object]) -> np.ndarray:
+def float_array(values: Sequence[object]) -> np.ndarray:
     """Numbers as float64, every kind of missing as NaN."""
     try:
         return np.array(values, dtype=np.float64)  # None becomes NaN
     except (TypeError, ValueError):
-        return np.array([np.nan if _missing(v) else v for v in values], dtype=np.float64)
+        return np.array([np.nan if is_missing(v) else v for v in values], dtype=np.float64)
 
 
 class ReferenceLookup:
@@ -140,7 +145,7 @@ class ReferenceLookup:
         parts = [
             instant_keys(column_values(records, c))
             if c == self.time_column
-            else [None if _missing(v) else v for v in column_values(records, c)]
+            else [None if is_missing(v) else v for v in column_values(records, c)]
             for c in self.join_on
         ]
         return np.fromiter((get(key, -1) for key in zip(*parts, strict=True)), dtype=np.intp, count=len(records))
@@ -196,8 +201,8 @@ class FeatureBuilder:
                 continue
             values = column_values(records, name)
             if name in self._data.identifiers:
-                values = [None if _missing(v) else self._pseudonym(v) for v in values]
-            out[name] = _float_array(values) if name in self._numeric else _object_array(values)
+                values = [None if is_missing(v) else self._pseudonym(v) for v in values]
+            out[name] = float_array(values) if name in self._numeric else _object_array(values)
         return out
 
     def frame(self, columns: Mapping[str, np.ndarray]) -> pd.DataFrame:

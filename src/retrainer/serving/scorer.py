@@ -33,6 +33,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.utils import check_array
 
+from retrainer.serving.features import float_array, is_missing
+
 PROBE_MIN_ROWS = 256
 PROBE_SPREAD = np.linspace(-4.0, 4.0, 33)  # numeric probe values: centre + spread * width
 UNSEEN = "__unseen__"
@@ -44,16 +46,6 @@ PATH_ESTIMATOR = "estimator"  # the fitted estimator's public predict_proba on t
 
 class _Unsupported(Exception):
     """A fitted structure or parameter the compiler does not implement (compile_pipeline then returns None)."""
-
-
-def _is_missing(value: object) -> bool:
-    """None, pd.NA and every NaN-like scalar count as a missing value."""
-    if value is None or value is pd.NA:
-        return True
-    try:
-        return bool(value != value)
-    except (TypeError, ValueError):
-        return False
 
 
 class _Codes(dict):
@@ -69,7 +61,7 @@ class _Codes(dict):
         self.update({None: missing, pd.NA: missing, np.nan: missing})
 
     def __missing__(self, value: object) -> float:
-        return self.missing if _is_missing(value) else self.unseen
+        return self.missing if is_missing(value) else self.unseen
 
     def known(self) -> list[str]:
         """The categories the column was fitted with."""
@@ -160,10 +152,7 @@ def _as_floats(values: object) -> np.ndarray:
         return values
     if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):
         return values.to_numpy(dtype=np.float64, na_value=np.nan)
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except TypeError:
-        return np.array([np.nan if _is_missing(v) else v for v in values], dtype=np.float64)
+    return float_array(values)
 
 
 class _EstimatorHead:
@@ -397,7 +386,7 @@ def _imputer_statistics(imputer: SimpleImputer, columns: list[str]) -> tuple[lis
     statistics = statistics.astype(getattr(imputer, "_fill_dtype", statistics.dtype), copy=False)
     if imputer.keep_empty_features:
         return columns, statistics
-    keep = [i for i, value in enumerate(statistics) if not _is_missing(value)]
+    keep = [i for i, value in enumerate(statistics) if not is_missing(value)]
     return [columns[i] for i in keep], statistics[keep]
 
 
@@ -569,7 +558,7 @@ class _InnerCodes:
     unknown: float
 
     def __call__(self, value: float) -> float:
-        if _is_missing(value):
+        if is_missing(value):
             return self.missing
         return self.codes.get(float(value), self.unknown)
 
