@@ -5,7 +5,7 @@ asserts nothing about time).
 
 Set-up (not timed): a real pipeline fitted on January-February flights (the newest fifth held out) is registered
 in a temporary MLflow store with its reference profile; 1,000,000 predictions are written through the prediction
-log (the serving write path, 10,000 rows a transaction) from real 2013 flights drawn with replacement, scored by
+log (the serving write path, as 10,000-prediction requests) from real 2013 flights drawn with replacement, scored by
 that model.
 The pass runs in a child process: its wall seconds are timed inside the child around `run_monitor_pass` alone, and
 its peak memory is the child's peak resident set size (VmHWM in /proc/self/status, which a new program image
@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ def build_home(home: Path, params) -> None:
     from retrainer.io import registry
     from retrainer.io.monitoring import register_with_profile
     from retrainer.io.project import pseudonymisation_key
-    from retrainer.serving.prediction_log import LOG_FILE, LoggedPrediction, PredictionLog
+    from retrainer.serving.prediction_log import LOG_FILE, PredictionLog, RequestLog, new_request_key
     from retrainer.steps.ingest import integrate
     from retrainer.steps.split import split_by_time
     from retrainer.steps.train import build_pipeline
@@ -69,15 +68,20 @@ def build_home(home: Path, params) -> None:
     for first in range(0, ROWS, WRITE_CHUNK):
         part = slice(first, first + WRITE_CHUNK)
         stamp = (now - pd.Timedelta(seconds=ROWS - first)).isoformat(timespec="milliseconds")
-        ids = [str(uuid.uuid4()) for _ in range(len(served_proba[part]))]
-        log.record(
-            [
-                LoggedPrediction(i, stamp, "champion", "1", "-", float(p), int(p >= 0.5), 5.0)
-                for i, p in zip(ids, served_proba[part], strict=True)
-            ],
-            features=served.iloc[part][features],
+        rows, chunk_proba = served.iloc[part], served_proba[part].tolist()
+        request = RequestLog(
+            key=new_request_key(),
+            time=stamp,
+            latency_ms=5.0,
+            versions={"champion": "1"},
+            arms=["champion"] * len(chunk_proba),
+            probabilities=chunk_proba,
+            labels=[int(p >= 0.5) for p in chunk_proba],
+            records=rows.to_dict("records"),
+            features=rows[features],
         )
-        for i, y, keep in zip(ids, served[label].iloc[part], labelled[part], strict=True):
+        log.record(request)
+        for i, y, keep in zip(request.ids, rows[label], labelled[part], strict=True):
             if keep:
                 log.record_feedback(i, int(y), stamp)
     log.close()

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from retrainer.io.monitoring import read_window
-from retrainer.serving.prediction_log import FEATURES_TABLE, LoggedPrediction, PredictionLog
+from retrainer.serving.prediction_log import PredictionLog, RequestLog, new_request_key
+from retrainer.serving.replay import read_arm
 
 NUMERIC, CATEGORICAL = ("temp", "plane_year"), ("carrier",)
 
 
-def _rows(start: int, n: int, version: str, time: str) -> list[LoggedPrediction]:
-    return [
-        LoggedPrediction(f"id-{i}", time, "champion", version, "digest", i / 100, int(i % 2), 1.0)
-        for i in range(start, start + n)
-    ]
+def _request(start: int, n: int, version: str, time: str, features: pd.DataFrame | None = None) -> RequestLog:
+    """Predictions start..start+n-1 of one request by `version` (as champion), with probability i / 100."""
+    return RequestLog(
+        key=new_request_key(),
+        time=time,
+        latency_ms=1.0,
+        versions={"champion": version},
+        arms=["champion"] * n,
+        probabilities=[i / 100 for i in range(start, start + n)],
+        labels=[i % 2 for i in range(start, start + n)],
+        records=[{"i": i} for i in range(start, start + n)],
+        features=features,
+    )
 
 
 def _features(start: int, n: int) -> pd.DataFrame:
@@ -40,8 +47,9 @@ def log(tmp_path):
 
 
 def test_features_are_written_with_their_predictions_and_read_back_typed(log, tmp_path):
-    log.record(_rows(0, 6, "1", "2013-03-01T10:00:00.000+00:00"), features=_features(0, 6))
-    log.record_feedback("id-4", 1, "2013-03-02T00:00:00+00:00")
+    request = _request(0, 6, "1", "2013-03-01T10:00:00.000+00:00", _features(0, 6))
+    log.record(request)
+    log.record_feedback(request.ids[4], 1, "2013-03-02T00:00:00+00:00")
 
     window = read_window(tmp_path / "predictions.db", "1", "2013-03-01", 100, NUMERIC, CATEGORICAL)
     frame = window.features.sort_values("temp").reset_index(drop=True)
@@ -58,18 +66,10 @@ def test_features_are_written_with_their_predictions_and_read_back_typed(log, tm
     assert window.labels.tolist() == [1] and window.labelled_proba.tolist() == [0.04]
 
 
-def test_a_failing_feature_insert_rolls_back_the_predictions_too(log, tmp_path):
-    with pytest.raises(ValueError):
-        log.record(_rows(0, 3, "1", "2013-03-01T10:00:00.000+00:00"), features=_features(0, 2))
-    with sqlite3.connect(tmp_path / "predictions.db") as db:
-        assert db.execute("SELECT COUNT(*) FROM predictions").fetchone() == (0,)
-        assert db.execute(f"SELECT COUNT(*) FROM {FEATURES_TABLE}").fetchone() == (0,)
-
-
 def test_the_window_keeps_one_version_after_a_time_and_only_the_newest_rows(log, tmp_path):
-    log.record(_rows(0, 4, "1", "2013-03-01T10:00:00.000+00:00"), features=_features(0, 4))
-    log.record(_rows(4, 4, "1", "2013-03-02T10:00:00.000+00:00"), features=_features(4, 4))
-    log.record(_rows(8, 4, "2", "2013-03-03T10:00:00.000+00:00"), features=_features(8, 4))
+    log.record(_request(0, 4, "1", "2013-03-01T10:00:00.000+00:00", _features(0, 4)))
+    log.record(_request(4, 4, "1", "2013-03-02T10:00:00.000+00:00", _features(4, 4)))
+    log.record(_request(8, 4, "2", "2013-03-03T10:00:00.000+00:00", _features(8, 4)))
     path = tmp_path / "predictions.db"
 
     newest = read_window(path, "1", "2013-03-01", 4, NUMERIC, CATEGORICAL)
@@ -84,7 +84,7 @@ def test_the_window_keeps_one_version_after_a_time_and_only_the_newest_rows(log,
 
 def test_a_log_from_before_feature_logging_reads_as_no_features(tmp_path):
     old = PredictionLog(tmp_path / "predictions.db")
-    old.record(_rows(0, 2, "1", "2013-03-01T10:00:00.000+00:00"))
+    old.record(_request(0, 2, "1", "2013-03-01T10:00:00.000+00:00"))
     old.close()
     window = read_window(tmp_path / "predictions.db", "1", "", 100, NUMERIC, CATEGORICAL)
     assert len(window.proba) == 2 and window.features.empty
@@ -93,7 +93,44 @@ def test_a_log_from_before_feature_logging_reads_as_no_features(tmp_path):
 def test_a_feature_added_to_params_becomes_a_new_column(tmp_path):
     PredictionLog(tmp_path / "predictions.db", ("temp",), ()).close()
     log = PredictionLog(tmp_path / "predictions.db", NUMERIC, CATEGORICAL)
-    log.record(_rows(0, 2, "1", "2013-03-01T10:00:00.000+00:00"), features=_features(0, 2))
+    log.record(_request(0, 2, "1", "2013-03-01T10:00:00.000+00:00", _features(0, 2)))
     log.close()
     window = read_window(tmp_path / "predictions.db", "1", "", 100, NUMERIC, CATEGORICAL)
     assert list(window.features.columns) == [*NUMERIC, *CATEGORICAL]
+
+
+def test_a_split_request_is_read_row_by_row_by_the_version_and_arm_that_served_each(log, tmp_path):
+    arms = ["champion", "challenger", "challenger", "champion", "challenger"]
+    split = RequestLog(
+        key=new_request_key(),
+        time="2013-03-05T10:00:00.000+00:00",
+        latency_ms=2.0,
+        versions={"champion": "1", "challenger": "2"},
+        arms=arms,
+        probabilities=[0.0, 0.1, 0.2, 0.3, 0.4],
+        labels=[0, 0, 0, 1, 1],
+        records=[{"i": i} for i in range(5)],
+        features=_features(0, 5),
+    )
+    log.record(split)
+    for position, label in [(0, 1), (2, 0), (4, 1)]:
+        log.record_feedback(split.ids[position], label, "2013-03-06T00:00:00+00:00")
+    path = tmp_path / "predictions.db"
+
+    challenger = read_window(path, "2", "", 100, NUMERIC, CATEGORICAL)
+    assert challenger.proba.tolist() == [0.1, 0.2, 0.4]
+    assert challenger.features["temp"].tolist() == [1.0, 2.0, 4.0]
+    assert challenger.labelled_proba.tolist() == [0.2, 0.4] and challenger.labels.tolist() == [0, 1]
+    newest_two = read_window(path, "2", "", 2, NUMERIC, CATEGORICAL)
+    assert newest_two.proba.tolist() == [0.1, 0.2] and newest_two.labels.tolist() == [0]
+
+    champion = read_arm(path, "champion", "1", "2013-03-05")
+    assert champion.probabilities == [0.0, 0.3] and champion.latencies_ms == [2.0, 2.0]
+    assert champion.feedback_labels == [1] and champion.feedback_probabilities == [0.0]
+    assert read_arm(path, "champion", "2", "").probabilities == [], "v2 never served as champion"
+    assert read_arm(path, "challenger", "2", "", until="2013-03-05").probabilities == []
+
+
+def test_reading_a_log_that_does_not_exist_yet_gives_no_rows(tmp_path):
+    assert len(read_window(tmp_path / "none.db", "1", "", 100, NUMERIC, CATEGORICAL).proba) == 0
+    assert read_arm(tmp_path / "none.db", "champion", "1", "").probabilities == []

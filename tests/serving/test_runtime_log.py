@@ -13,10 +13,18 @@ import pytest
 from conftest import ROOT, Registry, raw_records
 
 from retrainer.config import Params
-from retrainer.serving.prediction_log import DEAD_LETTER_FILE, FEATURES_TABLE, LOG_FILE
+from retrainer.serving.prediction_log import DEAD_LETTER_FILE, LOG_FILE, prediction_ids
 from retrainer.serving.runtime import ServingConfig, ServingRuntime, UnknownPrediction
 
 pytestmark = pytest.mark.integration
+
+
+REFUSED = "the log refuses writes"
+
+
+def _refuse_inserts(log_file: Path) -> None:
+    with sqlite3.connect(log_file) as other:
+        other.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON requests BEGIN SELECT RAISE(ABORT, '{REFUSED}'); END")
 
 
 @pytest.fixture
@@ -53,20 +61,20 @@ def test_feedback_for_an_unknown_prediction_fails_without_waiting(runtime):
 def test_a_failed_log_write_keeps_the_answered_rows_in_the_dead_letter_file(
     runtime, seed_flights: pd.DataFrame, tmp_path: Path
 ):
-    """A real fault: another connection drops the features table, so the runtime's insert fails."""
-    with sqlite3.connect(tmp_path / LOG_FILE) as other:
-        other.execute(f"DROP TABLE {FEATURES_TABLE}")
+    """A real fault: another connection adds a trigger that aborts every insert, so the runtime's write fails."""
+    _refuse_inserts(tmp_path / LOG_FILE)
     scored = runtime.score(raw_records(seed_flights, 4))
-    with pytest.raises(sqlite3.OperationalError, match=FEATURES_TABLE):
+    with pytest.raises(sqlite3.IntegrityError, match=REFUSED):
         runtime.write_log(scored)
     ids = [p["prediction_id"] for p in scored.predictions]
-    assert all(runtime.log.get(i) is None for i in ids), "the transaction was rolled back as a whole"
     (line,) = (tmp_path / DEAD_LETTER_FILE).read_text().splitlines()
     kept = json.loads(line)
-    assert FEATURES_TABLE in kept["error"]
-    assert [row["id"] for row in kept["predictions"]] == ids
-    assert [row["probability"] for row in kept["predictions"]] == [p["probability"] for p in scored.predictions]
-    assert kept["features"]["carrier"] == list(scored.request_log.features["carrier"])
+    assert REFUSED in kept["error"]
+    request = kept["request"]
+    assert prediction_ids(request["key"], len(request["arm"])) == ids
+    assert request["probability"] == [p["probability"] for p in scored.predictions]
+    assert request["versions"] == {"champion": "1"} and len(request["features_digest"]) == 4
+    assert request["features"]["carrier"] == list(scored.request_log.features["carrier"])
     with pytest.raises(UnknownPrediction):  # nothing is owed any more: it fails at once
         runtime.feedback(ids[0], 1)
 
@@ -78,11 +86,10 @@ def test_the_log_thread_writes_queued_requests_and_counts_what_it_could_not(
     runtime.log_later(first)
     runtime.feedback(first.predictions[-1]["prediction_id"], 0)  # waits for the thread's write
     assert all(runtime.log.get(p["prediction_id"]) for p in first.predictions)
-    with sqlite3.connect(tmp_path / LOG_FILE) as other:  # a real fault, as above
-        other.execute(f"DROP TABLE {FEATURES_TABLE}")
+    _refuse_inserts(tmp_path / LOG_FILE)  # a real fault, as above
     second = runtime.score(raw_records(seed_flights, 2, start=10))
     runtime.log_later(second)
     runtime.close()  # writes what is queued, then stops the thread
     assert runtime.log_failures == 2
-    kept = json.loads((tmp_path / DEAD_LETTER_FILE).read_text())
-    assert [row["id"] for row in kept["predictions"]] == [p["prediction_id"] for p in second.predictions]
+    kept = json.loads((tmp_path / DEAD_LETTER_FILE).read_text())["request"]
+    assert prediction_ids(kept["key"], 2) == [p["prediction_id"] for p in second.predictions]

@@ -129,7 +129,7 @@ def test_feedback_for_known_and_unknown_predictions(
             (prediction["prediction_id"],),
         ).fetchone()
         observed = db.execute(
-            "SELECT label FROM feedback WHERE prediction_id = ?", (prediction["prediction_id"],)
+            "SELECT feedback_label FROM predictions WHERE id = ?", (prediction["prediction_id"],)
         ).fetchone()
     assert logged == ("champion", "1", 64, prediction["label"])
     assert observed == (1,)
@@ -202,8 +202,9 @@ def test_a_stopped_service_has_logged_every_prediction_it_answered(
             db.execute("CREATE TEMP TABLE answered (id TEXT PRIMARY KEY)")
             db.executemany("INSERT INTO answered VALUES (?)", [(i,) for i in answered])
             logged = db.execute("SELECT COUNT(*) FROM answered JOIN predictions USING (id)").fetchone()[0]
-            with_features = db.execute(
-                "SELECT COUNT(*) FROM answered a JOIN prediction_features f ON f.prediction_id = a.id"
+            with_features = db.execute(  # each answered id's request holds one row of features per prediction
+                "SELECT COUNT(*) FROM answered a JOIN requests r ON r.key = substr(a.id, 1, 30) "
+                "WHERE json_array_length(r.features, '$.month') = r.rows"
             ).fetchone()[0]
     finally:
         server.start()

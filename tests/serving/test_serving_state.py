@@ -5,13 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from retrainer.serving.prediction_log import LoggedPrediction, PredictionLog, features_digest, prediction_ids
+from retrainer.serving.prediction_log import (
+    LoggedPrediction,
+    LogLayoutError,
+    PredictionLog,
+    RequestLog,
+    features_digest,
+    new_request_key,
+    prediction_ids,
+)
 from retrainer.serving.routing import RolloutState
 from retrainer.serving.state import load_state, save_state, state_path
 
@@ -50,30 +59,75 @@ def test_a_corrupt_state_file_is_an_error_naming_the_file(tmp_path: Path):
         load_state(path)
 
 
-def _row(pid: str, arm: str = "champion") -> LoggedPrediction:
-    return LoggedPrediction(pid, "2026-01-01T00:00:00", arm, "1", features_digest({"a": 1}), 0.7, 1, 3.5)
+def _request(arms: list[str], key: str | None = None) -> RequestLog:
+    n = len(arms)
+    return RequestLog(
+        key=key or new_request_key(),
+        time="2026-01-01T00:00:00.000+00:00",
+        latency_ms=3.5,
+        versions={"champion": "1", "challenger": "2"},
+        arms=arms,
+        probabilities=[0.1 * (i + 1) for i in range(n)],
+        labels=[i % 2 for i in range(n)],
+        records=[{"a": i} for i in range(n)],
+    )
 
 
 def test_prediction_log_records_predictions_and_feedback(tmp_path: Path):
     log = PredictionLog(tmp_path / "predictions.db")
-    assert log.record([_row("p1"), _row("p2", "challenger"), _row("p3", "challenger")]) == 3
-    assert log.get("p2") == _row("p2", "challenger")
-    assert log.count_by_arm() == {"champion": 1, "challenger": 2}
-    assert log.record_feedback("p1", 0, "2026-01-02T00:00:00") is True
-    assert log.record_feedback("p1", 1, "2026-01-03T00:00:00") is True
-    assert log.feedback_label("p1") == 1
-    assert log.record_feedback("missing", 1, "2026-01-02T00:00:00") is False
-    assert log.feedback_label("missing") is None
+    request = _request(["champion", "challenger", "challenger"])
+    assert log.record(request) == 3
+    p1, p2, p3 = request.ids
+    assert log.get(p2) == LoggedPrediction(p2, request.time, "challenger", "2", features_digest({"a": 1}), 0.2, 1, 3.5)
+    assert log.get(p3).probability == pytest.approx(0.3) and log.get(p1).model_version == "1"
+    assert log.record_feedback(p1, 0, "2026-01-02T00:00:00") is True
+    assert log.record_feedback(p1, 1, "2026-01-03T00:00:00") is True
+    assert log.feedback_label(p1) == 1
+    beyond = request.key + "000003"  # the request's key, but a position it does not have
+    for unknown in ("missing", beyond, new_request_key() + "000000"):
+        assert log.record_feedback(unknown, 1, "2026-01-02T00:00:00") is False
+        assert log.feedback_label(unknown) is None and log.get(unknown) is None
     log.close()
 
 
-def test_a_duplicate_prediction_id_writes_nothing_from_that_batch(tmp_path: Path):
+def test_the_predictions_view_lists_one_row_per_prediction_with_its_feedback(tmp_path: Path):
     log = PredictionLog(tmp_path / "predictions.db")
-    log.record([_row("p1")])
-    with pytest.raises(Exception, match="UNIQUE"):
-        log.record([_row("p9"), _row("p1")])
-    assert log.get("p9") is None
+    request = _request(["champion", "challenger"])
+    log.record(request)
+    log.record_feedback(request.ids[1], 1, "2026-01-02T00:00:00")
     log.close()
+    with sqlite3.connect(tmp_path / "predictions.db") as db:
+        rows = db.execute(
+            "SELECT id, arm, model_version, probability, label, feedback_label FROM predictions"
+        ).fetchall()
+    assert rows == [(request.ids[0], "champion", "1", 0.1, 0, None), (request.ids[1], "challenger", "2", 0.2, 1, 1)]
+
+
+def test_a_duplicate_request_key_writes_nothing(tmp_path: Path):
+    log = PredictionLog(tmp_path / "predictions.db")
+    first = _request(["champion"])
+    log.record(first)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        log.record(_request(["challenger", "champion"], key=first.key))
+    assert log.get(first.key + "000001") is None and log.get(first.ids[0]).arm == "champion"
+    log.close()
+
+
+def test_features_that_do_not_match_the_predictions_are_refused_before_writing(tmp_path: Path):
+    log = PredictionLog(tmp_path / "predictions.db", numeric=("temp",))
+    request = _request(["champion", "champion"])
+    with pytest.raises(ValueError, match=r"features \['temp'\] do not have one value per prediction \(2\)"):
+        log.record(RequestLog(**{**request.__dict__, "features": {"temp": [1.0]}}))
+    assert log.get(request.ids[0]) is None
+    log.close()
+
+
+def test_a_log_in_the_earlier_layout_is_an_error_naming_the_file(tmp_path: Path):
+    path = tmp_path / "predictions.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE predictions (id TEXT PRIMARY KEY)")
+    with pytest.raises(LogLayoutError, match=r"predictions\.db holds a prediction log in the earlier"):
+        PredictionLog(path)
 
 
 def test_features_digest_ignores_key_order_and_sees_values():
@@ -89,11 +143,13 @@ def test_features_digest_is_the_sha256_of_the_records_canonical_json():
 
 
 def test_prediction_ids_are_distinct_time_ordered_uuids():
-    ids = prediction_ids(5_000)
+    keys = [new_request_key() for _ in range(2_000)]
+    ids = [i for key in keys for i in prediction_ids(key, 3)]
     parsed = [uuid.UUID(i) for i in ids]
-    assert len(set(ids)) == 5_000
+    assert len(set(keys)) == 2_000 and len(set(ids)) == 6_000
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids, strict=True))
-    later = uuid.UUID(prediction_ids(1)[0])
+    assert [i[-6:] for i in prediction_ids(keys[0], 3)] == ["000000", "000001", "000002"]
+    later = uuid.UUID(prediction_ids(new_request_key(), 1)[0])
     assert later.int >> 80 >= max(u.int >> 80 for u in parsed), "the leading 48 bits are the time in milliseconds"
     assert abs((later.int >> 80) / 1000 - time.time()) < 60
-    assert prediction_ids(0) == []
+    assert prediction_ids(keys[0], 0) == []

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +13,13 @@ import pandas as pd
 from retrainer.config import Params
 from retrainer.io.batches import BatchRecord, pending_batches
 from retrainer.io.tables import read_json, read_table, write_json
-from retrainer.serving.prediction_log import FEATURES_TABLE, quote
+from retrainer.serving.prediction_log import read_predictions
 from retrainer.steps.trigger import TriggerState
 
 PROFILE_ARTIFACT = "reports/reference_profile.json"
 STATE_FILE = "trigger_state.json"
 DECISIONS_FILE = "decisions.jsonl"
 LATEST_FILE = "latest.json"
-CHUNK_ROWS = 100_000
-MMAP_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -78,10 +74,6 @@ def register_with_profile(
     return registration.version
 
 
-def _has_table(db: sqlite3.Connection, name: str) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-
-
 def read_window(
     log_path: Path,
     model_version: str,
@@ -90,37 +82,17 @@ def read_window(
     numeric: Sequence[str],
     categorical: Sequence[str],
 ) -> LogWindow:
-    """Read, read-only and in chunks, the newest `max_rows` predictions of a version logged at or after `since`."""
-    names = [*numeric, *categorical]
-    empty = LogWindow(pd.DataFrame(columns=names), np.empty(0), np.empty(0), np.empty(0), None, None)
-    if not log_path.exists():
-        return empty
-    with closing(sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=30)) as db:
-        if not _has_table(db, "predictions"):
-            return empty
-        db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")  # the joins read pages at random: map them, do not copy them
-        with_features = _has_table(db, FEATURES_TABLE)
-        selected = "".join(f", pf.{quote(n)}" for n in names) if with_features else ""
-        query = (
-            f"SELECT p.time, p.probability, f.label{selected} FROM predictions p "
-            "LEFT JOIN feedback f ON f.prediction_id = p.id "
-            + (f"LEFT JOIN {FEATURES_TABLE} pf ON pf.prediction_id = p.id " if with_features else "")
-            + "WHERE p.model_version = ? AND p.time >= ? ORDER BY p.time DESC LIMIT ?"
-        )
-        columns = ["time", "probability", "label", *(names if with_features else [])]
-        types = {c: "float64" for c in ["probability", "label", *numeric] if c in columns}
-        cursor = db.execute(query, (model_version, since, max_rows))
-        chunks, times = [], []
-        while rows := cursor.fetchmany(CHUNK_ROWS):
-            times += [rows[0][0], rows[-1][0]]
-            chunks.append(pd.DataFrame(rows, columns=columns).drop(columns="time").astype(types))
-    if not chunks:
-        return empty
-    frame = pd.concat(chunks, ignore_index=True)
-    proba, labels = frame.pop("probability").to_numpy(), frame.pop("label").to_numpy()
-    features = frame if with_features else pd.DataFrame(columns=names)
-    known = ~np.isnan(labels)
-    return LogWindow(features, proba, labels[known].astype(int), proba[known], min(times), max(times))
+    """The newest `max_rows` predictions of a version logged at or after `since`, read-only."""
+    rows = read_predictions(log_path, model_version, since, max_rows=max_rows, numeric=numeric, categorical=categorical)
+    known = ~np.isnan(rows.feedback)
+    return LogWindow(
+        rows.features,
+        rows.probability,
+        rows.feedback[known].astype(int),
+        rows.probability[known],
+        rows.first_time,
+        rows.last_time,
+    )
 
 
 def load_trigger_state(home: Path) -> TriggerState:

@@ -9,9 +9,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,30 +24,60 @@ LOG_FILE = "predictions.db"
 DEAD_LETTER_FILE = "predictions.failed.jsonl"
 QUEUE_REQUESTS = 64  # requests handed to the writer thread and not written yet, before hand_over blocks
 LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
+LAYOUT_VERSION = 2  # PRAGMA user_version: 2 = one row per request (1, unversioned: one row per prediction)
+ARMS = ("champion", "challenger")
+KEY_CHARS = 30  # a prediction id is its request's key, then its position in the request as 6 hex digits
+MAX_REQUEST_ROWS = 1 << 24
+CHUNK_ROWS = 65_536  # read-back rows held as Python objects before they become arrays
 
+# One row per answered request: its predictions as JSON arrays, row for row, and their model inputs as one JSON object
+# of columns. One insert per request instead of two per prediction: the writer's cost per 1,000 predictions fell
+# from about 12 ms to 2.4 ms (bench/serving_bench.py), which on two cores is what the request threads get back.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
     time TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    rows INTEGER NOT NULL,
+    champion_version TEXT,
+    challenger_version TEXT,
     arm TEXT NOT NULL,
-    model_version TEXT NOT NULL,
+    probability TEXT NOT NULL,
+    label TEXT NOT NULL,
     features_digest TEXT NOT NULL,
-    probability REAL NOT NULL,
-    label INTEGER NOT NULL,
-    latency_ms REAL NOT NULL
+    features TEXT
 );
+CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE TABLE IF NOT EXISTS feedback (
-    prediction_id TEXT PRIMARY KEY REFERENCES predictions(id),
+    request_key TEXT NOT NULL REFERENCES requests(key),
+    position INTEGER NOT NULL,
     time TEXT NOT NULL,
-    label INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS predictions_time ON predictions(time);
+    label INTEGER NOT NULL,
+    PRIMARY KEY (request_key, position)
+) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS predictions AS
+SELECT r.key || printf('%06x', a.key) AS id, r.time AS time, a.value AS arm,
+       iif(a.value = 'champion', r.champion_version, r.challenger_version) AS model_version,
+       json_extract(r.features_digest, '$[' || a.key || ']') AS features_digest,
+       json_extract(r.probability, '$[' || a.key || ']') AS probability,
+       json_extract(r.label, '$[' || a.key || ']') AS label,
+       r.latency_ms AS latency_ms,
+       f.label AS feedback_label
+FROM requests r JOIN json_each(r.arm) a LEFT JOIN feedback f ON f.request_key = r.key AND f.position = a.key;
 """
-FEATURES_TABLE = "prediction_features"
+_INSERT = (
+    "INSERT INTO requests (key, time, latency_ms, rows, champion_version, challenger_version, arm, probability, "
+    "label, features_digest, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class LogLayoutError(RuntimeError):
+    """The log file was written in a layout this version does not read."""
 
 
 class LoggedPrediction(NamedTuple):
-    """One row of the prediction log (a tuple, so a batch goes to SQLite without conversion)."""
+    """One prediction of the log, as `PredictionLog.get` reads it back."""
 
     id: str
     time: str
@@ -58,24 +89,34 @@ class LoggedPrediction(NamedTuple):
     latency_ms: float
 
 
-def prediction_ids(n: int) -> list[str]:
-    """`n` time-ordered (version 7) UUIDs as text: the Unix time in milliseconds, then 74 random bits.
+def new_request_key() -> str:
+    """A request's key: a time-ordered (version 7) UUID's first 30 characters, which its predictions' ids share.
 
-    Ids that grow with time land at the end of the log's primary-key index; random (version 4) ids touch pages all
-    over it, and inserting 1,000 of them slowed from about 7 ms to 43 ms once the log held 200,000 predictions.
+    The leading 48 bits are the Unix time in milliseconds, so keys (and ids) grow with time and land at the end of
+    the log's index; 50 random bits follow. The last 6 hex digits of an id number the prediction within its request.
     """
-    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
-    raw[:, :6] = np.frombuffer((time.time_ns() // 1_000_000).to_bytes(6, "big"), dtype=np.uint8)
-    raw[:, 6] = raw[:, 6] & 0x0F | 0x70  # version 7
-    raw[:, 8] = raw[:, 8] & 0x3F | 0x80  # RFC 9562 variant
-    text = raw.tobytes().hex()
-    hexes = (text[i : i + 32] for i in range(0, 32 * n, 32))
-    return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes]
+    raw = bytearray(os.urandom(16))
+    raw[:6] = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    raw[6] = raw[6] & 0x0F | 0x70  # version 7
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 9562 variant
+    return str(uuid.UUID(bytes=bytes(raw)))[:KEY_CHARS]
 
 
-def quote(name: str) -> str:
-    """An SQL identifier for a column name."""
-    return '"' + name.replace('"', '""') + '"'
+def prediction_ids(key: str, n: int) -> list[str]:
+    """The ids of a request's `n` predictions: its key, then each one's position as 6 hex digits."""
+    if n > MAX_REQUEST_ROWS:
+        raise ValueError(f"a request holds at most {MAX_REQUEST_ROWS} predictions, not {n}")
+    return [f"{key}{i:06x}" for i in range(n)]
+
+
+def split_id(prediction_id: str) -> tuple[str, int] | None:
+    """(request key, position) of a prediction id in canonical UUID text; None for anything else."""
+    if len(prediction_id) != KEY_CHARS + 6:
+        return None
+    try:
+        return prediction_id[:KEY_CHARS], int(prediction_id[KEY_CHARS:], 16)
+    except ValueError:
+        return None
 
 
 def features_digest(record: Mapping[str, object]) -> str:
@@ -89,43 +130,92 @@ def features_digest(record: Mapping[str, object]) -> str:
 
 @dataclass(frozen=True)
 class RequestLog:
-    """What one answered request owes the log: its records (for the digests), model-input features and answers."""
+    """What one answered request owes the log: its answers row for row, its records (for the digests) and features."""
 
-    records: Sequence[Mapping[str, object]]
-    features: Mapping[str, np.ndarray]
-    answers: tuple[list, ...]  # ids, arms, versions, probabilities, labels: one list each, row for row
+    key: str
     time: str
     latency_ms: float
+    versions: Mapping[str, str]  # arm -> the model version that served it, for each arm in `arms`
+    arms: Sequence[str]
+    probabilities: Sequence[float]
+    labels: Sequence[int]
+    records: Sequence[Mapping[str, object]]
+    features: Mapping[str, object] | None = None
 
-    def rows(self) -> list[LoggedPrediction]:
-        """The log's rows; the input digests are computed here, off the answer's path."""
-        ids, arms, versions, probabilities, labels = self.answers
-        n = len(ids)
-        digests = [features_digest(record) for record in self.records]
-        time_, latency = repeat(self.time, n), repeat(self.latency_ms, n)
-        rows = zip(ids, time_, arms, versions, digests, probabilities, labels, latency, strict=True)
-        return list(map(LoggedPrediction._make, rows))
+    @property
+    def size(self) -> int:
+        return len(self.arms)
+
+    @property
+    def ids(self) -> list[str]:
+        return prediction_ids(self.key, self.size)
+
+    def entry(self, feature_names: Sequence[str], numeric: Collection[str]) -> dict:
+        """The request as the log stores it (and the dead-letter file keeps it); the digests are computed here."""
+        n = self.size
+        if not len(self.probabilities) == len(self.labels) == len(self.records) == n:
+            raise ValueError(f"request {self.key}: arms, probabilities, labels and records differ in length")
+        if unknown := set(self.arms) - set(self.versions):
+            raise ValueError(f"request {self.key}: no model version for arm(s) {sorted(unknown)}")
+        features = None
+        if self.features is not None and feature_names:
+            features = {name: _column(self.features[name], name in numeric) for name in feature_names}
+            if short := [name for name, column in features.items() if len(column) != n]:
+                raise ValueError(f"request {self.key}: features {short} do not have one value per prediction ({n})")
+        return {
+            "key": self.key,
+            "time": self.time,
+            "latency_ms": self.latency_ms,
+            "versions": dict(self.versions),
+            "arm": list(self.arms),
+            "probability": self.probabilities,
+            "label": self.labels,
+            "features_digest": [features_digest(record) for record in self.records],
+            "features": features,
+        }
 
 
-def append_dead_letter(
-    path: Path, rows: Sequence[LoggedPrediction], features: Mapping[str, object], error: BaseException
-) -> None:
-    """Keep predictions the log could not take: one JSON line with the error, the rows and their features."""
-    entry = {
-        "error": f"{type(error).__name__}: {error}",
-        "predictions": [row._asdict() for row in rows],
-        "features": {name: _cells(column) for name, column in features.items()},
-    }
+def _column(values: object, numeric: bool) -> np.ndarray | list:
+    """One feature column as JSON can hold it: float64 (NaN is written as null) or a list of text and None."""
+    if numeric:
+        if isinstance(values, np.ndarray) and values.dtype == np.float64:
+            return values
+        return pd.Series(values, copy=False).to_numpy(dtype="float64", na_value=np.nan)
+    if isinstance(values, np.ndarray):
+        return values.tolist()
+    return pd.Series(values, copy=False).to_numpy(dtype=object, na_value=None).tolist()
+
+
+def _json(value: object) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def append_dead_letter(path: Path, entry: Mapping[str, object], error: BaseException) -> None:
+    """Keep a request the log could not take: one JSON line with the error and the request as the log stores it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("ab") as out:
-        out.write(orjson.dumps(entry) + b"\n")
+        out.write(_json({"error": f"{type(error).__name__}: {error}", "request": entry}) + b"\n")
 
 
-def _cells(column: object) -> list:
-    """One feature column as SQLite values: numbers (NaN is stored as NULL), text, or None."""
-    if isinstance(column, np.ndarray):
-        return column.tolist()
-    return pd.Series(column, copy=False).to_numpy(dtype=object, na_value=None).tolist()
+def _bare_entry(request: RequestLog) -> dict:
+    """What a request that `RequestLog.entry` refused still lets the dead-letter file keep."""
+    return {
+        "key": request.key,
+        "time": request.time,
+        "versions": dict(request.versions),
+        "arm": list(request.arms),
+        "probability": list(request.probabilities),
+        "label": list(request.labels),
+    }
+
+
+def _check_layout(conn: sqlite3.Connection, path: Path) -> None:
+    kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'predictions'").fetchone()
+    if kind is not None and kind[0] == "table":
+        raise LogLayoutError(
+            f"{path} holds a prediction log in the earlier one-row-per-prediction layout; move it aside "
+            f"(e.g. to {path.name}.v1) and the service starts a new log"
+        )
 
 
 class PredictionLog:
@@ -134,82 +224,82 @@ class PredictionLog:
     def __init__(self, path: Path, numeric: Iterable[str] = (), categorical: Iterable[str] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.numeric = list(numeric)
+        self.feature_names = [*self.numeric, *categorical]
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        _check_layout(self._conn, path)
         self._conn.executescript(_SCHEMA)
-        types = {**dict.fromkeys(numeric, "REAL"), **dict.fromkeys(categorical, "TEXT")}
-        self.feature_names = list(types)
-        self._feature_insert = self._create_features_table(types)
+        self._conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
 
-    def _create_features_table(self, types: dict[str, str]) -> str | None:
-        """One typed column per model feature, keyed by prediction id; columns new to params are added."""
-        if not types:
-            return None
-        self._conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {FEATURES_TABLE} "
-            "(prediction_id TEXT PRIMARY KEY REFERENCES predictions(id)) WITHOUT ROWID"  # one lookup per row, not two
+    def record(self, request: RequestLog) -> int:
+        """Append one request's predictions (and their model-input features) as one row; returns how many."""
+        return self.write_entry(request.entry(self.feature_names, set(self.numeric)))
+
+    def write_entry(self, entry: Mapping) -> int:
+        """Insert a request as `RequestLog.entry` gives it (one statement, so all of it or nothing)."""
+        versions = entry["versions"]
+        values = (
+            entry["key"],
+            entry["time"],
+            entry["latency_ms"],
+            len(entry["arm"]),
+            *(versions.get(arm) for arm in ARMS),
+            *(_json(entry[name]) for name in ("arm", "probability", "label", "features_digest")),
+            None if entry["features"] is None else _json(entry["features"]),
         )
-        present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({FEATURES_TABLE})")}
-        for name, kind in types.items():
-            if name not in present:
-                self._conn.execute(f"ALTER TABLE {FEATURES_TABLE} ADD COLUMN {quote(name)} {kind}")
-        names = ", ".join(["prediction_id", *map(quote, types)])
-        return f"INSERT INTO {FEATURES_TABLE} ({names}) VALUES ({', '.join('?' * (len(types) + 1))})"
-
-    def record(self, rows: Iterable[LoggedPrediction], features: Mapping[str, object] | None = None) -> int:
-        """Append predictions (and their model-input features, row for row) in one transaction.
-
-        `features` maps each feature name to its column (a numpy array, a Series, or a DataFrame's columns).
-        """
-        values = list(rows)
-        feature_rows = None
-        if features is not None and self._feature_insert is not None:
-            cells = [_cells(features[name]) for name in self.feature_names]
-            feature_rows = list(zip([row[0] for row in values], *cells, strict=True))
         with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                self._conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
-                if feature_rows:
-                    self._conn.executemany(self._feature_insert, feature_rows)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-        return len(values)
+            self._conn.execute(_INSERT, values)
+        return len(entry["arm"])
 
     def record_feedback(self, prediction_id: str, label: int, time: str) -> bool:
         """Store the observed label of a logged prediction; False when the prediction is unknown."""
+        place = split_id(prediction_id)
+        if place is None:
+            return False
+        key, position = place
         with self._lock:
-            known = self._conn.execute("SELECT 1 FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
-            if known is None:
+            known = self._conn.execute("SELECT rows FROM requests WHERE key = ?", (key,)).fetchone()
+            if known is None or position >= known[0]:
                 return False
             self._conn.execute(
-                "INSERT INTO feedback VALUES (?, ?, ?) "
-                "ON CONFLICT(prediction_id) DO UPDATE SET time = excluded.time, label = excluded.label",
-                (prediction_id, time, int(label)),
+                "INSERT INTO feedback VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(request_key, position) DO UPDATE SET time = excluded.time, label = excluded.label",
+                (key, position, time, int(label)),
             )
         return True
 
     def get(self, prediction_id: str) -> LoggedPrediction | None:
         """One logged prediction by id."""
+        place = split_id(prediction_id)
+        if place is None:
+            return None
+        key, position = place
         with self._lock:
-            row = self._conn.execute("SELECT * FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
-        return LoggedPrediction(*row) if row else None
+            row = self._conn.execute(
+                "SELECT time, latency_ms, rows, champion_version, challenger_version, arm, probability, label, "
+                "features_digest FROM requests WHERE key = ?",
+                (key,),
+            ).fetchone()
+        if row is None or position >= row[2]:
+            return None
+        time_, latency, _, champion, challenger, *arrays = row
+        arm, probability, label, digest = (orjson.loads(values)[position] for values in arrays)
+        version = champion if arm == ARMS[0] else challenger
+        return LoggedPrediction(prediction_id, time_, arm, version, digest, probability, label, latency)
 
     def feedback_label(self, prediction_id: str) -> int | None:
         """The observed label recorded for a prediction, if any."""
+        place = split_id(prediction_id)
+        if place is None:
+            return None
         with self._lock:
-            row = self._conn.execute("SELECT label FROM feedback WHERE prediction_id = ?", (prediction_id,)).fetchone()
+            row = self._conn.execute(
+                "SELECT label FROM feedback WHERE request_key = ? AND position = ?", place
+            ).fetchone()
         return int(row[0]) if row else None
-
-    def count_by_arm(self) -> dict[str, int]:
-        """How many predictions each arm served."""
-        with self._lock:
-            rows = self._conn.execute("SELECT arm, COUNT(*) FROM predictions GROUP BY arm").fetchall()
-        return {arm: int(n) for arm, n in rows}
 
     def close(self) -> None:
         with self._lock:
@@ -242,11 +332,12 @@ class LogWriter:
 
     def write(self, ticket: int, request: RequestLog) -> None:
         """Write one request in one transaction; on failure keep its rows in the dead-letter file and raise."""
-        rows = request.rows()
+        entry = None
         try:
-            self.log.record(rows, features=request.features)
+            entry = request.entry(self.log.feature_names, set(self.log.numeric))
+            self.log.write_entry(entry)
         except Exception as exc:
-            append_dead_letter(self.dead_letter, rows, request.features, exc)
+            append_dead_letter(self.dead_letter, entry or _bare_entry(request), exc)
             raise
         finally:
             with self._settled:
@@ -269,13 +360,172 @@ class LogWriter:
             try:
                 self.write(ticket, request)
             except Exception:
-                self.failures += len(request.answers[0])
-                LOGGER.exception(
-                    "%d predictions kept in %s instead of the log", len(request.answers[0]), self.dead_letter
-                )
+                self.failures += request.size
+                LOGGER.exception("%d predictions kept in %s instead of the log", request.size, self.dead_letter)
 
     def close(self) -> None:
         """Write what is still queued, then stop the thread (the log itself stays open)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+
+
+@dataclass(frozen=True)
+class LoggedRows:
+    """Predictions read back from the log, newest request first, with any feedback label (else NaN) (else NaN)."""
+
+    probability: np.ndarray
+    latency_ms: np.ndarray
+    feedback: np.ndarray
+    features: pd.DataFrame
+    first_time: str | None
+    last_time: str | None
+
+
+@dataclass
+class _Taken:
+    """Rows taken from one request: positions None means its first `count` rows."""
+
+    start: int
+    count: int
+    positions: np.ndarray | None
+
+
+def read_predictions(
+    path: Path,
+    model_version: str,
+    since: str,
+    *,
+    arm: str | None = None,
+    until: str | None = None,
+    max_rows: int | None = None,
+    numeric: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+) -> LoggedRows:
+    """Read, read-only, the predictions of one model version (by one arm, if given) logged in [since, until).
+
+    With `max_rows`, only the newest that many. Features are read only when `numeric` or `categorical` name some;
+    requests logged without them (or before a feature was added) read as NaN / None.
+    """
+    names = [*numeric, *categorical]
+    if arm is not None and arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, not {arm!r}")
+    if not path.exists():
+        return _rows_of([], [], [], _Columns(names, numeric), np.empty(0))
+    where, args = _window_condition(model_version, since, arm, until)
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        _check_layout(db, path)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone() is None:
+            return _rows_of([], [], [], _Columns(names, numeric), np.empty(0))
+        cursor = db.execute(
+            "SELECT key, time, latency_ms, champion_version, challenger_version, arm, probability"
+            + (", features" if names else ", NULL")
+            + f" FROM requests r WHERE {where} ORDER BY time DESC, seq DESC",
+            args,
+        )
+        taken, times, proba, latency, columns = {}, [], [], [], _Columns(names, numeric)
+        total = 0
+        while (max_rows is None or total < max_rows) and (row := cursor.fetchone()):
+            key, time_, latency_ms, champion, challenger, arms, probabilities, features = row
+            positions = _positions(orjson.loads(arms), {ARMS[0]: champion, ARMS[1]: challenger}, model_version, arm)
+            if max_rows is not None:
+                positions = positions[: max_rows - total]
+            if not (count := len(positions)):
+                continue
+            taken[key] = _Taken(total, count, None if isinstance(positions, range) else np.asarray(positions))
+            total += count
+            times.append(time_)
+            latency.append(np.full(count, latency_ms))
+            proba.extend(_pick(orjson.loads(probabilities), positions))
+            columns.add(orjson.loads(features) if features else None, positions)
+        feedback = np.full(total, np.nan)
+        if taken:
+            labels = db.execute(
+                f"SELECT f.request_key, f.position, f.label FROM feedback f JOIN requests r ON r.key = f.request_key "
+                f"WHERE {where}",
+                args,
+            )
+            for key, position, label in labels:
+                if (at := _row_index(taken.get(key), position)) is not None:
+                    feedback[at] = label
+    return _rows_of(proba, latency, times, columns, feedback)
+
+
+def _window_condition(model_version: str, since: str, arm: str | None, until: str | None) -> tuple[str, list]:
+    where, args = "r.time >= ?", [since]
+    if until is not None:
+        where, args = where + " AND r.time < ?", [*args, until]
+    if arm is not None:
+        return f"{where} AND r.{arm}_version = ?", [*args, model_version]
+    return f"{where} AND (r.champion_version = ? OR r.challenger_version = ?)", [*args, model_version, model_version]
+
+
+def _positions(arms: list[str], versions: dict[str, str | None], model_version: str, arm: str | None) -> Sequence[int]:
+    """The rows of a request served by `model_version` (through `arm`, if given)."""
+    wanted = {a for a, v in versions.items() if v == model_version and (arm is None or a == arm)}
+    if all(versions[a] is None or a in wanted for a in ARMS):
+        return range(len(arms))
+    return [i for i, a in enumerate(arms) if a in wanted]
+
+
+def _pick(values: list, positions: Sequence[int]) -> list:
+    if isinstance(positions, range):
+        return values[: len(positions)]
+    return [values[i] for i in positions]
+
+
+def _row_index(taken: _Taken | None, position: int) -> int | None:
+    """Where a request's prediction landed among the rows read, if it was read."""
+    if taken is None:
+        return None
+    if taken.positions is None:
+        return taken.start + position if position < taken.count else None
+    at = int(np.searchsorted(taken.positions, position))
+    return taken.start + at if at < taken.count and taken.positions[at] == position else None
+
+
+class _Columns:
+    """Feature columns gathered request by request, turned into numpy arrays every CHUNK_ROWS rows.
+
+    Bounds the Python objects held at once: a million-row window would otherwise hold every value as one.
+    """
+
+    def __init__(self, names: Sequence[str], numeric: Sequence[str]):
+        self.types = {name: "float64" if name in set(numeric) else object for name in names}
+        self.pending: dict[str, list] = {name: [] for name in names}
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        self.rows, self.seen = 0, False
+
+    def add(self, stored: dict | None, positions: Sequence[int]) -> None:
+        """One request's stored features (None: logged without them), at the positions read."""
+        self.seen = self.seen or stored is not None
+        for name, values in self.pending.items():
+            column = (stored or {}).get(name)
+            values.extend(_pick(column, positions) if column is not None else [None] * len(positions))
+        self.rows += len(positions)
+        if self.rows >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        for name, values in self.pending.items():
+            self.parts[name].append(np.array(values, dtype=self.types[name]))
+            self.pending[name] = []
+        self.rows = 0
+
+    def frame(self) -> pd.DataFrame:
+        """The features read, or an empty frame when no request read had any."""
+        if not self.seen:
+            return pd.DataFrame({name: pd.Series(dtype=kind) for name, kind in self.types.items()})
+        self.flush()
+        return pd.DataFrame({name: np.concatenate(parts) for name, parts in self.parts.items()})
+
+
+def _rows_of(proba: list, latency: list, times: list, columns: _Columns, feedback: np.ndarray) -> LoggedRows:
+    return LoggedRows(
+        probability=np.array(proba, dtype="float64"),
+        latency_ms=np.concatenate(latency) if latency else np.empty(0),
+        feedback=feedback,
+        features=columns.frame(),
+        first_time=min(times) if times else None,
+        last_time=max(times) if times else None,
+    )

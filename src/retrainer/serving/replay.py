@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import numpy as np
+
+from retrainer.serving.prediction_log import read_predictions
 
 LOOPBACK_NAMES = {"localhost"}
 
@@ -125,20 +126,13 @@ class ArmRows:
 
 def read_arm(log_path: Path, arm: str, model_version: str, since: str, until: str | None = None) -> ArmRows:
     """Read one arm's predictions (by one model version) logged at or after `since` (ISO UTC), read-only."""
-    query = (
-        "SELECT p.probability, p.latency_ms, f.label FROM predictions p "
-        "LEFT JOIN feedback f ON f.prediction_id = p.id "
-        "WHERE p.arm = ? AND p.model_version = ? AND p.time >= ?" + (" AND p.time < ?" if until else "")
-    )
-    args = (arm, model_version, since, *([until] if until else []))
-    with closing(sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=30)) as db:
-        rows = db.execute(query, args).fetchall()
-    labelled = [(int(label), float(p)) for p, _, label in rows if label is not None]
+    rows = read_predictions(log_path, model_version, since, arm=arm, until=until)
+    known = ~np.isnan(rows.feedback)
     return ArmRows(
-        probabilities=[float(p) for p, _, _ in rows],
-        latencies_ms=[float(ms) for _, ms, _ in rows],
-        feedback_labels=[label for label, _ in labelled],
-        feedback_probabilities=[p for _, p in labelled],
+        probabilities=rows.probability.tolist(),
+        latencies_ms=rows.latency_ms.tolist(),
+        feedback_labels=rows.feedback[known].astype(int).tolist(),
+        feedback_probabilities=rows.probability[known].tolist(),
     )
 
 

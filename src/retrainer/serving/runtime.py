@@ -22,6 +22,7 @@ from retrainer.serving.prediction_log import (
     LogWriter,
     PredictionLog,
     RequestLog,
+    new_request_key,
     prediction_ids,
 )
 from retrainer.serving.routing import CHALLENGER, CHAMPION, RolloutState, routing_key
@@ -224,15 +225,19 @@ class ServingRuntime:
         else:
             model_versions = [served[a].version for a in arms]
             thresholds = np.array([served[a].threshold for a in arms])
-        labels = (proba >= thresholds).astype(int).tolist()
-        answers = (prediction_ids(len(records)), arms, model_versions, proba.tolist(), labels)
+        probabilities, labels = proba.tolist(), (proba >= thresholds).astype(int).tolist()
+        key = new_request_key()
+        answers = (prediction_ids(key, len(records)), arms, model_versions, probabilities, labels)
         result.predictions = [
             {"prediction_id": i, "probability": p, "label": label, "model_version": v, "arm": a}
             for i, a, v, p, label in zip(*answers, strict=True)
         ]
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        result.request_log = RequestLog(records, columns, answers, now, latency_ms)
+        versions_served = {arm: model.version for arm, model in served.items()}
+        result.request_log = RequestLog(
+            key, now, latency_ms, versions_served, arms, probabilities, labels, records, columns
+        )
         result.ticket = self.log_writer.owe()
         return result
 
