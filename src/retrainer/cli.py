@@ -222,6 +222,35 @@ def serve(
     os.execv(bentoml, args)
 
 
+@app.command("recover-log")
+def recover_log() -> None:
+    """Write the predictions the service could not log (kept in .retrainer/predictions.failed.jsonl) into the log.
+
+    Safe while the service runs: the file is claimed by renaming it, and requests already in the log are skipped.
+    Lines that still cannot be written stay in the file, unchanged. Exit codes: 0 all written (or nothing to do),
+    1 some lines kept.
+    """
+    from retrainer.io.project import home_dir
+    from retrainer.serving.prediction_log import DEAD_LETTER_FILE, LOG_FILE, PredictionLog, recover_dead_letter
+
+    home = home_dir(Path.cwd())
+    dead_letter = home / DEAD_LETTER_FILE
+    log = PredictionLog(home / LOG_FILE)
+    try:
+        done = recover_dead_letter(log, dead_letter)
+    finally:
+        log.close()
+    typer.echo(
+        f"{done.written} requests ({done.predictions} predictions) written to {home / LOG_FILE}; "
+        f"{done.already_logged} already there"
+    )
+    if done.kept:
+        typer.secho(f"{done.kept} lines kept in {dead_letter}:", fg="red", err=True)
+        for error in done.errors:
+            typer.secho(f"  {error}", fg="red", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command()
 def rollback(
     golden: Annotated[

@@ -13,7 +13,14 @@ import pytest
 from conftest import ROOT, Registry, raw_records
 
 from retrainer.config import Params
-from retrainer.serving.prediction_log import DEAD_LETTER_FILE, LOG_FILE, prediction_ids
+from retrainer.io.monitoring import read_window
+from retrainer.serving.prediction_log import (
+    DEAD_LETTER_FILE,
+    LOG_FILE,
+    Recovery,
+    prediction_ids,
+    recover_dead_letter,
+)
 from retrainer.serving.runtime import ServingConfig, ServingRuntime, UnknownPrediction
 
 pytestmark = pytest.mark.integration
@@ -93,3 +100,29 @@ def test_the_log_thread_writes_queued_requests_and_counts_what_it_could_not(
     assert runtime.log_failures == 2
     kept = json.loads((tmp_path / DEAD_LETTER_FILE).read_text())["request"]
     assert prediction_ids(kept["key"], 2) == [p["prediction_id"] for p in second.predictions]
+
+
+def test_recovery_writes_what_the_dead_letter_file_kept_once_the_log_takes_writes_again(
+    runtime, seed_flights: pd.DataFrame, tmp_path: Path, params: Params
+):
+    _refuse_inserts(tmp_path / LOG_FILE)
+    scored = runtime.score(raw_records(seed_flights, 6))
+    with pytest.raises(sqlite3.IntegrityError, match=REFUSED):
+        runtime.write_log(scored)
+    dead_letter = tmp_path / DEAD_LETTER_FILE
+    dead_letter.write_bytes(dead_letter.read_bytes() * 2)  # the same request kept twice is logged once
+    refused = recover_dead_letter(runtime.log, dead_letter)
+    assert (refused.written, refused.kept) == (0, 2) and REFUSED in refused.errors[0]
+    assert dead_letter.read_bytes().count(b"\n") == 2, "both lines went back to the file"
+
+    with sqlite3.connect(tmp_path / LOG_FILE) as other:
+        other.execute("DROP TRIGGER refuse")
+    done = recover_dead_letter(runtime.log, dead_letter)
+    assert (done.written, done.predictions, done.already_logged, done.kept) == (1, 6, 1, 0)
+    assert not dead_letter.exists()
+    for prediction in scored.predictions:
+        logged = runtime.log.get(prediction["prediction_id"])
+        assert (logged.probability, logged.arm) == (prediction["probability"], "champion")
+    window = read_window(tmp_path / LOG_FILE, "1", "", 100, params.features.numeric, params.features.categorical)
+    assert window.features["carrier"].tolist() == list(scored.request_log.features["carrier"])
+    assert recover_dead_letter(runtime.log, dead_letter) == Recovery(), "nothing left to do"

@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from retrainer.serving.prediction_log import (
+    DEAD_LETTER_FILE,
+    LOG_FILE,
     LoggedPrediction,
     LogLayoutError,
     PredictionLog,
     RequestLog,
+    append_dead_letter,
     features_digest,
     new_request_key,
     prediction_ids,
@@ -153,3 +156,27 @@ def test_prediction_ids_are_distinct_time_ordered_uuids():
     assert later.int >> 80 >= max(u.int >> 80 for u in parsed), "the leading 48 bits are the time in milliseconds"
     assert abs((later.int >> 80) / 1000 - time.time()) < 60
     assert prediction_ids(keys[0], 0) == []
+
+
+def test_recover_log_writes_readable_lines_and_keeps_unreadable_ones_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from typer.testing import CliRunner
+
+    from retrainer.cli import app
+
+    monkeypatch.setenv("RETRAINER_HOME", str(tmp_path))
+    request = _request(["champion", "challenger"])
+    dead_letter = tmp_path / DEAD_LETTER_FILE
+    append_dead_letter(dead_letter, request.entry([], set()), RuntimeError("disk full"))
+    garbage = b'{"error": "cut short", "request": {"key": \n'
+    with dead_letter.open("ab") as out:
+        out.write(garbage)
+
+    outcome = CliRunner().invoke(app, ["recover-log"])
+    assert outcome.exit_code == 1, outcome.output
+    assert "1 requests (2 predictions) written" in outcome.output and "line 2: JSONDecodeError" in outcome.output
+    assert dead_letter.read_bytes() == garbage
+    log = PredictionLog(tmp_path / LOG_FILE)
+    assert [log.get(i).arm for i in request.ids] == ["champion", "challenger"]
+    log.close()

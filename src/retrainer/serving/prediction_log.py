@@ -197,6 +197,52 @@ def append_dead_letter(path: Path, entry: Mapping[str, object], error: BaseExcep
         out.write(_json({"error": f"{type(error).__name__}: {error}", "request": entry}) + b"\n")
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """What `recover_dead_letter` did with the requests the dead-letter file kept."""
+
+    written: int = 0  # requests now in the log
+    predictions: int = 0  # their predictions
+    already_logged: int = 0  # requests the log already had (a recovery that was interrupted, a line kept twice)
+    kept: int = 0  # lines that could not be written: appended back to the dead-letter file, byte for byte
+    errors: tuple[str, ...] = ()
+
+
+def recover_dead_letter(log: PredictionLog, dead_letter: Path) -> Recovery:
+    """Write the requests the service kept in the dead-letter file into the log.
+
+    The file is first renamed (atomically), so a running service appends new failures to a fresh file meanwhile; a
+    recovery interrupted before it finished is picked up again from the renamed file. Lines that still cannot be
+    written (or cannot be read) are appended back to the dead-letter file unchanged.
+    """
+    claimed = dead_letter.with_name(dead_letter.name + ".recovering")
+    if not claimed.exists():
+        if not dead_letter.exists():
+            return Recovery()
+        dead_letter.rename(claimed)
+    written = predictions = already = 0
+    kept: list[bytes] = []
+    errors: list[str] = []
+    for number, line in enumerate(claimed.read_bytes().splitlines(keepends=True), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = orjson.loads(line)["request"]
+            if log.has_request(entry["key"]):
+                already += 1
+                continue
+            predictions += log.write_entry(entry)
+            written += 1
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, sqlite3.Error) as exc:
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+            errors.append(f"line {number}: {type(exc).__name__}: {exc}")
+    if kept:
+        with dead_letter.open("ab") as out:
+            out.write(b"".join(kept))
+    claimed.unlink()
+    return Recovery(written, predictions, already, len(kept), tuple(errors))
+
+
 def _bare_entry(request: RequestLog) -> dict:
     """What a request that `RequestLog.entry` refused still lets the dead-letter file keep."""
     return {
@@ -253,6 +299,10 @@ class PredictionLog:
         with self._lock:
             self._conn.execute(_INSERT, values)
         return len(entry["arm"])
+
+    def has_request(self, key: str) -> bool:
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM requests WHERE key = ?", (key,)).fetchone() is not None
 
     def record_feedback(self, prediction_id: str, label: int, time: str) -> bool:
         """Store the observed label of a logged prediction; False when the prediction is unknown."""
