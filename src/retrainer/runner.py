@@ -116,12 +116,16 @@ def _version_summary(name: str, version: str | None) -> dict | None:
 
 
 def project_status(params: Params, root: Path) -> dict:
-    """Champion, challenger and the last processed batches."""
+    """Champion, challenger, the last processed batches, and answered requests the prediction log could not take."""
+    from retrainer.serving.prediction_log import DEAD_LETTER_FILE, kept_requests
+
     connect(root)
     name = params.tracking.registered_model
-    runs = BatchRecord(home_dir(root) / "batches.db").recent(10)
+    home = home_dir(root)
+    runs = BatchRecord(home / "batches.db").recent(10)
     return {
         "model": name,
+        "unlogged_requests": kept_requests(home / DEAD_LETTER_FILE),
         "champion": _version_summary(name, registry.alias_version(name, registry.CHAMPION)),
         "challenger": _version_summary(name, registry.alias_version(name, registry.CHALLENGER)),
         "last_runs": [
@@ -154,6 +158,11 @@ def format_status(report: dict) -> str:
         f"-> v{r['challenger_version'] or '-'}"
         for r in report["last_runs"]
     ] or ["  none"]
+    if report.get("unlogged_requests"):
+        lines.append(
+            f"prediction log: {report['unlogged_requests']} answered requests are waiting in the dead-letter file "
+            "(the log could not take them): run `retrainer recover-log`"
+        )
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from retrainer.serving.prediction_log import (
     RequestLog,
     append_dead_letter,
     features_digest,
+    kept_requests,
     new_request_key,
     prediction_ids,
 )
@@ -173,10 +174,20 @@ def test_recover_log_writes_readable_lines_and_keeps_unreadable_ones_byte_for_by
     with dead_letter.open("ab") as out:
         out.write(garbage)
 
+    assert kept_requests(dead_letter) == 2
     outcome = CliRunner().invoke(app, ["recover-log"])
     assert outcome.exit_code == 1, outcome.output
     assert "1 requests (2 predictions) written" in outcome.output and "line 2: JSONDecodeError" in outcome.output
-    assert dead_letter.read_bytes() == garbage
+    assert dead_letter.read_bytes() == garbage and kept_requests(dead_letter) == 1
     log = PredictionLog(tmp_path / LOG_FILE)
     assert [log.get(i).arm for i in request.ids] == ["champion", "challenger"]
     log.close()
+
+
+def test_status_points_to_recover_log_only_while_requests_wait_in_the_dead_letter_file():
+    from retrainer.runner import format_status
+
+    report = {"model": "m", "champion": None, "challenger": None, "last_runs": [], "unlogged_requests": 0}
+    assert "recover-log" not in format_status(report)
+    waiting = format_status({**report, "unlogged_requests": 3})
+    assert "prediction log: 3 answered requests are waiting" in waiting and "retrainer recover-log" in waiting

@@ -243,6 +243,14 @@ def recover_dead_letter(log: PredictionLog, dead_letter: Path) -> Recovery:
     return Recovery(written, predictions, already, len(kept), tuple(errors))
 
 
+def kept_requests(dead_letter: Path) -> int:
+    """How many requests the dead-letter file keeps (0 when there is none)."""
+    if not dead_letter.exists():
+        return 0
+    with dead_letter.open("rb") as lines:
+        return sum(1 for line in lines if line.strip())
+
+
 def _bare_entry(request: RequestLog) -> dict:
     """What a request that `RequestLog.entry` refused still lets the dead-letter file keep."""
     return {
