@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from retrainer.serving.routing import RolloutState, choose_arm, hash_unit, routing_key
+from retrainer.serving.routing import RolloutState, choose_arms, hash_unit, routing_key
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -19,9 +19,16 @@ def test_hash_unit_is_stable_and_in_range():
     assert 0.45 < sum(values) / len(values) < 0.55
 
 
+def test_a_flight_routes_as_it_did_in_earlier_releases():
+    """Sticky across upgrades: the hash of a key, and so its arm at any weight, is pinned."""
+    keys = ["UA|1545|2013-01-01T10:00:00Z", "B6|725|2013-01-01T10:00:00Z"]
+    assert [hash_unit(k) for k in keys] == [0.08898927766121943, 0.6944922051587551]
+    assert choose_arms(keys, 0.5) == ["challenger", "champion"]
+
+
 @pytest.mark.parametrize("weight", [0.0, 0.1, 0.5, 0.9, 1.0])
 def test_choose_arm_respects_the_weight(weight: float):
-    arms = [choose_arm(f"key-{i}", weight) for i in range(4000)]
+    arms = choose_arms([f"key-{i}" for i in range(4000)], weight)
     share = arms.count("challenger") / len(arms)
     assert abs(share - weight) < 0.03
     if weight == 0.0:
@@ -32,16 +39,16 @@ def test_choose_arm_respects_the_weight(weight: float):
 
 def test_a_key_keeps_its_arm_and_raising_the_weight_only_moves_keys_to_the_challenger():
     keys = [f"k{i}" for i in range(500)]
-    low = {k: choose_arm(k, 0.2) for k in keys}
-    high = {k: choose_arm(k, 0.6) for k in keys}
-    assert low == {k: choose_arm(k, 0.2) for k in keys}
+    low = dict(zip(keys, choose_arms(keys, 0.2), strict=True))
+    high = dict(zip(keys, choose_arms(keys, 0.6), strict=True))
+    assert low == dict(zip(keys, choose_arms(keys[::-1], 0.2)[::-1], strict=True)), "an arm does not depend on order"
     assert all(high[k] == "challenger" for k in keys if low[k] == "challenger")
 
 
 @pytest.mark.parametrize("weight", [-0.1, 1.01])
 def test_weights_outside_the_unit_interval_are_refused(weight: float):
     with pytest.raises(ValueError, match="challenger_weight"):
-        choose_arm("k", weight)
+        choose_arms(["k"], weight)
     with pytest.raises(ValueError, match="challenger_weight"):
         RolloutState("1", "2", weight)
 
@@ -55,7 +62,7 @@ def test_routing_key_uses_flight_identity_only():
 
 def test_without_a_challenger_everything_goes_to_the_champion():
     state = RolloutState("1", None, 0.0)
-    assert {state.arm_for(f"k{i}") for i in range(200)} == {"champion"}
+    assert set(state.arms_for([f"k{i}" for i in range(200)])) == {"champion"}
     with pytest.raises(ValueError, match="no challenger"):
         state.with_weight(0.5)
 

@@ -197,7 +197,7 @@ class ServingRuntime:
             state, models = self.state, dict(self._models)
         versions = {CHAMPION: state.champion_version, CHALLENGER: state.challenger_version}
         if state.effective_weight > 0:
-            arms = [state.arm_for(routing_key(r)) for r in records]
+            arms = state.arms_for([routing_key(r) for r in records])
         else:  # no key hashes below a zero weight: everything goes to the champion
             arms = [CHAMPION] * len(records)
         columns = self.features.columns(records)
