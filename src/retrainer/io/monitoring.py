@@ -84,15 +84,8 @@ def read_window(
 ) -> LogWindow:
     """The newest `max_rows` predictions of a version logged at or after `since`, read-only."""
     rows = read_predictions(log_path, model_version, since, max_rows=max_rows, numeric=numeric, categorical=categorical)
-    known = ~np.isnan(rows.feedback)
-    return LogWindow(
-        rows.features,
-        rows.probability,
-        rows.feedback[known].astype(int),
-        rows.probability[known],
-        rows.first_time,
-        rows.last_time,
-    )
+    labels, labelled_proba = rows.labelled()
+    return LogWindow(rows.features, rows.probability, labels, labelled_proba, rows.first_time, rows.last_time)
 
 
 def load_trigger_state(home: Path) -> TriggerState:

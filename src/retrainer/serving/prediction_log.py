@@ -20,19 +20,21 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from retrainer.serving.routing import CHALLENGER, CHAMPION
+
 LOG_FILE = "predictions.db"
 DEAD_LETTER_FILE = "predictions.failed.jsonl"
 QUEUE_REQUESTS = 64  # requests handed to the writer thread and not written yet, before hand_over blocks
 LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 LAYOUT_VERSION = 2  # PRAGMA user_version: 2 = one row per request (1, unversioned: one row per prediction)
-ARMS = ("champion", "challenger")
+ARMS = (CHAMPION, CHALLENGER)
 KEY_CHARS = 30  # a prediction id is its request's key, then its position in the request as 6 hex digits
 MAX_REQUEST_ROWS = 1 << 24
 CHUNK_ROWS = 65_536  # read-back rows held as Python objects before they become arrays
 
 # One row per answered request: its predictions as JSON arrays, row for row, and their model inputs as one JSON object
-# of columns. One insert per request instead of two per prediction: the writer's cost per 1,000 predictions fell
-# from about 12 ms to 2.4 ms (bench/serving_bench.py), which on two cores is what the request threads get back.
+# of columns. One insert per request instead of two per prediction: the writer's time per 1,000 predictions is a
+# third of what it was (bench/prediction_log_bench.py), which on two cores is what the request threads get back.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY,
@@ -278,8 +280,8 @@ class PredictionLog:
     def __init__(self, path: Path, numeric: Iterable[str] = (), categorical: Iterable[str] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.numeric = list(numeric)
-        self.feature_names = [*self.numeric, *categorical]
+        self.numeric = set(numeric)
+        self.feature_names = [*numeric, *categorical]
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -288,9 +290,13 @@ class PredictionLog:
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
 
+    def entry(self, request: RequestLog) -> dict:
+        """The request as this log stores it: its features are the ones the log was opened with."""
+        return request.entry(self.feature_names, self.numeric)
+
     def record(self, request: RequestLog) -> int:
         """Append one request's predictions (and their model-input features) as one row; returns how many."""
-        return self.write_entry(request.entry(self.feature_names, set(self.numeric)))
+        return self.write_entry(self.entry(request))
 
     def write_entry(self, entry: Mapping) -> int:
         """Insert a request as `RequestLog.entry` gives it (one statement, so all of it or nothing)."""
@@ -345,7 +351,7 @@ class PredictionLog:
             return None
         time_, latency, _, champion, challenger, *arrays = row
         arm, probability, label, digest = (orjson.loads(values)[position] for values in arrays)
-        version = champion if arm == ARMS[0] else challenger
+        version = champion if arm == CHAMPION else challenger
         return LoggedPrediction(prediction_id, time_, arm, version, digest, probability, label, latency)
 
     def feedback_label(self, prediction_id: str) -> int | None:
@@ -392,7 +398,7 @@ class LogWriter:
         """Write one request in one transaction; on failure keep its rows in the dead-letter file and raise."""
         entry = None
         try:
-            entry = request.entry(self.log.feature_names, set(self.log.numeric))
+            entry = self.log.entry(request)
             self.log.write_entry(entry)
         except Exception as exc:
             append_dead_letter(self.dead_letter, entry or _bare_entry(request), exc)
@@ -430,7 +436,7 @@ class LogWriter:
 
 @dataclass(frozen=True)
 class LoggedRows:
-    """Predictions read back from the log, newest request first, with any feedback label (else NaN) (else NaN)."""
+    """Predictions read back from the log, newest request first, with any feedback label (else NaN)."""
 
     probability: np.ndarray
     latency_ms: np.ndarray
@@ -438,6 +444,11 @@ class LoggedRows:
     features: pd.DataFrame
     first_time: str | None
     last_time: str | None
+
+    def labelled(self) -> tuple[np.ndarray, np.ndarray]:
+        """The feedback labels that arrived (as integers) and the probabilities of those predictions."""
+        known = ~np.isnan(self.feedback)
+        return self.feedback[known].astype(int), self.probability[known]
 
 
 @dataclass
@@ -485,7 +496,7 @@ def read_predictions(
         total = 0
         while (max_rows is None or total < max_rows) and (row := cursor.fetchone()):
             key, time_, latency_ms, champion, challenger, arms, probabilities, features = row
-            positions = _positions(orjson.loads(arms), {ARMS[0]: champion, ARMS[1]: challenger}, model_version, arm)
+            positions = _positions(orjson.loads(arms), {CHAMPION: champion, CHALLENGER: challenger}, model_version, arm)
             if max_rows is not None:
                 positions = positions[: max_rows - total]
             if not (count := len(positions)):

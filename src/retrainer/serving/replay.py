@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-import numpy as np
 
 from retrainer.serving.prediction_log import read_predictions
 
@@ -127,12 +126,12 @@ class ArmRows:
 def read_arm(log_path: Path, arm: str, model_version: str, since: str, until: str | None = None) -> ArmRows:
     """Read one arm's predictions (by one model version) logged at or after `since` (ISO UTC), read-only."""
     rows = read_predictions(log_path, model_version, since, arm=arm, until=until)
-    known = ~np.isnan(rows.feedback)
+    labels, labelled_proba = rows.labelled()
     return ArmRows(
         probabilities=rows.probability.tolist(),
         latencies_ms=rows.latency_ms.tolist(),
-        feedback_labels=rows.feedback[known].astype(int).tolist(),
-        feedback_probabilities=rows.probability[known].tolist(),
+        feedback_labels=labels.tolist(),
+        feedback_probabilities=labelled_proba.tolist(),
     )
 
 

@@ -219,11 +219,12 @@ class ServingRuntime:
             finally:
                 outcome.seconds = time.perf_counter() - tick
         served = {arm: models[versions[arm]] for arm in result.arms}
+        by_arm = {arm: model.version for arm, model in served.items()}
         if len(served) == 1:
             (model,) = served.values()
             model_versions, thresholds = [model.version] * len(records), model.threshold
         else:
-            model_versions = [served[a].version for a in arms]
+            model_versions = [by_arm[a] for a in arms]
             thresholds = np.array([served[a].threshold for a in arms])
         probabilities, labels = proba.tolist(), (proba >= thresholds).astype(int).tolist()
         key = new_request_key()
@@ -234,10 +235,7 @@ class ServingRuntime:
         ]
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        versions_served = {arm: model.version for arm, model in served.items()}
-        result.request_log = RequestLog(
-            key, now, latency_ms, versions_served, arms, probabilities, labels, records, columns
-        )
+        result.request_log = RequestLog(key, now, latency_ms, by_arm, arms, probabilities, labels, records, columns)
         result.ticket = self.log_writer.owe()
         return result
 
