@@ -109,8 +109,12 @@ def _object_array(values: Sequence[object]) -> np.ndarray:
     return out
 
 
-def float_array(values: Sequence[object]) -> np.ndarray:
-    """Numbers as float64, every kind of missing as NaN."""
+def float_array(values: object) -> np.ndarray:
+    """Numbers as float64, every kind of missing as NaN (a float64 array is returned as it is, not copied)."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values
+    if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):  # pandas containers, nullable ones too
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
     try:
         return np.array(values, dtype=np.float64)  # None becomes NaN
     except (TypeError, ValueError):

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from retrainer.serving.features import float_array
 from retrainer.serving.routing import CHALLENGER, CHAMPION
 
 LOG_FILE = "predictions.db"
@@ -180,9 +181,7 @@ class RequestLog:
 def _column(values: object, numeric: bool) -> np.ndarray | list:
     """One feature column as JSON can hold it: float64 (NaN is written as null) or a list of text and None."""
     if numeric:
-        if isinstance(values, np.ndarray) and values.dtype == np.float64:
-            return values
-        return pd.Series(values, copy=False).to_numpy(dtype="float64", na_value=np.nan)
+        return float_array(values)
     if isinstance(values, np.ndarray):
         return values.tolist()
     return pd.Series(values, copy=False).to_numpy(dtype=object, na_value=None).tolist()

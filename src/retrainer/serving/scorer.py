@@ -123,7 +123,7 @@ class _NumericBlock:
         """Fill this block's output columns from the raw columns, in place."""
         block = out[:, self.start : self.start + self.width]
         for offset, name in enumerate(self.columns):
-            block[:, offset] = _as_floats(data[name])
+            block[:, offset] = float_array(data[name])
         if np.isinf(block).any():
             raise ValueError(f"numeric input contains infinity in one of {list(self.columns)}")
         if self.fill is not None:
@@ -144,15 +144,6 @@ def _as_objects(values: object) -> Iterable:
     if hasattr(values, "to_numpy"):
         return values.to_numpy(dtype=object)
     return values
-
-
-def _as_floats(values: object) -> np.ndarray:
-    """A numeric column as float64 with NaN for every missing marker."""
-    if isinstance(values, np.ndarray) and values.dtype == np.float64:
-        return values
-    if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):
-        return values.to_numpy(dtype=np.float64, na_value=np.nan)
-    return float_array(values)
 
 
 class _EstimatorHead:
