@@ -45,10 +45,9 @@ def labelled_traffic(raw: pd.DataFrame, params: Params) -> tuple[list[dict], lis
 
 def load_traffic(path: Path, params: Params) -> tuple[list[dict], list[int | None]]:
     """A raw batch file (CSV or Parquet, e.g. the month after the training data) as replayable labelled traffic."""
-    from retrainer.io.batch_files import read_batch_file
+    from retrainer.io.batch_files import read_batch_file, read_options
 
-    raw = read_batch_file(path, params.validate.max_file_mb, params.data.time_column)
-    return labelled_traffic(raw, params)
+    return labelled_traffic(read_batch_file(path, read_options(params)).frame, params)
 
 
 def admin_token() -> str:

@@ -272,16 +272,36 @@ class DriftConfig(_Frozen):
     ks_max: float = Field(gt=0, le=1, default=0.1)
 
 
+class MissingValues(_Frozen):
+    """The exact CSV cell texts read as missing, per column kind (pandas `keep_default_na=False` + `na_values`)."""
+
+    text: tuple[str, ...] = ("",)
+    number: tuple[str, ...] = ("", "NA", "NaN", "N/A", "null")
+
+
+class CompletenessConfig(_Frozen):
+    """Is the batch the whole period it claims? It claims the calendar period (month by default) of its median time;
+    `min_time_coverage` is the least share of that period its first-to-last time must span, `min_row_share` the least
+    share of the rows the reference data shows for a span of that length."""
+
+    period: Literal["month", "week", "day"] = "month"
+    min_time_coverage: float = Field(default=0.9, ge=0, le=1)
+    min_row_share: float = Field(default=0.05, ge=0)
+
+
 class SeverityPolicy(_Frozen):
     columns: Severity = "block"
     types: Severity = "block"
     not_null: Severity = "block"
+    finite: Severity = "block"
     ranges: Severity = "block"
     categories: Severity = "block"
     unique_key: Severity = "block"
     row_count: Severity = "block"
     freshness: Severity = "block"
     labelled_share: Severity = "block"
+    time_coverage: Severity = "block"
+    row_share: Severity = "warn"
     positive_rate: Severity = "warn"
     drift: Severity = "warn"
 
@@ -289,11 +309,13 @@ class SeverityPolicy(_Frozen):
 class ValidateConfig(_Frozen):
     max_file_mb: float = Field(gt=0)
     quarantine_dir: str = "data/quarantine"
+    missing_values: MissingValues = MissingValues()
     columns: dict[str, ColumnRule] = Field(min_length=1, description="the raw batch schema")
     ranges: dict[str, RangeRule] = Field(default_factory=dict)
     categories: dict[str, CategoryRule] = Field(default_factory=dict)
     row_count: RowCountRule
     label: LabelChecks
+    completeness: CompletenessConfig = CompletenessConfig()
     drift: DriftConfig = DriftConfig()
     severity: SeverityPolicy = SeverityPolicy()
 

@@ -37,7 +37,12 @@ def file_md5(path: Path) -> str:
 
 
 def load_raw(params: Params, root: Path) -> pd.DataFrame:
-    """The bootstrap slice of the seed batch table plus every accepted batch, in the raw batch schema."""
+    """The bootstrap slice of the seed batch table plus every accepted batch, in the raw batch schema.
+
+    Accepted batches are read by the same reader validation used (missing cells, trimmed text, ISO 8601 times), so
+    training sees exactly the values that were validated.
+    """
+    from retrainer.io.batch_files import read_batch_file, read_options
     from retrainer.steps.ingest import parse_time_column
 
     data = params.data
@@ -45,7 +50,8 @@ def load_raw(params: Params, root: Path) -> pd.DataFrame:
     start = pd.Timestamp(data.bootstrap.start, tz="UTC")
     end = pd.Timestamp(data.bootstrap.end, tz="UTC")
     frames = [seed.loc[(seed[data.time_column] >= start) & (seed[data.time_column] < end)]]
-    frames += [parse_time_column(read_table(p), data.time_column) for p in list_batches(root / data.batches_dir)]
+    options = read_options(params)
+    frames += [read_batch_file(p, options).frame for p in list_batches(root / data.batches_dir)]
     return pd.concat(frames, ignore_index=True)
 
 

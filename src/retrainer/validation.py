@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from retrainer.config import Params, params_hash
-from retrainer.io.batch_files import BatchParseError, hash_file, read_batch_file
+from retrainer.io.batch_files import BatchParseError, BatchTable, hash_file, read_batch_file, read_options
 from retrainer.io.quarantine import locate_quarantine, quarantine_batch, write_data_docs
 from retrainer.steps import validate as steps
 
@@ -55,15 +55,16 @@ def validate_batch_file(
         "trained_until": steps.to_jsonable(trained_until),
     }
     try:
-        frame = read_batch_file(path, params.validate.max_file_mb, params.data.time_column)
+        table = read_batch_file(path, read_options(params))
     except BatchParseError as exc:
         return reject_unparseable(path, params, root, base, exc)
 
+    frame = table.frame
     runner = get_suite_runner(params)
     result = runner.run(frame, trained_until)
     checks = steps.extract_check_results(result)
     summary = steps.summarise_checks(checks, frame.columns, time_checked=trained_until is not None)
-    failures, warnings = list(summary.failures), list(summary.warnings)
+    failures, warnings = read_problems(table, summary)
     drift: dict[str, dict] = {}
     if reference is not None:
         kinds = {name: rule.kind for name, rule in params.validate.columns.items()}
@@ -71,6 +72,9 @@ def validate_batch_file(
         severity = params.validate.severity.drift
         alerts = steps.list_drift_alerts(drift, params.validate.drift, severity)
         (failures if severity == "block" else warnings).extend(alerts)
+    completeness = measure_batch_completeness(frame, reference, params)
+    for alert in steps.list_completeness_alerts(completeness, params.validate.completeness, params.validate.severity):
+        (failures if alert["severity"] == "block" else warnings).append(alert)
     passed = not failures
     report = {
         **base,
@@ -81,6 +85,8 @@ def validate_batch_file(
         "warnings": warnings,
         "skipped": summary.skipped,
         "drift": drift,
+        "completeness": completeness,
+        "read_as_missing": table.missing_texts,
         "checks": summary.checks,
         "statistics": steps.to_jsonable(dict(result.statistics)),
         "suite": runner.suite.name,
@@ -94,6 +100,27 @@ def validate_batch_file(
         report["quarantine_dir"] = str(directory)
         quarantine_batch(path, directory, report)
     return ValidationOutcome(passed, batch_id, failures, warnings, drift, directory, report, frame if passed else None)
+
+
+def read_problems(table: BatchTable, summary: steps.ResultSummary) -> tuple[list[dict], list[dict]]:
+    """Blocking failures and warnings: what reading the file found, then the suite's; a not-null entry names the
+    cell texts that were read as missing (validate.missing_values), so it never blames a value not in the file."""
+    failures = [*table.problems, *summary.failures]
+    warnings = [*table.notes, *summary.warnings]
+    for entry in failures + warnings:
+        texts = table.missing_texts.get(entry.get("column") or "")
+        if texts and entry["check"].startswith(("not_null.", "labelled_share")):
+            entry["read_as_missing"] = texts
+    return failures, warnings
+
+
+def measure_batch_completeness(frame: pd.DataFrame, reference: pd.DataFrame | None, params: Params) -> dict:
+    """The batch's time coverage of the periods it claims and its row share against the reference's density."""
+    column = params.data.time_column
+    if column not in frame.columns:
+        return {"skipped": f"no time column '{column}'"}
+    reference_times = reference[column] if reference is not None and column in reference.columns else None
+    return steps.measure_completeness(frame[column], reference_times, params.validate.completeness)
 
 
 def reject_unparseable(
@@ -135,10 +162,15 @@ def format_entry(entry: dict[str, Any]) -> str:
         parts = []
         if entry.get("unexpected_count") is not None:
             parts.append(f"{entry['unexpected_count']} unexpected")
-        if entry.get("examples"):
+        if any(e is not None for e in entry.get("examples") or []):
             parts.append(f"e.g. {entry['examples'][:3]}")
         elif entry.get("observed") is not None:
             parts.append(f"observed {entry['observed']}")
+        if entry.get("rows"):
+            parts.append(f"rows {entry['rows']}")
+        if entry.get("read_as_missing"):
+            texts = ", ".join(f"{text!r} x{count}" for text, count in entry["read_as_missing"].items())
+            parts.append(f"read as missing from the text {texts} (validate.missing_values)")
         detail = ", ".join(parts)
     return f"  - {entry['check']}: {entry['expectation']}{where}{': ' + detail if detail else ''}"
 

@@ -1,22 +1,34 @@
-"""Read a batch file safely: every file that cannot be parsed becomes a BatchParseError with a reason."""
+"""Read a batch file safely: every file that cannot be parsed becomes a BatchParseError with a reason.
+
+Validation, ingest and the canary's traffic replay all read batches here, so a value means the same thing to each:
+which cells are missing, which text is trimmed, how the time column parses.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
-import warnings
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from retrainer.steps.ingest import parse_time_column
+
+if TYPE_CHECKING:
+    from retrainer.config import Params
 
 CSV_SUFFIX = ".csv"
 PARQUET_SUFFIX = ".parquet"
 PARQUET_MAGIC = b"PAR1"
 SNIFF_BYTES = 64 * 1024
 OTHER_DELIMITERS = (";", "\t", "|")
+# a record of only delimiters and spaces: what spreadsheet exports leave below the data
+EMPTY_RECORD = re.compile(r"^[,\s]*$")
+MAX_EXAMPLES = 5
 SIGNATURES = (
     (b"\x1f\x8b", "gzip-compressed"),
     (b"PK\x03\x04", "a zip archive (e.g. .xlsx or .zip)"),
@@ -36,21 +48,86 @@ class BatchParseError(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a batch file is read: a size limit, the time column, the columns by kind, and the cells that are missing.
+
+    `missing_text` / `missing_number` are the exact CSV cell texts read as missing in text / numeric columns (pandas'
+    `keep_default_na=False` with explicit `na_values`): by default only an empty cell is missing in a text column, so
+    a carrier coded `NA` stays the text `NA`, as it does in Parquet.
+    """
+
+    max_file_mb: float
+    time_column: str | None = None
+    text_columns: tuple[str, ...] = ()
+    number_columns: tuple[str, ...] = ()
+    missing_text: tuple[str, ...] = ("",)
+    missing_number: tuple[str, ...] = ("",)
+
+
+def read_options(params: Params) -> ReadOptions:
+    """The ReadOptions params describe (validate.columns kinds, validate.missing_values, data.time_column)."""
+    rules = params.validate.columns
+    return ReadOptions(
+        max_file_mb=params.validate.max_file_mb,
+        time_column=params.data.time_column,
+        text_columns=tuple(name for name, rule in rules.items() if rule.kind == "string"),
+        number_columns=tuple(name for name, rule in rules.items() if rule.kind in ("integer", "number")),
+        missing_text=params.validate.missing_values.text,
+        missing_number=params.validate.missing_values.number,
+    )
+
+
+@dataclass(frozen=True)
+class BatchTable:
+    """A parsed batch: the rows, what reading changed (`notes`, warnings), what it could not read (`problems`).
+
+    Notes and problems are shaped like validation entries (check, expectation, column, severity, unexpected_count,
+    examples, rows, reason). `missing_texts` maps a column to the non-empty cell texts read as missing, with counts.
+    """
+
+    frame: pd.DataFrame
+    notes: list[dict] = field(default_factory=list)
+    problems: list[dict] = field(default_factory=list)
+    missing_texts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def read_entry(check: str, column: str | None, severity: str, count: int, reason: str, **extra: Any) -> dict:
+    """One note or problem of reading, in the shape of a validation failure/warning entry."""
+    return {
+        "check": check,
+        "expectation": "batch_file_reads_cleanly",
+        "column": column,
+        "severity": severity,
+        "unexpected_count": count,
+        "examples": extra.pop("examples", []),
+        "observed": None,
+        "reason": reason,
+        **extra,
+    }
+
+
 def hash_file(path: Path, length: int = 16) -> str:
     """A prefix of the file's SHA-256: the batch id."""
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()[:length]
 
 
-def read_batch_file(path: Path, max_file_mb: float, time_column: str | None = None) -> pd.DataFrame:
-    """A CSV or Parquet batch as a DataFrame (time column parsed to UTC when it parses)."""
+def read_batch_file(path: Path, options: ReadOptions) -> BatchTable:
+    """A CSV or Parquet batch read the one way every consumer reads it.
+
+    Text columns are trimmed of surrounding whitespace (as the service's request schema does; each trimmed column is
+    noted with its count), rows of nothing but empty cells are dropped and noted, the time column is parsed as ISO
+    8601 in UTC (values that do not parse are a blocking problem naming their rows). Raises BatchParseError (with a
+    reason code) for anything that cannot be read as a table.
+    """
     if not path.is_file():
         raise BatchParseError("not_a_file", f"{path}: no such file")
     size = path.stat().st_size
-    limit = int(max_file_mb * 1024 * 1024)
+    limit = int(options.max_file_mb * 1024 * 1024)
     if size > limit:
         raise BatchParseError(
-            "too_large", f"{path.name}: {size:,} bytes exceeds validate.max_file_mb={max_file_mb} ({limit:,})"
+            "too_large", f"{path.name}: {size:,} bytes exceeds validate.max_file_mb={options.max_file_mb} ({limit:,})"
         )
     suffix = path.suffix.lower()
     if suffix not in (CSV_SUFFIX, PARQUET_SUFFIX):
@@ -60,11 +137,16 @@ def read_batch_file(path: Path, max_file_mb: float, time_column: str | None = No
     if size == 0:
         raise BatchParseError("empty_file", f"{path.name}: the file is empty (0 bytes)")
     data = path.read_bytes()
-    parse = parse_parquet_bytes if suffix == PARQUET_SUFFIX else parse_csv_bytes
-    frame = parse(data, path.name)
+    if suffix == PARQUET_SUFFIX:
+        table = BatchTable(parse_parquet_bytes(data, path.name))
+    else:
+        table = parse_csv_bytes(data, path.name, options)
+    frame, notes = drop_empty_rows(table.frame)
     if frame.empty:
         raise BatchParseError("no_rows", f"{path.name}: the table has columns but no rows")
-    return parse_time_if_possible(frame, time_column)
+    frame, trimmed = trim_text_columns(frame, options.text_columns)
+    frame, problems = parse_time_values(frame, options.time_column)
+    return BatchTable(frame, [*table.notes, *notes, *trimmed], problems, table.missing_texts)
 
 
 def detect_signature(data: bytes) -> str | None:
@@ -121,9 +203,32 @@ def split_header(text: str, name: str) -> tuple[list[str], list[str]]:
     return header, lines[1:]
 
 
-def parse_csv_bytes(data: bytes, name: str) -> pd.DataFrame:
-    """A comma-separated UTF-8 file's rows; truncated or ragged rows are refused, never padded."""
+def drop_bare_records(text: str) -> tuple[str, list[int]]:
+    """The CSV text without records made only of delimiters (`,,,,`), and the 1-based line numbers dropped."""
+    lines = text.splitlines()
+    bare = [n for n, line in enumerate(lines[1:], start=2) if line.strip() and EMPTY_RECORD.match(line)]
+    if not bare:
+        return text, []
+    dropped = set(bare)
+    return "\n".join(line for n, line in enumerate(lines, start=1) if n not in dropped) + "\n", bare
+
+
+def describe_lines(lines: list[int], last_line: int) -> str:
+    """`3 empty rows at the end of the file (lines 3002-3004)` or `2 empty rows (lines 17, 40)`."""
+    at_end = lines == list(range(last_line - len(lines) + 1, last_line + 1))
+    where = " at the end of the file" if at_end else ""
+    span = f"{lines[0]}-{lines[-1]}" if at_end and len(lines) > 1 else ", ".join(map(str, lines[:MAX_EXAMPLES]))
+    return f"{len(lines)} empty row{'s' if len(lines) > 1 else ''}{where} (line{'s' if len(lines) > 1 else ''} {span})"
+
+
+def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
+    """A comma-separated UTF-8 file's rows; truncated or ragged rows are refused, never padded.
+
+    Records of nothing but delimiters (a spreadsheet export's trailing `,,,,` lines) are dropped and noted with their
+    line numbers; only the cell texts in `options.missing_*` are read as missing.
+    """
     text = decode_text(data, name)
+    text, bare = drop_bare_records(text)
     header, rows = split_header(text, name)
     last = next(csv.reader([rows[-1]]), [])
     if len(last) != len(header):
@@ -131,20 +236,89 @@ def parse_csv_bytes(data: bytes, name: str) -> pd.DataFrame:
         raise BatchParseError(
             "truncated", f"{name}: the last row has {len(last)} fields, the header {len(header)}{ending}"
         )
+    missing = missing_cells(header, options)
     try:
-        frame = pd.read_csv(io.StringIO(text), on_bad_lines="error")
+        frame = pd.read_csv(io.StringIO(text), on_bad_lines="error", keep_default_na=False, na_values=missing)
     except (pd.errors.ParserError, ValueError) as exc:
         raise BatchParseError("malformed_csv", f"{name}: not parseable as CSV: {exc}".strip()) from None
-    return frame
+    notes = []
+    if bare:
+        last_line = len(rows) + len(bare) + 1
+        reason = f"{describe_lines(bare, last_line)} of only delimiters: dropped"
+        notes.append(read_entry("parse.empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES]))
+    return BatchTable(frame, notes, [], count_missing_texts(text, frame, missing))
 
 
-def parse_time_if_possible(frame: pd.DataFrame, time_column: str | None) -> pd.DataFrame:
-    """The frame with its time column as UTC timestamps; unparseable values are left for the dtype check."""
+def missing_cells(header: list[str], options: ReadOptions) -> dict[str, list[str]]:
+    """Per column, the exact cell texts pandas reads as missing (numeric columns' list, else the text list)."""
+    numbers = set(options.number_columns)
+    return {c: list(options.missing_number if c in numbers else options.missing_text) for c in header}
+
+
+def count_missing_texts(text: str, frame: pd.DataFrame, missing: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    """For columns where a non-empty text counts as missing and some cells were read as missing: which texts, how many.
+
+    A second read of only those columns, as raw text (pandas, `na_filter=False`), so a report can say "read as missing
+    from the text 'NA'" instead of blaming a missing value that is not in the file.
+    """
+    columns = [c for c, texts in missing.items() if any(texts) and c in frame and frame[c].isna().any()]
+    if not columns:
+        return {}
+    raw = pd.read_csv(io.StringIO(text), usecols=columns, dtype=str, keep_default_na=False, na_filter=False)
+    counts = {}
+    for column in columns:
+        texts = raw[column][frame[column].isna().to_numpy()]
+        found = texts[texts != ""].value_counts()
+        if len(found):
+            counts[column] = {str(k): int(v) for k, v in found.items()}
+    return counts
+
+
+def drop_empty_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """The frame without rows whose every cell is missing, and a note counting them (0-based row numbers)."""
+    empty = frame.isna().all(axis=1)
+    if not empty.any():
+        return frame, []
+    rows = [int(i) for i in frame.index[empty]]
+    reason = f"{len(rows)} rows with every cell missing: dropped"
+    note = read_entry("parse.empty_rows", None, "warn", len(rows), reason, rows=rows[:MAX_EXAMPLES])
+    return frame.loc[~empty].reset_index(drop=True), [note]
+
+
+def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[dict]]:
+    """Text columns without surrounding whitespace (Python's `str.strip`, as pydantic's `str_strip_whitespace` in the
+    service), one warning per column that had any, with the count and a few original values."""
+    notes, out = [], frame
+    for column in columns:
+        if column not in frame or not isinstance(frame[column].dtype, pd.StringDtype):
+            continue
+        values = frame[column]
+        stripped = values.str.strip()
+        changed = ((stripped != values) & values.notna()).to_numpy(dtype=bool)
+        if not changed.any():
+            continue
+        out = out.assign(**{column: stripped})
+        rows = [int(i) for i in frame.index[changed][:MAX_EXAMPLES]]
+        examples = [repr(v) for v in values[changed].unique()[:MAX_EXAMPLES]]
+        reason = f"{int(changed.sum())} values had surrounding whitespace: trimmed (e.g. {', '.join(examples)})"
+        notes.append(read_entry(f"trimmed.{column}", column, "warn", int(changed.sum()), reason, rows=rows))
+    return out, notes
+
+
+def parse_time_values(frame: pd.DataFrame, time_column: str | None) -> tuple[pd.DataFrame, list[dict]]:
+    """The frame with its time column as UTC timestamps (any ISO 8601 spelling); values that do not parse are one
+    blocking problem naming their rows, and the column is left as text for the dtype check."""
     if not time_column or time_column not in frame.columns:
-        return frame
+        return frame, []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # pandas' "could not infer format" on bad values
-            return parse_time_column(frame, time_column)
+        return parse_time_column(frame, time_column), []
     except (ValueError, TypeError, OverflowError):
-        return frame
+        pass
+    values = frame[time_column]
+    parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+    bad = (parsed.isna() & values.notna()).to_numpy(dtype=bool)
+    rows = [int(i) for i in frame.index[bad][:MAX_EXAMPLES]]
+    examples = [str(v) for v in values[bad][:MAX_EXAMPLES]]
+    shown = ", ".join(f"row {r} {v!r}" for r, v in zip(rows, examples, strict=True))
+    reason = f"{int(bad.sum())} values are not ISO 8601 times (e.g. {shown})"
+    return frame, [read_entry(f"parse.{time_column}", time_column, "block", int(bad.sum()), reason, rows=rows)]

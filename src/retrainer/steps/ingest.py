@@ -26,13 +26,18 @@ class IngestReport:
 
 
 def parse_time_column(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Return the frame with its time column as a UTC timestamp (CSV batches hold it as text)."""
+    """Return the frame with its time column as a UTC timestamp (CSV batches hold it as text).
+
+    Any ISO 8601 spelling parses, mixed within one column (`Z`, `+00:00`, `+00`, no offset taken as UTC, fractional
+    seconds): pandas' `format="ISO8601"`, rather than a format guessed from the first value. Raises ValueError when a
+    value is not ISO 8601.
+    """
     if column not in frame.columns:
         raise KeyError(f"time column '{column}' is missing from the batch")
     if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
         return frame
     out = frame.copy()
-    out[column] = pd.to_datetime(out[column], utc=True)
+    out[column] = pd.to_datetime(out[column], utc=True, format="ISO8601")
     return out
 
 

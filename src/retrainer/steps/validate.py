@@ -14,13 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrainer.config import DataConfig, DriftConfig, ValidateConfig
+from retrainer.config import CompletenessConfig, DataConfig, DriftConfig, SeverityPolicy, ValidateConfig
 
 GX_SEVERITY = {"block": "critical", "warn": "warning"}
 TRAINED_UNTIL_PARAMETER = "trained_until"
 MAX_EXAMPLES = 5
 NUMERIC_KINDS = ("integer", "number")
 SCHEMA_CHECKS = ("columns", "types")
+# the largest finite float64: a value outside [-FLOAT_MAX, FLOAT_MAX] is inf or -inf (NaN is missing, not a value)
+FLOAT_MAX = float(np.finfo(np.float64).max)
+# pandas period aliases for the completeness check's calendar periods
+PERIOD_ALIASES = {"month": "M", "week": "W", "day": "D"}
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,10 @@ class CheckResult:
     examples: list = field(default_factory=list)
     observed: Any = None
     error: str | None = None
+    rows: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as the failure/warning dict the outcome reports."""
+        """The result as the failure/warning dict the outcome reports (`rows`: 0-based row numbers of examples)."""
         out = {
             "check": self.check,
             "expectation": self.expectation,
@@ -58,6 +63,7 @@ class CheckResult:
             "unexpected_count": self.unexpected_count,
             "examples": self.examples[:MAX_EXAMPLES],
             "observed": self.observed,
+            "rows": self.rows[:MAX_EXAMPLES],
         }
         if self.error:
             out["error"] = self.error
@@ -107,6 +113,10 @@ def build_expectation_specs(config: ValidateConfig, data: DataConfig) -> list[Ex
                     f"not_null.{name}", "ExpectColumnValuesToNotBeNull", {"column": name}, sev.not_null, name
                 )
             )
+    for name, rule in config.columns.items():
+        if rule.kind in NUMERIC_KINDS:
+            bounds = {"column": name, "min_value": -FLOAT_MAX, "max_value": FLOAT_MAX}
+            specs.append(ExpectationSpec(f"finite.{name}", "ExpectColumnValuesToBeBetween", bounds, sev.finite, name))
     for name, rng in config.ranges.items():
         kwargs = {
             "column": name,
@@ -128,7 +138,11 @@ def build_expectation_specs(config: ValidateConfig, data: DataConfig) -> list[Ex
                 name,
             )
         )
-    if data.key_columns:
+    if len(data.key_columns) == 1:
+        (key,) = data.key_columns
+        unique = {"column": key}
+        specs.append(ExpectationSpec("unique_key", "ExpectColumnValuesToBeUnique", unique, sev.unique_key, key))
+    elif data.key_columns:
         specs.append(
             ExpectationSpec(
                 "unique_key",
@@ -269,7 +283,7 @@ class SuiteRunner:
         return self.definition.run(
             batch_parameters={"dataframe": add_label_rate(frame, self.data)},
             expectation_parameters={TRAINED_UNTIL_PARAMETER: floor},
-            result_format="BASIC",
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES},
         )
 
 
@@ -299,7 +313,9 @@ def to_jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
+        if math.isinf(value):  # JSON has no infinity; the text says what the file held
+            return "inf" if value > 0 else "-inf"
+        return None if math.isnan(value) else value
     if isinstance(value, np.generic):
         return to_jsonable(value.item())
     if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
@@ -351,6 +367,7 @@ def extract_check_results(result: Any) -> list[CheckResult]:
                 examples=to_jsonable(list(examples)[:MAX_EXAMPLES]),
                 observed=to_jsonable(observed),
                 error=next((e for e in errors if e), None),
+                rows=[int(i) for i in payload.get("partial_unexpected_index_list") or []][:MAX_EXAMPLES],
             )
         )
     return out
@@ -392,6 +409,94 @@ def summarise_checks(checks: list[CheckResult], columns: Iterable[str], time_che
             continue
         (failures if check.severity == "block" else warnings).append(entry)
     return ResultSummary(failures=failures, warnings=warnings, skipped=skipped, checks=rows)
+
+
+def claimed_period(times: pd.Series, period: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """[start, end) of the calendar period (month, week or day, UTC) holding the batch's median time: the period the
+    batch claims. The median, not the first and last times: a month of local times spills a few hours into the next
+    UTC month without claiming it."""
+    middle = to_utc(times.quantile(0.5)).tz_localize(None).to_period(PERIOD_ALIASES[period])
+    return middle.start_time.tz_localize("UTC"), (middle + 1).start_time.tz_localize("UTC")
+
+
+def measure_completeness(
+    times: pd.Series, reference_times: pd.Series | None, config: CompletenessConfig
+) -> dict[str, Any]:
+    """Is a batch the whole period it claims? Its time coverage and, against the reference, its row share.
+
+    times: the batch's time column (UTC timestamps). `time_coverage` = (last - first) / length of the claimed period
+    (capped at 1: a batch may span several periods). `row_share` = batch rows / (reference rows per day x days the
+    batch spans, at least the claimed period), None without a reference of at least two distinct times.
+    """
+    values = times.dropna()
+    if values.empty or not isinstance(values.dtype, pd.DatetimeTZDtype):
+        return {"skipped": "no parsed times"}
+    first, last = values.min(), values.max()
+    start, end = claimed_period(values, config.period)
+    length = end - start
+    out: dict[str, Any] = {
+        "first": first.isoformat(),
+        "last": last.isoformat(),
+        "claimed_start": start.isoformat(),
+        "claimed_end": end.isoformat(),
+        "time_coverage": round(min(1.0, float((last - first) / length)), 4),
+        "rows": len(times),
+        "row_share": None,
+    }
+    reference = None if reference_times is None else reference_times.dropna()
+    if reference is not None and reference.nunique() > 1:
+        reference_days = (reference.max() - reference.min()) / pd.Timedelta(days=1)
+        expected = len(reference) / reference_days * (max(length, last - first) / pd.Timedelta(days=1))
+        out["expected_rows"] = round(expected)
+        out["row_share"] = round(len(times) / expected, 4)
+    return out
+
+
+def list_completeness_alerts(
+    stats: Mapping[str, Any], config: CompletenessConfig, severity: SeverityPolicy
+) -> list[dict]:
+    """Failure/warning entries for a batch short of its claimed period (time coverage) or of rows (row share)."""
+    if "skipped" in stats:
+        return []
+    span = f"{stats['claimed_start'][:10]} .. {stats['claimed_end'][:10]}"
+    alerts = []
+    if stats["time_coverage"] < config.min_time_coverage:
+        alerts.append(
+            completeness_entry(
+                "time_coverage",
+                severity.time_coverage,
+                stats["time_coverage"],
+                f"times run {stats['first']} .. {stats['last']}: {stats['time_coverage']:.1%} of the {config.period} "
+                f"the batch claims ({span}); at least {config.min_time_coverage:.0%} expected (a file cut short?)",
+            )
+        )
+    share = stats.get("row_share")
+    if share is not None and share < config.min_row_share:
+        alerts.append(
+            completeness_entry(
+                "row_share",
+                severity.row_share,
+                share,
+                f"{stats['rows']:,} rows, {share:.1%} of the {stats['expected_rows']:,} the reference data shows for a "
+                f"span that long; at least {config.min_row_share:.0%} expected",
+            )
+        )
+    return alerts
+
+
+def completeness_entry(name: str, severity: str, observed: float, reason: str) -> dict:
+    """One completeness alert in the shape of an expectation entry."""
+    return {
+        "check": f"completeness.{name}",
+        "expectation": "batch_covers_its_period",
+        "column": None,
+        "severity": severity,
+        "unexpected_count": None,
+        "examples": [],
+        "observed": observed,
+        "rows": [],
+        "reason": reason,
+    }
 
 
 def bin_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
