@@ -8,20 +8,29 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from retrainer.config import PARAMS_ENV, Params, load_params
 from retrainer.cycle import data_counts, finite, gather_and_decide, write_gate_report
 from retrainer.io import registry
-from retrainer.io.batches import BatchRecord, accept, batch_id, pending_batches
+from retrainer.io.batches import (
+    SUPERSEDED,
+    BatchRecord,
+    accept,
+    batch_id,
+    is_accepted,
+    pending_batches,
+    restore,
+    set_aside,
+    withdraw,
+)
 from retrainer.io.project import home_dir
 from retrainer.io.tables import read_json, write_json
 from retrainer.io.tracking import connect
 from retrainer.io.workspace import commit_stage, stage_changed
 from retrainer.runner import BatchQuarantined
-from retrainer.stages import DATASET, REGISTRATION, STAGES, TRAIN
+from retrainer.stages import REGISTRATION, STAGES
 from retrainer.stages import run_stage as run_stage_in_process
 
 STATUS_PROMOTED, STATUS_REJECTED, STATUS_FAILED = "promoted", "rejected", "failed"
@@ -34,18 +43,17 @@ def project_params(root: Path) -> Params:
 
 
 @task(task_run_name="validate batch")
-def validate_batch(path: Path, params: Params, root: Path, identifier: str) -> dict:
-    """Run the GX suite and drift checks; a blocking failure quarantines the batch byte-for-byte."""
-    from retrainer.validation import format_outcome, validate_batch_file
+def validate_batch(path: Path, params: Params, root: Path, identifier: str, replaces: str | None = None) -> dict:
+    """Run the GX suite and drift checks; a blocking failure quarantines the batch byte-for-byte.
+
+    Freshness is judged against the data already accepted, less the batch this one `replaces` (a re-delivery).
+    """
+    from retrainer.validation import format_outcome, freshness_floor, training_reference, validate_batch_file
 
     started = time.perf_counter()
-    accepted = list((root / params.data.batches_dir).glob(f"{identifier}.*"))
-    trained_until = None
-    if not accepted and (root / DATASET).exists():
-        trained_until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[
-            params.data.time_column
-        ].max()
-    reference = pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
+    accepted = is_accepted(root / params.data.batches_dir, identifier)
+    trained_until = None if accepted else freshness_floor(params, root, exclude=[replaces] if replaces else [])
+    reference = training_reference(root)
     outcome = validate_batch_file(path, params, root, reference=reference, trained_until=trained_until)
     summary = {
         "seconds": round(time.perf_counter() - started, 2),
@@ -226,17 +234,22 @@ def publish_artifacts(root: Path, result: dict) -> None:
         )
 
 
-def quarantine_result(identifier: str, path: Path, validation: dict, params: Params) -> dict:
+def quarantine_result(identifier: str, path: Path, validation: dict, params: Params, root: Path) -> dict:
     """The outcome recorded for a batch that failed a blocking check."""
+    from retrainer.validation import format_entry, same_period_batches
+
+    reasons = [format_entry(f).strip().removeprefix("- ") for f in validation["failures"]]
+    if any(f.get("check") == "freshness" for f in validation["failures"]):
+        for other in same_period_batches(params, root, validation["report"].get("completeness") or {}):
+            reasons.append(
+                f"accepted batch {other} covers the same period: if this file re-delivers it, run "
+                f"`retrainer run --batch {path.name} --replaces {other}`"
+            )
     return {
         "status": STATUS_QUARANTINED,
         "batch_id": identifier,
         "batch": path.name,
-        "reasons": [
-            f"{f.get('check')}: {f.get('column') or ''} {f.get('unexpected_count') or ''} "
-            f"e.g. {f.get('examples') or f.get('reason') or ''}".strip()
-            for f in validation["failures"]
-        ],
+        "reasons": reasons,
         "quarantine_dir": validation["quarantine_dir"],
         "champion_version": registry.alias_version(params.tracking.registered_model, registry.CHAMPION),
         "challenger_version": None,
@@ -270,7 +283,7 @@ def include_earlier(paths: list[str], params: Params, root: Path, record: BatchR
                     "reasons": [f"accepted; trained in the cycle of batch {into}"],
                 }
             else:
-                outcome = quarantine_result(identifier, path, validation, params)
+                outcome = quarantine_result(identifier, path, validation, params, root)
         except Exception as exc:  # this batch fails alone (retryable); the cycle goes on with the others
             outcome = {
                 "status": STATUS_FAILED,
@@ -290,12 +303,16 @@ def retrain(
     force: bool = False,
     canary_traffic: str | None = None,
     earlier: list[str] | None = None,
+    replaces: str | None = None,
 ) -> dict:
     """One retrain cycle for one batch file (and the `earlier` batches gathered before it: one training for all).
 
     A challenger that passes the gate is packaged as a Bento, then promoted directly (`canary.enabled: false`, or
     no champion yet) or through a canary on the running service at `canary.service_url`. `canary_traffic` is a raw
     batch file replayed to the service during the canary (demo, tests); without it the canary judges live traffic.
+    `replaces` is the id of an accepted batch this file re-delivers (the same period, e.g. a month first delivered
+    cut short): it is set aside (kept under data/superseded/) and this batch trains in its place.
+    A cycle that fails takes every batch it accepted back out of training (and puts a replaced one back).
     """
     logger = get_run_logger()
     workspace, path = Path(root).resolve(), Path(batch).resolve()
@@ -307,16 +324,27 @@ def retrain(
     if previous and previous["status"] not in ("failed",) and not force:
         logger.info("batch %s (%s) was already processed: %s", identifier, path.name, previous["status"])
         return {**(previous["result"] or {}), "already_processed": True}
+    replaced = check_replacement(record, replaces, identifier, params, workspace)
     if not record.claim(identifier, str(path), force=force):
         raise RuntimeError(f"batch {identifier} is being processed by another run")
+    batches_dir = workspace / params.data.batches_dir
+    taken: list[str] = []
+    set_aside_ids: list[str] = []
+    included: list[dict] = []
     try:
         included = include_earlier(earlier or [], params, workspace, record, identifier)
-        validation = validate_batch(path, params, workspace, identifier)
+        validation = validate_batch(path, params, workspace, identifier, replaces)
         if not validation["passed"]:
-            result = quarantine_result(identifier, path, validation, params)
+            result = quarantine_result(identifier, path, validation, params, workspace)
             record.finish(identifier, STATUS_QUARANTINED, result)
             logger.error("batch %s quarantined:\n%s", identifier, validation["text"])
             raise BatchQuarantined(result)
+        if replaced is not None:
+            check_same_period(validation["report"], replaced, batches_dir)
+            set_aside(batches_dir, replaces, superseded_dir(params, workspace))
+            set_aside_ids.append(replaces)
+        if not is_accepted(batches_dir, identifier):
+            taken.append(identifier)
         accept_batch(path, params, workspace, identifier)
         stages = [run_stage(params, workspace, name) for name in STAGES]
         registration = read_json(workspace / REGISTRATION)
@@ -355,6 +383,7 @@ def retrain(
             "registration": registration,
             "stages": stages,
             "included": included,
+            "replaces": replaces,
             **rollout,
         }
         result["validation"] = {
@@ -364,14 +393,74 @@ def retrain(
         }
         record_lineage(params, workspace, result)
         publish_artifacts(workspace, result)
+        if replaced is not None:
+            record.finish(replaces, SUPERSEDED, {**replaced, "status": SUPERSEDED, "superseded_by": identifier})
         record.finish(identifier, status, result)
         logger.info("batch %s: %s (%s)", identifier, status.upper(), "; ".join(reasons))
         return result
     except BatchQuarantined:
         raise
     except BaseException as exc:
-        record.finish(identifier, STATUS_FAILED, {"status": STATUS_FAILED, "reasons": [str(exc)[:2000]]})
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+        undo_acceptance(params, workspace, record, taken, included, set_aside_ids, reason)
+        record.finish(identifier, STATUS_FAILED, {"status": STATUS_FAILED, "batch_id": identifier, "reasons": [reason]})
         raise
+
+
+def check_replacement(
+    record: BatchRecord, replaces: str | None, identifier: str, params: Params, root: Path
+) -> dict | None:
+    """The recorded result of the accepted batch that `replaces` names; ValueError naming what is wrong otherwise."""
+    if replaces is None:
+        return None
+    if replaces == identifier:
+        raise ValueError(f"batch {identifier} cannot replace itself")
+    existing = record.get(replaces)
+    if existing is None or not is_accepted(root / params.data.batches_dir, replaces):
+        raise ValueError(
+            f"--replaces {replaces}: no accepted batch has that id (`retrainer status` lists the processed batches)"
+        )
+    return existing["result"] or {}
+
+
+def check_same_period(report: dict, replaced: str, batches_dir: Path) -> None:
+    """ValueError unless the new batch claims the same period as the batch it replaces (from their reports)."""
+    stored = batches_dir / f"{replaced}.validation.json"
+    old = (read_json(stored).get("completeness") or {}).get("claimed_start") if stored.is_file() else None
+    new = (report.get("completeness") or {}).get("claimed_start")
+    if old and new and old != new:
+        raise ValueError(
+            f"batch {report['batch_id']} claims the period from {new[:10]}, the batch it replaces ({replaced}) the "
+            f"period from {old[:10]}: a replacement re-delivers the same period"
+        )
+
+
+def superseded_dir(params: Params, root: Path) -> Path:
+    """Where replaced batches are kept, byte for byte, next to the accepted batches."""
+    return (root / params.data.batches_dir).parent / SUPERSEDED
+
+
+def undo_acceptance(
+    params: Params,
+    root: Path,
+    record: BatchRecord,
+    taken: list[str],
+    included: list[dict],
+    set_aside_ids: list[str],
+    reason: str,
+) -> None:
+    """After a failed cycle: every batch it accepted leaves training (its source is untouched, its record says
+    failed, so the next drain or run takes it again), and a batch it replaced is put back."""
+    batches_dir = root / params.data.batches_dir
+    for identifier in taken:
+        withdraw(batches_dir, identifier)
+    for outcome in included:
+        if outcome["status"] == STATUS_INCLUDED:
+            withdraw(batches_dir, outcome["batch_id"])
+            failed = {**outcome, "status": STATUS_FAILED, "reasons": [f"the cycle it was included in failed: {reason}"]}
+            record.finish(outcome["batch_id"], STATUS_FAILED, failed)
+    for identifier in set_aside_ids:
+        restore(superseded_dir(params, root), identifier, batches_dir)
 
 
 @flow(name="drain-inbox", log_prints=True)

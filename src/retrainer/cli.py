@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from retrainer.config import PARAMS_ENV, ConfigError, load_params
+from retrainer.io.project import allow_slow_prefect_start
 
 app = typer.Typer(
     help="Keep a tabular model fresh: validate, version, train, gate, package and roll out each new batch.",
@@ -29,6 +30,7 @@ def main(params: ParamsOption = None) -> None:
     """Keep a tabular model fresh. Every choice lives in params.yaml."""
     if params is not None:
         os.environ[PARAMS_ENV] = str(params.resolve())
+    allow_slow_prefect_start()
 
 
 def _params():
@@ -71,12 +73,20 @@ def run(
         Path | None,
         typer.Option(help="A raw batch file replayed to the service during the canary (default: live traffic)."),
     ] = None,
+    replaces: Annotated[
+        str | None,
+        typer.Option(
+            help="The id of an accepted batch this file re-delivers (the same period, e.g. a month first delivered "
+            "cut short): it leaves training (kept under data/superseded/), this batch trains in its place."
+        ),
+    ] = None,
 ) -> None:
     """One retrain cycle for one batch: validate, train, gate, package, then canary (or promote) or reject.
 
     With canary.enabled (the default) and a champion, a gate pass is canaried on the service at canary.service_url
-    (`retrainer serve`, with RETRAINER_ADMIN_TOKEN set in both). Exit codes: 0 cycle completed (promoted, rejected
-    or rolled back), 3 batch quarantined, 1 failure.
+    (`retrainer serve`, with RETRAINER_ADMIN_TOKEN set in both). A cycle that fails takes its batch back out of
+    training, so the next batch is not blocked. Exit codes: 0 cycle completed (promoted, rejected or rolled back),
+    3 batch quarantined, 1 failure.
     """
     from retrainer.runner import run_cycle
 
@@ -85,7 +95,7 @@ def run(
             typer.secho(f"error: {name} file not found: {path}", fg="red", err=True)
             raise typer.Exit(2)
     _params()
-    result = run_cycle(batch, Path.cwd(), force=force, canary_traffic=canary_traffic)
+    result = run_cycle(batch, Path.cwd(), force=force, canary_traffic=canary_traffic, replaces=replaces)
     if as_json:
         _print_json(result)
     else:
@@ -107,20 +117,14 @@ def validate(
 
     Exit codes: 0 passed (warnings allowed), 3 quarantined.
     """
-    import pandas as pd
-
-    from retrainer.stages import DATASET, TRAIN
-    from retrainer.validation import format_outcome, validate_batch_file
+    from retrainer.validation import format_outcome, freshness_floor, training_reference, validate_batch_file
 
     if not batch.is_file():
         typer.secho(f"error: batch file not found: {batch}", fg="red", err=True)
         raise typer.Exit(2)
     params, root = _params(), Path.cwd()
-    reference = pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
-    until = None
-    if (root / DATASET).exists():
-        until = pd.read_parquet(root / DATASET, columns=[params.data.time_column])[params.data.time_column].max()
-    outcome = validate_batch_file(batch, params, root, reference=reference, trained_until=until)
+    until = freshness_floor(params, root)
+    outcome = validate_batch_file(batch, params, root, reference=training_reference(root), trained_until=until)
     _print_json(outcome.report) if as_json else typer.echo(format_outcome(outcome))
     if not outcome.passed:
         raise typer.Exit(EXIT_QUARANTINED)

@@ -14,6 +14,7 @@ import typer
 import yaml
 
 from retrainer.config import Params, load_params
+from retrainer.io.project import PREFECT_STARTUP_TIMEOUT_ENV, PREFECT_STARTUP_TIMEOUT_SECONDS
 from retrainer.io.tables import read_json
 from retrainer.io.workspace import create_workspace, reproduce
 from retrainer.runner import canary_lines
@@ -193,8 +194,7 @@ def run_demo(
             "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
             "PREFECT_HOME": str(home / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            # a fresh Prefect database is migrated at first start: allow for that on a busy 2-core machine
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+            PREFECT_STARTUP_TIMEOUT_ENV: PREFECT_STARTUP_TIMEOUT_SECONDS,
             "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         }
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from retrainer.config import Params
 from retrainer.io import registry
-from retrainer.io.batches import BatchRecord
+from retrainer.io.batches import BatchRecord, batch_id
 from retrainer.io.project import home_dir
 from retrainer.io.tracking import connect
 
@@ -28,14 +28,17 @@ def run_cycle(
     force: bool = False,
     canary_traffic: Path | None = None,
     earlier: list[Path] | None = None,
+    replaces: str | None = None,
 ) -> dict:
     """Run the retrain flow on one batch (with `earlier` batches included) and return its outcome; failures become
-    status 'failed'."""
+    status 'failed', naming the batch and the champion that is still serving."""
     from flows.retrain import retrain
 
     traffic = str(canary_traffic) if canary_traffic else None
     before = [str(path) for path in earlier or []]
-    state = retrain(str(batch), str(root), force, canary_traffic=traffic, earlier=before, return_state=True)
+    state = retrain(
+        str(batch), str(root), force, canary_traffic=traffic, earlier=before, replaces=replaces, return_state=True
+    )
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)
@@ -43,11 +46,26 @@ def run_cycle(
         return error.result
     return {
         "status": "failed",
-        "reasons": [f"{type(error).__name__}: {error}"],
-        "champion_version": None,
+        "batch_id": batch_id(batch) if batch.is_file() else None,
+        "batch": batch.name,
+        "reasons": [f"batch {batch.name}: {type(error).__name__}: {error}"],
+        "champion_version": current_champion(root),
         "challenger_version": None,
         "metrics": {},
     }
+
+
+def current_champion(root: Path) -> str | None:
+    """The registry's champion version (None when there is none or the registry cannot be read)."""
+    from mlflow.exceptions import MlflowException
+
+    from retrainer.config import ConfigError, load_params
+
+    try:
+        connect(root)
+        return registry.alias_version(load_params().tracking.registered_model, registry.CHAMPION)
+    except (ConfigError, MlflowException, OSError):
+        return None
 
 
 def _metric_line(metrics: dict | None) -> str:

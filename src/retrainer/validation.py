@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,56 @@ class ValidationOutcome:
     quarantine_dir: Path | None
     report: dict[str, Any]
     frame: pd.DataFrame | None = field(default=None, repr=False)
+
+
+def freshness_floor(params: Params, root: Path, exclude: Iterable[str] = ()) -> pd.Timestamp | None:
+    """The newest time already trained on or accepted for training; a new batch must start after it.
+
+    Read from the data itself, not from a pipeline output a failed run may have left: the bootstrap slice of the seed
+    table and every accepted batch except those in `exclude` (a batch being replaced). An accepted batch's newest
+    time comes from its stored validation report, else from reading it. None when there is no data at all.
+    """
+    from retrainer.io.tables import list_batches, read_json, read_table
+    from retrainer.steps.ingest import parse_time_column
+
+    data, skipped = params.data, set(exclude)
+    newest: list[pd.Timestamp] = []
+    seed = root / data.batch_source
+    if seed.is_file():
+        times = parse_time_column(read_table(seed)[[data.time_column]], data.time_column)[data.time_column]
+        window = times[(times >= steps.to_utc(data.bootstrap.start)) & (times < steps.to_utc(data.bootstrap.end))]
+        newest += [window.max()] if len(window) else []
+    for path in list_batches(root / data.batches_dir):
+        if path.stem in skipped:
+            continue
+        report = path.with_name(f"{path.stem}.validation.json")
+        last = (read_json(report).get("completeness") or {}).get("last") if report.is_file() else None
+        if last is None:
+            last = read_batch_file(path, read_options(params)).frame[data.time_column].max()
+        newest.append(steps.to_utc(last))
+    return max(newest) if newest else None
+
+
+def same_period_batches(params: Params, root: Path, completeness: dict) -> list[str]:
+    """Ids of accepted batches whose stored report claims the same period as `completeness` (a batch's report)."""
+    from retrainer.io.tables import read_json
+
+    claimed = completeness.get("claimed_start")
+    if not claimed:
+        return []
+    reports = sorted((root / params.data.batches_dir).glob("*.validation.json"))
+    return [
+        r.name.removesuffix(".validation.json")
+        for r in reports
+        if (read_json(r).get("completeness") or {}).get("claimed_start") == claimed
+    ]
+
+
+def training_reference(root: Path) -> pd.DataFrame | None:
+    """The training rows new batches are compared with (drift, row share), or None before the first training."""
+    from retrainer.stages import TRAIN
+
+    return pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
 
 
 def get_suite_runner(params: Params) -> steps.SuiteRunner:

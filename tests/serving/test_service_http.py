@@ -135,6 +135,25 @@ def test_feedback_for_known_and_unknown_predictions(
     assert observed == (1,)
 
 
+def test_a_second_label_for_a_prediction_is_a_conflict_and_the_first_one_stands(
+    client: httpx.Client, seed_flights: pd.DataFrame, registry_home: Registry
+):
+    (prediction,) = client.post("/predict", json={"records": raw_records(seed_flights, 1, start=77)}).json()[
+        "predictions"
+    ]
+    identifier = prediction["prediction_id"]
+    first = client.post("/feedback", json={"prediction_id": identifier, "label": 0})
+    assert first.status_code == 200 and first.json()["already_recorded"] is False, first.text
+    retry = client.post("/feedback", json={"prediction_id": identifier, "label": 0})
+    assert retry.status_code == 200 and retry.json()["already_recorded"] is True, retry.text
+    conflict = client.post("/feedback", json={"prediction_id": identifier, "label": 1})
+    assert conflict.status_code == 409, conflict.text
+    assert identifier in conflict.text and "first label stands" in conflict.text
+    with sqlite3.connect(registry_home.home / "predictions.db") as db:
+        (stored,) = db.execute("SELECT feedback_label FROM predictions WHERE id = ?", (identifier,)).fetchone()
+    assert stored == 0
+
+
 def _counter(text: str, name: str, arm: str) -> float:
     match = re.search(rf'^{name}\{{[^}}]*arm="{arm}"[^}}]*\}} ([0-9.e+]+)$', text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0

@@ -15,6 +15,7 @@ import pytest
 from retrainer.serving.prediction_log import (
     DEAD_LETTER_FILE,
     LOG_FILE,
+    FeedbackOutcome,
     LoggedPrediction,
     LogLayoutError,
     PredictionLog,
@@ -84,12 +85,13 @@ def test_prediction_log_records_predictions_and_feedback(tmp_path: Path):
     p1, p2, p3 = request.ids
     assert log.get(p2) == LoggedPrediction(p2, request.time, "challenger", "2", features_digest({"a": 1}), 0.2, 1, 3.5)
     assert log.get(p3).probability == pytest.approx(0.3) and log.get(p1).model_version == "1"
-    assert log.record_feedback(p1, 0, "2026-01-02T00:00:00") is True
-    assert log.record_feedback(p1, 1, "2026-01-03T00:00:00") is True
-    assert log.feedback_label(p1) == 1
+    assert log.record_feedback(p1, 0, "2026-01-02T00:00:00") is FeedbackOutcome.RECORDED
+    assert log.record_feedback(p1, 0, "2026-01-02T00:00:05") is FeedbackOutcome.REPEATED  # a client's retry
+    assert log.record_feedback(p1, 1, "2026-01-03T00:00:00") is FeedbackOutcome.CONFLICT
+    assert log.feedback_label(p1) == 0, "the first label stands"
     beyond = request.key + "000003"  # the request's key, but a position it does not have
     for unknown in ("missing", beyond, new_request_key() + "000000"):
-        assert log.record_feedback(unknown, 1, "2026-01-02T00:00:00") is False
+        assert log.record_feedback(unknown, 1, "2026-01-02T00:00:00") is FeedbackOutcome.UNKNOWN
         assert log.feedback_label(unknown) is None and log.get(unknown) is None
     log.close()
 

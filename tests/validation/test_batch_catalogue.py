@@ -173,7 +173,64 @@ GX = [
         "expect_column_dtype_to_be_kind",
         "str",
     ),
+    Case(
+        "one timestamp that is not ISO 8601 among mixed valid spellings",
+        "b.csv",
+        lambda m: with_time_text(m, lambda i, t: "2013-03-32T09:00:00Z" if i == 1500 else iso_spelling(i, t)),
+        "times.time_hour",
+        "batch_file_reads_cleanly",
+        "2013-03-32T09:00:00Z",
+    ),
+    *(
+        Case(
+            f"distance {text} in csv",
+            "b.csv",
+            lambda m, text=text: to_csv_bytes(set_rows(m, "distance", text, rows=1)),
+            "finite.distance",
+            "expect_column_values_to_be_between",
+            "-inf" if text.startswith("-") else "inf",
+        )
+        for text in ("inf", "-inf", "Infinity", "-Infinity", "1e400", "INF")
+    ),
+    Case(
+        "float inf in parquet",
+        "b.parquet",
+        lambda m: to_parquet_bytes(m.assign(distance=m["distance"].where(m.index != 2, np.inf))),
+        "finite.distance",
+        "expect_column_values_to_be_between",
+        "inf",
+    ),
+    Case(
+        "a month cut short half-way, last line a valid '+00' time with no final newline",
+        "b.csv",
+        lambda m: cut_half_way(m),
+        "completeness.time_coverage",
+        "batch_covers_its_period",
+    ),
 ]
+
+
+def iso_spelling(index: int, stamp: pd.Timestamp) -> str:
+    """Valid ISO 8601 spellings of one UTC instant, varied by row, as different producers write them."""
+    spellings = (
+        stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        stamp.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        stamp.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        stamp.strftime("%Y-%m-%dT%H:%M:%S"),  # no offset: documented as UTC
+        stamp.strftime("%Y-%m-%d %H:%M:%S+00"),
+    )
+    return spellings[(index // 700) % len(spellings)]
+
+
+def with_time_text(m: pd.DataFrame, spell: Callable[[int, pd.Timestamp], str]) -> bytes:
+    """The frame as CSV with each time written by `spell(row, instant)`."""
+    return to_csv_bytes(m.assign(time_hour=[spell(i, t) for i, t in enumerate(m["time_hour"])]))
+
+
+def cut_half_way(m: pd.DataFrame) -> bytes:
+    """A partial upload: the first half of the month's rows, times ending '+00', no final newline (all parseable)."""
+    half = m.iloc[: len(m) // 2]
+    return with_time_text(half, lambda i, t: t.strftime("%Y-%m-%dT%H:%M:%S+00")).rstrip(b"\n")
 
 
 def truncate_last_line(m: pd.DataFrame) -> bytes:
@@ -293,6 +350,7 @@ def test_corrupted_batch_is_named_and_quarantined(case, march, params, suite_run
 
 
 def test_catalogue_covers_the_issue():
+    assert {"finite.distance", "times.time_hour", "completeness.time_coverage"} <= {c.check for c in GX}
     assert len(GX + PARSE) >= 20
     assert len({c.name for c in GX + PARSE}) == len(GX + PARSE)
 
@@ -379,3 +437,129 @@ def test_drift_is_measured_per_feature_and_warns(march, february, params, suite_
     warned = {w["check"] for w in outcome.warnings}
     assert "drift.distance" in warned and "drift.origin" not in warned
     assert "drift.month" in warned  # a new month is, by construction, outside the reference
+
+
+# -- inputs from the wild: values real files contain ---------------------------------------------------------
+
+
+NUMERIC_COLUMNS = ("year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time")
+NUMERIC_COLUMNS += ("arr_delay", "flight", "air_time", "distance", "hour", "minute")
+
+
+def test_every_numeric_column_refuses_non_finite_values_naming_the_row(march, params, suite_runner, tmp_path):
+    declared = {n for n, r in params.validate.columns.items() if r.kind in ("integer", "number")}
+    assert declared == set(NUMERIC_COLUMNS)
+    for column in NUMERIC_COLUMNS:
+        source = tmp_path / f"{column}.parquet"
+        bad = march.astype({column: "float64"})
+        bad.loc[3, column] = -np.inf if column == "dep_delay" else np.inf
+        source.write_bytes(to_parquet_bytes(bad))
+        outcome = validate_batch_file(source, params, tmp_path / "root", None, None)
+        failure = next((f for f in outcome.failures if f["check"] == f"finite.{column}"), None)
+        assert failure is not None, (column, format_outcome(outcome))
+        assert failure["rows"] == [3] and failure["examples"] in (["inf"], ["-inf"]) and failure["severity"] == "block"
+        assert "rows [3]" in format_outcome(outcome)
+
+
+def test_padded_codes_are_trimmed_once_as_the_service_trims_them(march, params, suite_runner, tmp_path):
+    from retrainer.serving.schema import json_records
+
+    padded = march.assign(
+        carrier=" " + march["carrier"], dest=" " + march["dest"], tailnum=march["tailnum"].str.pad(8, side="right")
+    )
+    source = tmp_path / "padded.csv"
+    source.write_bytes(to_csv_bytes(padded))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    warned = {w["check"]: w for w in outcome.warnings}
+    assert set(warned) == {"whitespace.carrier", "whitespace.dest", "whitespace.tailnum"}
+    assert warned["whitespace.carrier"]["unexpected_count"] == len(march)
+    assert "' UA'" in format_outcome(outcome) or "' AA'" in format_outcome(outcome)
+    for column in ("carrier", "dest", "tailnum"):
+        assert outcome.frame[column].tolist() == march[column].tolist(), column
+    # the service's request schema reads the same padded values as the same codes
+    rows = padded.drop(columns=["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]).head(50)
+    served = json_records(json.loads(rows.to_json(orient="records", date_format="iso")))
+    assert [r["carrier"] for r in served] == outcome.frame["carrier"].head(50).tolist()
+    assert [r["tailnum"] for r in served] == outcome.frame["tailnum"].head(50).tolist()
+
+
+def test_training_reads_an_accepted_batch_exactly_as_validation_did(march, params, project_root, tmp_path):
+    from retrainer.stages import load_raw
+
+    root = tmp_path / "ws"
+    (root / "data" / "batches").mkdir(parents=True)
+    (root / "seeds").symlink_to(project_root / "seeds")
+    padded = set_rows(march, "carrier", "NA", rows=50).assign(dest=" " + march["dest"])
+    (root / "data" / "batches" / "b.csv").write_bytes(to_csv_bytes(padded) + b",,,,,,,,,,,,,,,,,,\n" * 3)
+    raw = load_raw(params, root)
+    batch = raw.loc[raw["month"] == 3].reset_index(drop=True)
+    assert len(batch) == len(march)
+    assert batch["carrier"].head(50).tolist() == ["NA"] * 50
+    assert batch["dest"].tolist() == march["dest"].tolist()
+    assert batch["year"].dtype.kind == "i"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_the_text_NA_is_a_code_in_csv_as_in_parquet(fmt, march, params, suite_runner, tmp_path):
+    coded = set_rows(march, "carrier", "NA", rows=50).astype({"carrier": "str"})
+    source = tmp_path / f"na.{fmt}"
+    source.write_bytes(to_csv_bytes(coded) if fmt == "csv" else to_parquet_bytes(coded))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    assert [(w["check"], w["unexpected_count"]) for w in outcome.warnings] == [("categories.carrier", 50)]
+    assert outcome.frame["carrier"].head(50).tolist() == ["NA"] * 50
+
+
+def test_a_text_configured_as_missing_is_named_in_the_failure(march, params, suite_runner, tmp_path):
+    missing = params.validate.missing_values.model_copy(update={"text": ("", "NA")})
+    strict = params.model_copy(update={"validate": params.validate.model_copy(update={"missing_values": missing})})
+    source = tmp_path / "na.csv"
+    source.write_bytes(to_csv_bytes(set_rows(march, "carrier", "NA", rows=50)))
+    outcome = validate_batch_file(source, strict, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    failure = next(f for f in outcome.failures if f["check"] == "not_null.carrier")
+    assert failure["unexpected_count"] == 50 and failure["read_as_missing"] == {"NA": 50}
+    assert "read as missing from the text 'NA' x50" in format_outcome(outcome)
+
+
+@pytest.mark.parametrize("spelling", ["Z then .000Z", "+00:00 then no offset", "five spellings"])
+def test_valid_iso_8601_times_in_mixed_spellings_parse(spelling, march, params, suite_runner, tmp_path):
+    def spell(i: int, t: pd.Timestamp) -> str:
+        if spelling == "Z then .000Z":
+            return t.strftime("%Y-%m-%dT%H:%M:%SZ" if i < 2000 else "%Y-%m-%dT%H:%M:%S.000Z")
+        if spelling == "+00:00 then no offset":
+            return t.strftime("%Y-%m-%dT%H:%M:%S+00:00" if i % 2 else "%Y-%m-%dT%H:%M:%S")
+        return iso_spelling(i, t)
+
+    source = tmp_path / "times.csv"
+    source.write_bytes(with_time_text(march, spell))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    assert outcome.frame["time_hour"].tolist() == march["time_hour"].tolist()
+
+
+def test_spreadsheet_rows_of_bare_commas_at_the_end_are_dropped_and_counted(march, params, suite_runner, tmp_path):
+    source = tmp_path / "export.csv"
+    source.write_bytes(to_csv_bytes(march) + b",,,,,,,,,,,,,,,,,,\n" * 3)
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    (warning,) = outcome.warnings
+    assert warning["check"] == "empty_rows" and warning["unexpected_count"] == 3
+    last = len(march) + 4
+    assert f"3 empty rows at the end of the file (lines {last - 2}-{last})" in format_outcome(outcome)
+    assert len(outcome.frame) == len(march) and outcome.frame["year"].dtype.kind == "i"
+
+
+def test_a_half_month_is_short_of_rows_against_the_reference(march, february, params, suite_runner, tmp_path):
+    source = tmp_path / "half.csv"
+    source.write_bytes(cut_half_way(march))
+    outcome = validate_batch_file(source, params, tmp_path / "root", february, TRAINED_UNTIL_FEB)
+    coverage = next(f for f in outcome.failures if f["check"] == "completeness.time_coverage")
+    assert 0.4 < coverage["observed"] < 0.6 and "2013-03-01 .. 2013-04-01" in coverage["reason"]
+    share = next(w for w in outcome.warnings if w["check"] == "completeness.row_share")
+    assert share["observed"] < 0.5
+    whole = tmp_path / "whole.csv"
+    whole.write_bytes(to_csv_bytes(march))
+    full = validate_batch_file(whole, params, tmp_path / "root", february, TRAINED_UNTIL_FEB)
+    assert full.report["completeness"]["time_coverage"] > 0.95
+    assert not any(e["check"].startswith("completeness.") for e in full.failures + full.warnings)

@@ -245,7 +245,7 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
     if bare:
         last_line = len(rows) + len(bare) + 1
         reason = f"{describe_lines(bare, last_line)} of only delimiters: dropped"
-        notes.append(read_entry("parse.empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES]))
+        notes.append(read_entry("empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES]))
     return BatchTable(frame, notes, [], count_missing_texts(text, frame, missing))
 
 
@@ -281,7 +281,7 @@ def drop_empty_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         return frame, []
     rows = [int(i) for i in frame.index[empty]]
     reason = f"{len(rows)} rows with every cell missing: dropped"
-    note = read_entry("parse.empty_rows", None, "warn", len(rows), reason, rows=rows[:MAX_EXAMPLES])
+    note = read_entry("empty_rows", None, "warn", len(rows), reason, rows=rows[:MAX_EXAMPLES])
     return frame.loc[~empty].reset_index(drop=True), [note]
 
 
@@ -299,9 +299,11 @@ def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd
             continue
         out = out.assign(**{column: stripped})
         rows = [int(i) for i in frame.index[changed][:MAX_EXAMPLES]]
-        examples = [repr(v) for v in values[changed].unique()[:MAX_EXAMPLES]]
-        reason = f"{int(changed.sum())} values had surrounding whitespace: trimmed (e.g. {', '.join(examples)})"
-        notes.append(read_entry(f"trimmed.{column}", column, "warn", int(changed.sum()), reason, rows=rows))
+        examples = [str(v) for v in values[changed].unique()[:MAX_EXAMPLES]]
+        shown = ", ".join(map(repr, examples))
+        reason = f"{int(changed.sum())} values had surrounding whitespace: trimmed (e.g. {shown})"
+        count = int(changed.sum())
+        notes.append(read_entry(f"whitespace.{column}", column, "warn", count, reason, rows=rows, examples=examples))
     return out, notes
 
 
@@ -321,4 +323,7 @@ def parse_time_values(frame: pd.DataFrame, time_column: str | None) -> tuple[pd.
     examples = [str(v) for v in values[bad][:MAX_EXAMPLES]]
     shown = ", ".join(f"row {r} {v!r}" for r, v in zip(rows, examples, strict=True))
     reason = f"{int(bad.sum())} values are not ISO 8601 times (e.g. {shown})"
-    return frame, [read_entry(f"parse.{time_column}", time_column, "block", int(bad.sum()), reason, rows=rows)]
+    entry = read_entry(
+        f"times.{time_column}", time_column, "block", int(bad.sum()), reason, rows=rows, examples=examples
+    )
+    return frame, [entry]

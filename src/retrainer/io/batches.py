@@ -13,6 +13,8 @@ from retrainer.io.batch_files import hash_file
 from retrainer.io.tables import BATCH_SUFFIXES
 
 CLAIMED = "running"
+FAILED = "failed"
+SUPERSEDED = "superseded"
 # a claim older than this belongs to a run that died; the batch may be taken again
 STALE_CLAIM = timedelta(hours=6)
 
@@ -39,6 +41,43 @@ def accept(path: Path, batches_dir: Path, identifier: str) -> Path:
     return dest
 
 
+def accepted_files(batches_dir: Path, identifier: str) -> list[Path]:
+    """A batch's files among the accepted batches: its copy and its stored validation report."""
+    return sorted(batches_dir.glob(f"{identifier}.*")) if batches_dir.is_dir() else []
+
+
+def is_accepted(batches_dir: Path, identifier: str) -> bool:
+    """Whether the pipeline trains on this batch (its copy is among the accepted batches)."""
+    return any(p.suffix.lower() in BATCH_SUFFIXES for p in accepted_files(batches_dir, identifier))
+
+
+def withdraw(batches_dir: Path, identifier: str) -> list[Path]:
+    """Take a batch out of training: delete its accepted copy and stored report (the batch's source file, which the
+    record names, is untouched). Returns the paths removed. A cycle that fails after accepting its batch calls this,
+    so one bad batch can never block later ones."""
+    removed = accepted_files(batches_dir, identifier)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def set_aside(batches_dir: Path, identifier: str, archive: Path) -> list[Path]:
+    """Move a batch's accepted copy and report, byte for byte, into `archive/<identifier>/` (a superseded batch).
+    Returns the new paths; `restore` moves them back."""
+    target = archive / identifier
+    target.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.move(path, target / path.name)) for path in accepted_files(batches_dir, identifier)]
+
+
+def restore(archive: Path, identifier: str, batches_dir: Path) -> list[Path]:
+    """Move a set-aside batch back among the accepted batches (a replacement whose cycle failed)."""
+    source = archive / identifier
+    if not source.is_dir():
+        return []
+    batches_dir.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.move(path, batches_dir / path.name)) for path in sorted(source.iterdir())]
+
+
 class BatchRecord:
     """SQLite record of processed batches: claim before work, finish with the outcome; exactly once per batch."""
 
@@ -62,7 +101,7 @@ class BatchRecord:
             if row is not None:
                 status, claimed_at = row
                 live_claim = status == CLAIMED and datetime.fromisoformat(claimed_at) > datetime.now(UTC) - STALE_CLAIM
-                if live_claim or (status not in (CLAIMED, "failed") and not force):
+                if live_claim or (status not in (CLAIMED, FAILED) and not force):
                     return False
             db.execute(
                 "INSERT OR REPLACE INTO batches (batch_id, source, status, claimed_at) VALUES (?, ?, ?, ?)",
@@ -110,6 +149,6 @@ def pending_batches(inbox: Path, record: BatchRecord) -> list[Path]:
     waiting = []
     for path in inbox_files(inbox):
         existing = record.get(batch_id(path))
-        if existing is None or existing["status"] == "failed":
+        if existing is None or existing["status"] == FAILED:
             waiting.append(path)
     return waiting

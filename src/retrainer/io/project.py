@@ -11,6 +11,20 @@ KEY_ENV = "RETRAINER_PSEUDO_KEY"
 DEFAULT_PSEUDO_KEY = "retrainer-local-development-key"
 
 
+# Prefect's temporary (ephemeral) server migrates a fresh database at first start; its default 20 s start-up timeout
+# fails on a busy 2-core machine ("Timed out while attempting to connect to ephemeral Prefect API server").
+PREFECT_STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+PREFECT_STARTUP_TIMEOUT_SECONDS = "180"
+
+
+def allow_slow_prefect_start() -> None:
+    """Give Prefect's temporary server 180 s to start, unless the user set their own timeout.
+
+    Every entry point that may start a flow calls this before Prefect reads its settings.
+    """
+    os.environ.setdefault(PREFECT_STARTUP_TIMEOUT_ENV, PREFECT_STARTUP_TIMEOUT_SECONDS)
+
+
 def home_dir(root: Path | None = None) -> Path:
     """The project-local home for state DVC does not version (MLflow store, run records)."""
     explicit = os.environ.get(HOME_ENV)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 import os
@@ -73,6 +74,15 @@ _INSERT = (
     "INSERT INTO requests (key, time, latency_ms, rows, champion_version, challenger_version, arm, probability, "
     "label, features_digest, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+class FeedbackOutcome(enum.Enum):
+    """What posting a label for a prediction did. The first label stands: a later, different one is a conflict."""
+
+    RECORDED = "recorded"  # stored now
+    REPEATED = "repeated"  # this same label was stored earlier: nothing changes (idempotent)
+    CONFLICT = "conflict"  # a different label was stored earlier and stands
+    UNKNOWN = "unknown"  # no such prediction in the log
 
 
 class LogLayoutError(RuntimeError):
@@ -317,22 +327,28 @@ class PredictionLog:
         with self._lock:
             return self._conn.execute("SELECT 1 FROM requests WHERE key = ?", (key,)).fetchone() is not None
 
-    def record_feedback(self, prediction_id: str, label: int, time: str) -> bool:
-        """Store the observed label of a logged prediction; False when the prediction is unknown."""
+    def record_feedback(self, prediction_id: str, label: int, time: str) -> FeedbackOutcome:
+        """Store the observed label of a logged prediction unless one is stored already (the first label stands:
+        a client's retry is REPEATED, a different label is a CONFLICT and changes nothing); UNKNOWN for an id
+        the log does not hold."""
         place = split_id(prediction_id)
         if place is None:
-            return False
+            return FeedbackOutcome.UNKNOWN
         key, position = place
         with self._lock:
             known = self._conn.execute("SELECT rows FROM requests WHERE key = ?", (key,)).fetchone()
             if known is None or position >= known[0]:
-                return False
-            self._conn.execute(
-                "INSERT INTO feedback VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(request_key, position) DO UPDATE SET time = excluded.time, label = excluded.label",
+                return FeedbackOutcome.UNKNOWN
+            inserted = self._conn.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?, ?) ON CONFLICT(request_key, position) DO NOTHING",
                 (key, position, time, int(label)),
-            )
-        return True
+            ).rowcount
+            if inserted:
+                return FeedbackOutcome.RECORDED
+            (stored,) = self._conn.execute(
+                "SELECT label FROM feedback WHERE request_key = ? AND position = ?", place
+            ).fetchone()
+        return FeedbackOutcome.REPEATED if int(stored) == int(label) else FeedbackOutcome.CONFLICT
 
     def get(self, prediction_id: str) -> LoggedPrediction | None:
         """One logged prediction by id."""

@@ -19,6 +19,7 @@ from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_so
 from retrainer.serving.prediction_log import (
     DEAD_LETTER_FILE,
     LOG_FILE,
+    FeedbackOutcome,
     LogWriter,
     PredictionLog,
     RequestLog,
@@ -64,6 +65,16 @@ class ScoringError(RuntimeError):
 
 class UnknownPrediction(KeyError):
     """Feedback for a prediction id that was never logged."""
+
+
+class ConflictingFeedback(ValueError):
+    """Feedback whose label differs from the one already recorded for that prediction (the first one stands)."""
+
+    def __init__(self, prediction_id: str, recorded: int, sent: int) -> None:
+        super().__init__(
+            f"prediction_id {prediction_id} already has the label {recorded}; the first label stands (sent {sent})"
+        )
+        self.recorded = recorded
 
 
 @dataclass(frozen=True)
@@ -252,14 +263,22 @@ class ServingRuntime:
         """Answered predictions the writer thread could not log (kept in the dead-letter file)."""
         return self.log_writer.failures
 
-    def feedback(self, prediction_id: str, label: int) -> None:
-        """Record the observed label of a logged prediction (one answered a moment ago may still be on its way)."""
+    def feedback(self, prediction_id: str, label: int) -> FeedbackOutcome:
+        """Record the observed label of a logged prediction (one answered a moment ago may still be on its way).
+
+        Returns RECORDED, or REPEATED when this label was recorded before. Raises UnknownPrediction for an id the
+        log does not hold, ConflictingFeedback when a different label was recorded first (it stands).
+        """
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        if self.log.record_feedback(prediction_id, label, now):
-            return
-        self.log_writer.wait_for_owed(timeout=FEEDBACK_WAIT_SECONDS)
-        if not self.log.record_feedback(prediction_id, label, now):
+        outcome = self.log.record_feedback(prediction_id, label, now)
+        if outcome is FeedbackOutcome.UNKNOWN:
+            self.log_writer.wait_for_owed(timeout=FEEDBACK_WAIT_SECONDS)
+            outcome = self.log.record_feedback(prediction_id, label, now)
+        if outcome is FeedbackOutcome.UNKNOWN:
             raise UnknownPrediction(prediction_id)
+        if outcome is FeedbackOutcome.CONFLICT:
+            raise ConflictingFeedback(prediction_id, 1 - int(label), int(label))
+        return outcome
 
     def set_weight(self, weight: float) -> RolloutState:
         """Give the challenger a share of traffic, loading it (from the state, else the alias) first."""

@@ -119,14 +119,19 @@ class RetrainerService:
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     def feedback(self, prediction_id: UUID, label: int) -> dict:
-        """Record the observed label (0/1) of an earlier prediction; 404 for an unknown prediction id."""
-        from retrainer.serving.runtime import UnknownPrediction
+        """Record the observed label (0/1) of an earlier prediction, once: the same label again is a no-op (200,
+        `already_recorded`), a different one 409 (the first label stands); 404 for an unknown prediction id."""
+        from retrainer.serving.prediction_log import FeedbackOutcome
+        from retrainer.serving.runtime import ConflictingFeedback, UnknownPrediction
 
         try:
-            self.runtime.feedback(str(prediction_id), label)
+            outcome = self.runtime.feedback(str(prediction_id), label)
         except UnknownPrediction:
             raise NotFound(f"prediction_id {prediction_id} is unknown") from None
-        return {"prediction_id": str(prediction_id), "label": label, "recorded": True}
+        except ConflictingFeedback as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from None
+        repeated = outcome is FeedbackOutcome.REPEATED
+        return {"prediction_id": str(prediction_id), "label": label, "recorded": True, "already_recorded": repeated}
 
     @bentoml.api(route="/admin/weights", input_spec=WeightsRequest)
     def admin_weights(self, challenger_weight: float, ctx: bentoml.Context) -> dict:
