@@ -201,6 +201,7 @@ def record_lineage(params: Params, root: Path, result: dict) -> None:
             "batch_id": result["batch_id"],
             "validation": f"passed, {len(result['validation']['warnings'])} warnings "
             f"({', '.join(result['validation']['warnings'])[:300]})",
+            **({"replaces_batch": result["replaces"]} if result.get("replaces") else {}),
         },
     )
     mlflow.MlflowClient().log_dict(result["registration"]["run_id"], result["gate"], "gate/gate_report.json")

@@ -431,3 +431,114 @@ def test_run_cycle_on_a_garbage_file_returns_quarantined_and_keeps_it_out_of_tra
     quarantined = Path(result["quarantine_dir"])
     assert any(p.read_bytes() == garbage.read_bytes() for p in quarantined.rglob("*") if p.is_file())
     assert _record(ws).get(identifier)["status"] == result["status"]
+
+
+def _set_params(ws: Path, **sections: dict) -> dict:
+    """Update sections of the workspace's params (nested dicts merged one level deep); returns the old text's dict."""
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    old = yaml.safe_load((ws / "params.yaml").read_text())
+    for name, update in sections.items():
+        for key, value in update.items():
+            raw[name][key] = {**raw[name][key], **value} if isinstance(value, dict) else value
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return old
+
+
+def _with_cell(path: Path, dest: Path, column: str, row: int, text: str) -> Path:
+    """A copy of a CSV batch with one cell's text replaced (the flights files hold no quoted commas)."""
+    header, *rows = path.read_text().splitlines(keepends=True)
+    at = header.rstrip("\n").split(",").index(column)
+    fields = rows[row].rstrip("\n").split(",")
+    fields[at] = text
+    rows[row] = ",".join(fields) + "\n"
+    dest.write_text(header + "".join(rows))
+    return dest
+
+
+@pytest.fixture
+def direct_promotion(ws):
+    """Promotion on the gate alone (no canary) for the tests below: they are about accepting batches."""
+    old = _set_params(ws, canary={"enabled": False})
+    yield
+    (ws / "params.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+
+
+def test_a_cycle_that_fails_after_accepting_its_batch_withdraws_it_and_the_next_batch_runs(
+    ws, project_root, tmp_path, direct_promotion
+):
+    """An inf distance let through by a user's policy (finite: warn) in the newest rows, which the split holds out,
+    makes the evaluate stage fail for real (sklearn refuses infinity); the batch must leave training, so the next
+    clean batch is not poisoned by it."""
+    from retrainer.runner import run_cycle
+
+    _set_params(ws, validate={"severity": {"finite": "warn"}})
+    clean = _sample_batch(project_root, 8, tmp_path, "flights-2013-08-clean.csv", every=12)
+    bad = _with_cell(clean, tmp_path / "flights-2013-08-inf.csv", "distance", -5, "inf")
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    assert champion is not None
+
+    failed = run_cycle(bad, ws)
+    assert failed["status"] == "failed", failed
+    assert "flights-2013-08-inf.csv" in failed["reasons"][0] and "infinity" in failed["reasons"][0]
+    assert failed["champion_version"] == champion, "the JSON reports the champion that is still serving"
+    assert registry.alias_version(MODEL, registry.CHAMPION) == champion
+    assert not list((ws / "data" / "batches").glob(f"{batch_id(bad)}.*")), "a failed cycle leaves nothing accepted"
+    assert _record(ws).get(batch_id(bad))["status"] == "failed"
+
+    _set_params(ws, validate={"severity": {"finite": "block"}})
+    quarantined = run_cycle(bad, ws)
+    assert quarantined["status"] == "quarantined" and any("finite.distance" in r for r in quarantined["reasons"])
+    after = run_cycle(clean, ws)
+    assert after["status"] in {"promoted", "rejected"}, after
+    assert (ws / "data" / "batches" / f"{batch_id(clean)}.csv").read_bytes() == clean.read_bytes()
+
+
+def test_a_month_cut_short_is_quarantined_and_its_re_delivery_replaces_it(ws, project_root, tmp_path, direct_promotion):
+    from retrainer.runner import run_cycle
+
+    full = _sample_batch(project_root, 9, tmp_path, "flights-2013-09.csv", every=12)
+    header, *rows = full.read_text().splitlines(keepends=True)
+    half = tmp_path / "flights-2013-09-partial.csv"
+    half.write_text((header + "".join(rows[: len(rows) // 2])).rstrip("\n"))
+
+    cut = run_cycle(half, ws)
+    assert cut["status"] == "quarantined", cut
+    assert any("completeness.time_coverage" in r for r in cut["reasons"]), cut["reasons"]
+
+    # a user who accepts partial months (time_coverage: warn) lets the half month in ...
+    _set_params(ws, validate={"severity": {"time_coverage": "warn"}})
+    first = run_cycle(half, ws, force=True)
+    assert first["status"] in {"promoted", "rejected"}, first
+    _set_params(ws, validate={"severity": {"time_coverage": "block"}})
+    half_id = batch_id(half)
+
+    # ... then the complete file of the same month is stale against it, and the reasons say how to re-deliver
+    stale = run_cycle(full, ws)
+    assert stale["status"] == "quarantined"
+    assert any(r.startswith("freshness") for r in stale["reasons"]), stale["reasons"]
+    assert any(f"--replaces {half_id}" in r for r in stale["reasons"]), stale["reasons"]
+
+    replaced = run_cycle(full, ws, force=True, replaces=half_id)
+    assert replaced["status"] in {"promoted", "rejected"}, replaced
+    assert replaced["replaces"] == half_id
+    assert _record(ws).get(half_id)["status"] == "superseded"
+    assert _record(ws).get(half_id)["result"]["superseded_by"] == replaced["batch_id"]
+    assert not list((ws / "data" / "batches").glob(f"{half_id}.*"))
+    assert (ws / "data" / "superseded" / half_id / f"{half_id}.csv").read_bytes() == half.read_bytes()
+    tags = registry.version_tags(MODEL, replaced["challenger_version"])
+    assert tags["replaces_batch"] == half_id and tags["batch_id"] == replaced["batch_id"]
+
+    import pandas as pd
+
+    september = pd.read_parquet(ws / DATASET, columns=["month"])["month"].eq(9).sum()
+    assert september > (len(rows) // 2), "the whole month is trained on, not the half"
+
+
+def test_replacing_a_batch_that_was_never_accepted_is_refused_by_name(ws, project_root, tmp_path):
+    from retrainer.runner import run_cycle
+
+    batch = _sample_batch(project_root, 10, tmp_path, "flights-2013-10.csv", every=12)
+    result = run_cycle(batch, ws, replaces="0123456789abcdef")
+    assert result["status"] == "failed"
+    assert "--replaces 0123456789abcdef: no accepted batch has that id" in result["reasons"][0]
+    assert not list((ws / "data" / "batches").glob(f"{batch_id(batch)}.*"))

@@ -563,3 +563,15 @@ def test_a_half_month_is_short_of_rows_against_the_reference(march, february, pa
     full = validate_batch_file(whole, params, tmp_path / "root", february, TRAINED_UNTIL_FEB)
     assert full.report["completeness"]["time_coverage"] > 0.95
     assert not any(e["check"].startswith("completeness.") for e in full.failures + full.warnings)
+
+
+def test_a_padded_time_is_the_same_instant_in_a_batch_and_at_the_service(march, params, suite_runner, tmp_path):
+    from retrainer.serving.schema import iso_instant
+
+    source = tmp_path / "padded-times.csv"
+    source.write_bytes(with_time_text(march, lambda i, t: f" {t.strftime('%Y-%m-%dT%H:%M:%SZ')}\t"))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    assert outcome.frame["time_hour"].tolist() == march["time_hour"].tolist()
+    padded = f" {march['time_hour'][0].strftime('%Y-%m-%dT%H:%M:%SZ')}\t"
+    assert pd.Timestamp(iso_instant(padded)) == outcome.frame["time_hour"][0]

@@ -27,9 +27,10 @@ def iso_instant(value: object) -> str:
     """A time read by pydantic's datetime rules, written as pydantic writes it in JSON ("...Z" for UTC).
 
     The same text a validated datetime field gave once dumped: digests, routing keys and golden records are unchanged.
-    Records of one hour share one parse.
+    Records of one hour share one parse. Surrounding whitespace is trimmed first, as batches are read (pandas' ISO 8601
+    parser ignores it), so a padded time means the same instant to training and to the service.
     """
-    return _iso_text(value) if isinstance(value, str) else _json_instant(value)
+    return _iso_text(value.strip()) if isinstance(value, str) else _json_instant(value)
 
 
 # Kept as text: hashing and digesting text is cheaper than datetimes, and every consumer parses ISO 8601.
