@@ -25,6 +25,8 @@ SUMMARY = {
         ("pandas_seconds_median", "pandas checks s (median)"),
         ("gx_over_pandas_ratio", "GX / pandas"),
         ("target_seconds", "target GX s"),
+        ("csv_batch_reader_seconds_median", "batch reader s (CSV)"),
+        ("csv_reader_over_read_csv_ratio", "reader / read_csv"),
     ],
     "train": [
         ("rows_train", "training rows"),

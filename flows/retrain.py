@@ -341,7 +341,7 @@ def retrain(
             logger.error("batch %s quarantined:\n%s", identifier, validation["text"])
             raise BatchQuarantined(result)
         if replaced is not None:
-            check_same_period(validation["report"], replaced, batches_dir)
+            check_same_period(validation["report"], replaces, batches_dir)
             set_aside(batches_dir, replaces, superseded_dir(params, workspace))
             set_aside_ids.append(replaces)
         if not is_accepted(batches_dir, identifier):

@@ -444,10 +444,13 @@ def _set_params(ws: Path, **sections: dict) -> dict:
     return old
 
 
-def _with_cell(path: Path, dest: Path, column: str, row: int, text: str) -> Path:
-    """A copy of a CSV batch with one cell's text replaced (the flights files hold no quoted commas)."""
+def _with_cell_in_last_labelled_row(path: Path, dest: Path, column: str, text: str) -> Path:
+    """A copy of a CSV batch with one cell's text replaced in its last row with an outcome (a flight that landed,
+    so ingest keeps it; the newest rows are the holdout). The flights files hold no quoted commas."""
     header, *rows = path.read_text().splitlines(keepends=True)
-    at = header.rstrip("\n").split(",").index(column)
+    names = header.rstrip("\n").split(",")
+    at, outcome = names.index(column), names.index("arr_delay")
+    row = max(i for i, line in enumerate(rows) if line.rstrip("\n").split(",")[outcome] != "")
     fields = rows[row].rstrip("\n").split(",")
     fields[at] = text
     rows[row] = ",".join(fields) + "\n"
@@ -473,7 +476,7 @@ def test_a_cycle_that_fails_after_accepting_its_batch_withdraws_it_and_the_next_
 
     _set_params(ws, validate={"severity": {"finite": "warn"}})
     clean = _sample_batch(project_root, 8, tmp_path, "flights-2013-08-clean.csv", every=12)
-    bad = _with_cell(clean, tmp_path / "flights-2013-08-inf.csv", "distance", -5, "inf")
+    bad = _with_cell_in_last_labelled_row(clean, tmp_path / "flights-2013-08-inf.csv", "distance", "inf")
     champion = registry.alias_version(MODEL, registry.CHAMPION)
     assert champion is not None
 
