@@ -15,6 +15,7 @@ from retrainer.config import PARAMS_ENV, Params, load_params
 from retrainer.cycle import data_counts, finite, gather_and_decide, write_gate_report
 from retrainer.io import registry
 from retrainer.io.batches import (
+    RETRYABLE,
     SUPERSEDED,
     BatchRecord,
     accept,
@@ -270,7 +271,7 @@ def include_earlier(paths: list[str], params: Params, root: Path, record: BatchR
         path = Path(name).resolve()
         identifier = batch_id(path)
         existing = record.get(identifier)
-        if (existing and existing["status"] != STATUS_FAILED) or not record.claim(identifier, str(path)):
+        if (existing and existing["status"] not in RETRYABLE) or not record.claim(identifier, str(path)):
             continue
         try:
             validation = validate_batch(path, params, root, identifier)
@@ -322,12 +323,12 @@ def retrain(
     record = BatchRecord(home_dir(workspace) / "batches.db")
     identifier = batch_id(path)
     previous = record.get(identifier)
-    if previous and previous["status"] not in ("failed",) and not force:
+    if previous and previous["status"] not in RETRYABLE and not force:
         logger.info("batch %s (%s) was already processed: %s", identifier, path.name, previous["status"])
         return {**(previous["result"] or {}), "already_processed": True}
     replaced = check_replacement(record, replaces, identifier, params, workspace)
     if not record.claim(identifier, str(path), force=force):
-        raise RuntimeError(f"batch {identifier} is being processed by another run")
+        raise RuntimeError(f"batch {identifier} is being processed by another run (pid {record.owner(identifier)})")
     batches_dir = workspace / params.data.batches_dir
     taken: list[str] = []
     set_aside_ids: list[str] = []
@@ -351,7 +352,7 @@ def retrain(
         registration = read_json(workspace / REGISTRATION)
         name, version = params.tracking.registered_model, registration["version"]
         cached = read_json(workspace / "models" / "gate_report.json") if not any(s["ran"] for s in stages) else None
-        reusable = previous and previous["status"] != STATUS_FAILED and previous["result"]
+        reusable = previous and previous["status"] not in RETRYABLE and previous["result"]
         if cached is not None and cached.get("challenger_version") == version and reusable:
             logger.info("nothing changed since the last run: reusing its decision")
             record.finish(identifier, previous["status"], previous["result"])

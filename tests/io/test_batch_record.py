@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from retrainer.io.batches import CLAIMED, STALE_CLAIM, BatchRecord, accept, batch_id, inbox_files
+from retrainer.io.batches import (
+    CLAIMED,
+    INTERRUPTED,
+    STALE_CLAIM,
+    BatchRecord,
+    accept,
+    batch_id,
+    inbox_files,
+    pending_batches,
+)
 
 
 @pytest.fixture
@@ -92,6 +104,79 @@ def test_a_running_claim_younger_than_the_stale_limit_still_blocks(record):
     _set_claimed_at(record, "b1", datetime.now(UTC) - STALE_CLAIM + timedelta(minutes=5))
     assert record.claim("b1", "b.csv") is False
     assert record.get("b1")["source"] == "a.csv"
+
+
+CLAIM_AND_WAIT = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from retrainer.io.batches import BatchRecord\n"
+    "assert BatchRecord(Path(sys.argv[1])).claim('b1', 'a.csv')\n"
+    "print('claimed', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def _claim_in_another_process(path: Path) -> subprocess.Popen:
+    """A real second process that claims batch b1 and then works (sleeps) until it is killed."""
+    child = subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "claimed"
+    return child
+
+
+def test_a_claim_held_by_a_live_process_blocks_and_names_it(record):
+    child = _claim_in_another_process(record.path)
+    try:
+        assert record.claim("b1", "b.csv") is False
+        assert record.claim("b1", "b.csv", force=True) is False
+        assert record.get("b1")["status"] == CLAIMED and record.owner("b1") == child.pid
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
+def test_a_claim_whose_owner_was_killed_is_stale_at_once(record):
+    """kill -9 of the run that claimed a batch: no 6-hour wait, no KeyError, the next run takes it."""
+    child = _claim_in_another_process(record.path)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+
+    row = record.get("b1")
+    assert row["status"] == INTERRUPTED
+    assert f"pid {child.pid}" in row["result"]["reasons"][0] and row["result"]["status"] == INTERRUPTED
+    assert record.claim("b1", "b.csv") is True, "a dead owner's claim is taken over without waiting"
+    assert record.owner("b1") == os.getpid()
+
+
+def test_an_interrupted_batch_is_waiting_in_the_inbox_again(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    source = inbox / "b.csv"
+    source.write_bytes(b"a,b\n1,2\n")
+    record = BatchRecord(tmp_path / "batches.db")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLAIM_AND_WAIT.replace("'b1'", repr(batch_id(source))), str(record.path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == "claimed"
+    assert pending_batches(inbox, record) == []
+    child.kill()
+    child.wait(timeout=30)
+    assert pending_batches(inbox, record) == [source]
+
+
+def test_a_record_written_before_claims_had_owners_is_upgraded(tmp_path):
+    path = tmp_path / "batches.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE batches (batch_id TEXT PRIMARY KEY, source TEXT, status TEXT, result TEXT,"
+            " claimed_at TEXT, finished_at TEXT)"
+        )
+        now = datetime.now(UTC).isoformat()
+        db.execute("INSERT INTO batches VALUES ('old', 'a.csv', 'running', NULL, ?, NULL)", (now,))
+    record = BatchRecord(path)
+    assert record.get("old")["status"] == CLAIMED, "an owner-less claim is judged by its age, as before"
+    assert record.claim("old", "a.csv") is False
 
 
 def test_the_record_survives_reopening(tmp_path):

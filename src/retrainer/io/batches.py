@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
+
 from retrainer.io.batch_files import hash_file
 from retrainer.io.tables import BATCH_SUFFIXES
 
 CLAIMED = "running"
 FAILED = "failed"
+INTERRUPTED = "interrupted"  # claimed by a run that died: shown instead of CLAIMED, retried like FAILED
 SUPERSEDED = "superseded"
-# a claim older than this belongs to a run that died; the batch may be taken again
+RETRYABLE = (FAILED, INTERRUPTED)
+# a claim whose owner still runs after this long is taken to belong to a hung run; a dead owner's claim is stale at once
 STALE_CLAIM = timedelta(hours=6)
+_COLUMNS = ("batch_id", "source", "status", "result", "claimed_at", "finished_at", "owner_pid", "owner_started")
 
 
 def batch_id(path: Path) -> str:
@@ -78,8 +84,28 @@ def restore(archive: Path, identifier: str, batches_dir: Path) -> list[Path]:
     return [Path(shutil.move(path, batches_dir / path.name)) for path in sorted(source.iterdir())]
 
 
+def this_process() -> tuple[int, float]:
+    """The current process's id and start time: together they name it (a pid alone is reused)."""
+    return os.getpid(), psutil.Process().create_time()
+
+
+def owner_alive(pid: int | None, started: float | None) -> bool:
+    """Whether the process that made a claim still runs (same pid and the same start time, not a zombie)."""
+    if pid is None or started is None:
+        return True  # a claim from before owners were recorded: only its age can retire it
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class BatchRecord:
-    """SQLite record of processed batches: claim before work, finish with the outcome; exactly once per batch."""
+    """SQLite record of processed batches: claim before work, finish with the outcome; exactly once per batch.
+
+    A claim names its owner (pid and process start time): when that process is gone, whether it finished or was
+    killed, the claim is stale at once: `get` reports the batch `interrupted` and the next run takes it again.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -87,27 +113,44 @@ class BatchRecord:
         with closing(self._connect()) as db, db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, source TEXT, status TEXT,"
-                " result TEXT, claimed_at TEXT, finished_at TEXT)"
+                " result TEXT, claimed_at TEXT, finished_at TEXT, owner_pid INTEGER, owner_started REAL)"
             )
+            present = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
+            for column, kind in (("owner_pid", "INTEGER"), ("owner_started", "REAL")):
+                if column not in present:  # a record written before claims had owners
+                    db.execute(f"ALTER TABLE batches ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
 
     def claim(self, identifier: str, source: str, force: bool = False) -> bool:
-        """Reserve a batch; False if it is being processed, or already processed (unless `force`)."""
+        """Reserve a batch for this process; False if a live run is processing it, or it was already processed
+        (unless `force`). A claim whose owner died is taken over."""
         now = datetime.now(UTC).isoformat()
         with closing(self._connect()) as db, db:
-            row = db.execute("SELECT status, claimed_at FROM batches WHERE batch_id = ?", (identifier,)).fetchone()
+            row = db.execute(
+                "SELECT status, claimed_at, owner_pid, owner_started FROM batches WHERE batch_id = ?", (identifier,)
+            ).fetchone()
             if row is not None:
-                status, claimed_at = row
-                live_claim = status == CLAIMED and datetime.fromisoformat(claimed_at) > datetime.now(UTC) - STALE_CLAIM
+                status, claimed_at, pid, started = row
+                live_claim = (
+                    status == CLAIMED
+                    and owner_alive(pid, started)
+                    and datetime.fromisoformat(claimed_at) > datetime.now(UTC) - STALE_CLAIM
+                )
                 if live_claim or (status not in (CLAIMED, FAILED) and not force):
                     return False
             db.execute(
-                "INSERT OR REPLACE INTO batches (batch_id, source, status, claimed_at) VALUES (?, ?, ?, ?)",
-                (identifier, source, CLAIMED, now),
+                "INSERT OR REPLACE INTO batches (batch_id, source, status, claimed_at, owner_pid, owner_started)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (identifier, source, CLAIMED, now, *this_process()),
             )
         return True
+
+    def owner(self, identifier: str) -> int | None:
+        """The pid of the live run holding a batch's claim, or None."""
+        record = self.get(identifier)
+        return record["owner_pid"] if record and record["status"] == CLAIMED else None
 
     def finish(self, identifier: str, status: str, result: dict) -> None:
         """Store a batch's outcome (status 'failed' lets a later run retry it)."""
@@ -118,37 +161,36 @@ class BatchRecord:
             )
 
     def get(self, identifier: str) -> dict | None:
-        """A batch's record, or None."""
+        """A batch's record, or None; a claim whose owner died reads as `interrupted`, with a reason."""
         with closing(self._connect()) as db:
-            row = db.execute(
-                "SELECT batch_id, source, status, result, claimed_at, finished_at FROM batches WHERE batch_id = ?",
-                (identifier,),
-            ).fetchone()
+            row = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM batches WHERE batch_id = ?", (identifier,)).fetchone()
         return None if row is None else _as_dict(row)
 
     def recent(self, limit: int = 10) -> list[dict]:
         """The latest processed batches, newest first."""
         with closing(self._connect()) as db:
             rows = db.execute(
-                "SELECT batch_id, source, status, result, claimed_at, finished_at FROM batches"
-                " ORDER BY claimed_at DESC LIMIT ?",
-                (limit,),
+                f"SELECT {', '.join(_COLUMNS)} FROM batches ORDER BY claimed_at DESC LIMIT ?", (limit,)
             ).fetchall()
         return [_as_dict(row) for row in rows]
 
 
 def _as_dict(row: tuple) -> dict:
-    keys = ("batch_id", "source", "status", "result", "claimed_at", "finished_at")
-    record = dict(zip(keys, row, strict=True))
+    record = dict(zip(_COLUMNS, row, strict=True))
     record["result"] = json.loads(record["result"]) if record["result"] else None
+    if record["status"] == CLAIMED and not owner_alive(record["owner_pid"], record["owner_started"]):
+        reason = f"the run that claimed it (pid {record['owner_pid']}) ended without recording an outcome"
+        record["status"] = INTERRUPTED
+        record["result"] = {"status": INTERRUPTED, "batch_id": record["batch_id"], "reasons": [reason]}
     return record
 
 
 def pending_batches(inbox: Path, record: BatchRecord) -> list[Path]:
-    """Inbox files with no outcome recorded yet (or a failed one), oldest first: what the next drain processes."""
+    """Inbox files with no outcome recorded yet (or a failed or interrupted one), oldest first: what the next drain
+    processes."""
     waiting = []
     for path in inbox_files(inbox):
         existing = record.get(batch_id(path))
-        if existing is None or existing["status"] == FAILED:
+        if existing is None or existing["status"] in RETRYABLE:
             waiting.append(path)
     return waiting
