@@ -166,6 +166,9 @@ class RetrainConfig(_Frozen):
     inbox_dir: str = "data/incoming"
     schedule_cron: str = "0 6 * * *"
     deployment: str = "retrain-scheduled"
+    lock_timeout_seconds: float = Field(
+        ge=0, default=1800, description="how long a run waits for another run's workspace lock (0: do not wait)"
+    )
 
 
 class MonitorWindow(_Frozen):

@@ -10,7 +10,7 @@ import joblib
 import pandas as pd
 
 from retrainer.config import Params, params_hash
-from retrainer.io.tables import list_batches, read_json, read_table, write_json, write_parquet
+from retrainer.io.tables import list_batches, read_json, read_table, write_joblib, write_json, write_parquet
 
 VALIDATION_SUMMARY = Path("data/validated/summary.json")
 DATASET = Path("data/interim/dataset.parquet")
@@ -134,8 +134,7 @@ def train(params: Params, root: Path) -> dict:
         params.train.feature_selection,
         params.split.validation_fraction,
     )
-    (root / MODEL).parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump({"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL)
+    write_joblib({"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL)
     report = {
         "best_params": result.best_params,
         "cv_best_score": result.cv_best_score,

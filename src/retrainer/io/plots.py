@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from retrainer.io.tables import write_figure
+
 
 def _figure():
     import matplotlib
@@ -26,7 +28,7 @@ def write_evaluation_plots(
     def save(plt, fig, name: str) -> None:
         fig.tight_layout()
         path = directory / f"{name}.png"
-        fig.savefig(path)
+        write_figure(fig, path)
         plt.close(fig)
         written.append(path)
 

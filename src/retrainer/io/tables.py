@@ -41,6 +41,18 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def write_joblib(value: object, path: Path) -> None:
+    """Pickle a value with joblib atomically: a crash never leaves a truncated model that dvc.lock could vouch for."""
+    import joblib
+
+    _atomic_write(path, lambda tmp: joblib.dump(value, tmp))
+
+
+def write_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """Write a frame as Parquet, never leaving a half-written file."""
     _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
