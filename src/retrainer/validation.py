@@ -10,7 +10,14 @@ from typing import Any
 import pandas as pd
 
 from retrainer.config import Params, params_hash
-from retrainer.io.batch_files import BatchParseError, BatchTable, hash_file, read_batch_file, read_options
+from retrainer.io.batch_files import (
+    BatchParseError,
+    BatchTable,
+    hash_file,
+    read_batch_file,
+    read_missing_texts,
+    read_options,
+)
 from retrainer.io.quarantine import locate_quarantine, quarantine_batch, write_data_docs
 from retrainer.steps import validate as steps
 
@@ -114,8 +121,11 @@ def validate_batch_file(
     runner = get_suite_runner(params)
     result = runner.run(frame, trained_until)
     checks = steps.extract_check_results(result)
+    if any(not check.success and check.unexpected_count for check in checks):  # again, to name the rows
+        result = runner.run(frame, trained_until, detailed=True)
+        checks = steps.extract_check_results(result)
     summary = steps.summarise_checks(checks, frame.columns, time_checked=trained_until is not None)
-    failures, warnings = read_problems(table, summary)
+    failures, warnings = read_problems(table, summary, path, params)
     drift: dict[str, dict] = {}
     if reference is not None:
         kinds = {name: rule.kind for name, rule in params.validate.columns.items()}
@@ -137,7 +147,6 @@ def validate_batch_file(
         "skipped": summary.skipped,
         "drift": drift,
         "completeness": completeness,
-        "read_as_missing": table.missing_texts,
         "checks": summary.checks,
         "statistics": steps.to_jsonable(dict(result.statistics)),
         "suite": runner.suite.name,
@@ -153,15 +162,18 @@ def validate_batch_file(
     return ValidationOutcome(passed, batch_id, failures, warnings, drift, directory, report, frame if passed else None)
 
 
-def read_problems(table: BatchTable, summary: steps.ResultSummary) -> tuple[list[dict], list[dict]]:
+def read_problems(
+    table: BatchTable, summary: steps.ResultSummary, path: Path, params: Params
+) -> tuple[list[dict], list[dict]]:
     """Blocking failures and warnings: what reading the file found, then the suite's; a not-null entry names the
     cell texts that were read as missing (validate.missing_values), so it never blames a value not in the file."""
     failures = [*table.problems, *summary.failures]
     warnings = [*table.notes, *summary.warnings]
-    for entry in failures + warnings:
-        texts = table.missing_texts.get(entry.get("column") or "")
-        if texts and entry["check"].startswith(("not_null.", "labelled_share")):
-            entry["read_as_missing"] = texts
+    nulls = [e for e in failures + warnings if e["check"].startswith(("not_null.", "labelled_share")) and e["column"]]
+    texts = read_missing_texts(path, read_options(params), [e["column"] for e in nulls])
+    for entry in nulls:
+        if texts.get(entry["column"]):
+            entry["read_as_missing"] = texts[entry["column"]]
     return failures, warnings
 
 

@@ -26,8 +26,8 @@ PARQUET_SUFFIX = ".parquet"
 PARQUET_MAGIC = b"PAR1"
 SNIFF_BYTES = 64 * 1024
 OTHER_DELIMITERS = (";", "\t", "|")
-# a record of only delimiters and spaces: what spreadsheet exports leave below the data
-EMPTY_RECORD = re.compile(r"^[,\s]*$")
+# a record of only delimiters (and spaces): what spreadsheet exports leave below the data
+BARE_RECORD = re.compile(r"[ \t]*,[, \t]*")
 MAX_EXAMPLES = 5
 SIGNATURES = (
     (b"\x1f\x8b", "gzip-compressed"),
@@ -83,13 +83,12 @@ class BatchTable:
     """A parsed batch: the rows, what reading changed (`notes`, warnings), what it could not read (`problems`).
 
     Notes and problems are shaped like validation entries (check, expectation, column, severity, unexpected_count,
-    examples, rows, reason). `missing_texts` maps a column to the non-empty cell texts read as missing, with counts.
+    examples, rows, reason).
     """
 
     frame: pd.DataFrame
     notes: list[dict] = field(default_factory=list)
     problems: list[dict] = field(default_factory=list)
-    missing_texts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def read_entry(check: str, column: str | None, severity: str, count: int, reason: str, **extra: Any) -> dict:
@@ -146,7 +145,7 @@ def read_batch_file(path: Path, options: ReadOptions) -> BatchTable:
         raise BatchParseError("no_rows", f"{path.name}: the table has columns but no rows")
     frame, trimmed = trim_text_columns(frame, options.text_columns)
     frame, problems = parse_time_values(frame, options.time_column)
-    return BatchTable(frame, [*table.notes, *notes, *trimmed], problems, table.missing_texts)
+    return BatchTable(frame, [*table.notes, *notes, *trimmed], problems)
 
 
 def detect_signature(data: bytes) -> str | None:
@@ -206,7 +205,7 @@ def split_header(text: str, name: str) -> tuple[list[str], list[str]]:
 def drop_bare_records(text: str) -> tuple[str, list[int]]:
     """The CSV text without records made only of delimiters (`,,,,`), and the 1-based line numbers dropped."""
     lines = text.splitlines()
-    bare = [n for n, line in enumerate(lines[1:], start=2) if line.strip() and EMPTY_RECORD.match(line)]
+    bare = [n for n, line in enumerate(lines[1:], start=2) if BARE_RECORD.fullmatch(line)]
     if not bare:
         return text, []
     dropped = set(bare)
@@ -225,10 +224,10 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
     """A comma-separated UTF-8 file's rows; truncated or ragged rows are refused, never padded.
 
     Records of nothing but delimiters (a spreadsheet export's trailing `,,,,` lines) are dropped and noted with their
-    line numbers; only the cell texts in `options.missing_*` are read as missing.
+    line numbers, and the file read again without them, so they leave no trace in the dtypes; only the cell texts in
+    `options.missing_*` are read as missing.
     """
     text = decode_text(data, name)
-    text, bare = drop_bare_records(text)
     header, rows = split_header(text, name)
     last = next(csv.reader([rows[-1]]), [])
     if len(last) != len(header):
@@ -236,17 +235,23 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
         raise BatchParseError(
             "truncated", f"{name}: the last row has {len(last)} fields, the header {len(header)}{ending}"
         )
-    missing = missing_cells(header, options)
+    frame = read_csv_text(text, name, missing_cells(header, options))
+    if not frame.isna().all(axis=1).any():  # the common case: no row-level scan of the text
+        return BatchTable(frame)
+    text, bare = drop_bare_records(text)
+    if not bare:
+        return BatchTable(frame)
+    reason = f"{describe_lines(bare, len(rows) + 1)} of only delimiters: dropped"
+    note = read_entry("empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES])
+    return BatchTable(read_csv_text(text, name, missing_cells(header, options)), [note])
+
+
+def read_csv_text(text: str, name: str, missing: dict[str, list[str]]) -> pd.DataFrame:
+    """pandas' read of CSV text with exactly these missing-cell texts per column (`keep_default_na=False`)."""
     try:
-        frame = pd.read_csv(io.StringIO(text), on_bad_lines="error", keep_default_na=False, na_values=missing)
+        return pd.read_csv(io.StringIO(text), on_bad_lines="error", keep_default_na=False, na_values=missing)
     except (pd.errors.ParserError, ValueError) as exc:
         raise BatchParseError("malformed_csv", f"{name}: not parseable as CSV: {exc}".strip()) from None
-    notes = []
-    if bare:
-        last_line = len(rows) + len(bare) + 1
-        reason = f"{describe_lines(bare, last_line)} of only delimiters: dropped"
-        notes.append(read_entry("empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES]))
-    return BatchTable(frame, notes, [], count_missing_texts(text, frame, missing))
 
 
 def missing_cells(header: list[str], options: ReadOptions) -> dict[str, list[str]]:
@@ -255,20 +260,25 @@ def missing_cells(header: list[str], options: ReadOptions) -> dict[str, list[str
     return {c: list(options.missing_number if c in numbers else options.missing_text) for c in header}
 
 
-def count_missing_texts(text: str, frame: pd.DataFrame, missing: dict[str, list[str]]) -> dict[str, dict[str, int]]:
-    """For columns where a non-empty text counts as missing and some cells were read as missing: which texts, how many.
+def read_missing_texts(path: Path, options: ReadOptions, columns: list[str]) -> dict[str, dict[str, int]]:
+    """In a CSV batch, the non-empty cell texts of these columns that were read as missing, with their counts.
 
-    A second read of only those columns, as raw text (pandas, `na_filter=False`), so a report can say "read as missing
-    from the text 'NA'" instead of blaming a missing value that is not in the file.
+    Read again, raw (pandas, `na_filter=False`), only when a report needs it (a failed not-null check), so it can
+    say "read as missing from the text 'NA'" instead of blaming a missing value that is not in the file. Parquet
+    keeps its own nulls: nothing to name there.
     """
-    columns = [c for c, texts in missing.items() if any(texts) and c in frame and frame[c].isna().any()]
-    if not columns:
+    if path.suffix.lower() != CSV_SUFFIX or not columns:
         return {}
-    raw = pd.read_csv(io.StringIO(text), usecols=columns, dtype=str, keep_default_na=False, na_filter=False)
+    text = decode_text(path.read_bytes(), path.name)
+    missing = missing_cells(split_header(text, path.name)[0], options)
+    wanted = [c for c in dict.fromkeys(columns) if any(missing.get(c, []))]
+    if not wanted:
+        return {}
+    raw = pd.read_csv(io.StringIO(text), usecols=wanted, dtype=str, keep_default_na=False, na_filter=False)
     counts = {}
-    for column in columns:
-        texts = raw[column][frame[column].isna().to_numpy()]
-        found = texts[texts != ""].value_counts()
+    for column in wanted:
+        values = raw[column]
+        found = values[values.isin([t for t in missing[column] if t])].value_counts()
         if len(found):
             counts[column] = {str(k): int(v) for k, v in found.items()}
     return counts
