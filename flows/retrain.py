@@ -236,17 +236,11 @@ def publish_artifacts(root: Path, result: dict) -> None:
         )
 
 
-def quarantine_result(identifier: str, path: Path, validation: dict, params: Params, root: Path) -> dict:
+def quarantine_result(identifier: str, path: Path, validation: dict, params: Params) -> dict:
     """The outcome recorded for a batch that failed a blocking check."""
-    from retrainer.validation import format_entry, same_period_batches
+    from retrainer.validation import format_entry
 
     reasons = [format_entry(f).strip().removeprefix("- ") for f in validation["failures"]]
-    if any(f.get("check") == "freshness" for f in validation["failures"]):
-        for other in same_period_batches(params, root, validation["report"].get("completeness") or {}):
-            reasons.append(
-                f"accepted batch {other} covers the same period: if this file re-delivers it, run "
-                f"`retrainer run --batch {path.name} --replaces {other}`"
-            )
     return {
         "status": STATUS_QUARANTINED,
         "batch_id": identifier,
@@ -285,7 +279,7 @@ def include_earlier(paths: list[str], params: Params, root: Path, record: BatchR
                     "reasons": [f"accepted; trained in the cycle of batch {into}"],
                 }
             else:
-                outcome = quarantine_result(identifier, path, validation, params, root)
+                outcome = quarantine_result(identifier, path, validation, params)
         except Exception as exc:  # this batch fails alone (retryable); the cycle goes on with the others
             outcome = {
                 "status": STATUS_FAILED,
@@ -323,11 +317,12 @@ def retrain(
     record = BatchRecord(home_dir(workspace) / "batches.db")
     identifier = batch_id(path)
     previous = record.get(identifier)
-    if previous and previous["status"] not in RETRYABLE and not force:
+    rejudged = replaces is not None and previous is not None and previous["status"] == STATUS_QUARANTINED
+    if previous and previous["status"] not in RETRYABLE and not (force or rejudged):
         logger.info("batch %s (%s) was already processed: %s", identifier, path.name, previous["status"])
         return {**(previous["result"] or {}), "already_processed": True}
     replaced = check_replacement(record, replaces, identifier, params, workspace)
-    if not record.claim(identifier, str(path), force=force):
+    if not record.claim(identifier, str(path), force=force or rejudged):
         raise RuntimeError(f"batch {identifier} is being processed by another run (pid {record.owner(identifier)})")
     batches_dir = workspace / params.data.batches_dir
     taken: list[str] = []
@@ -337,16 +332,16 @@ def retrain(
         included = include_earlier(earlier or [], params, workspace, record, identifier)
         validation = validate_batch(path, params, workspace, identifier, replaces)
         if not validation["passed"]:
-            result = quarantine_result(identifier, path, validation, params, workspace)
+            result = quarantine_result(identifier, path, validation, params)
             record.finish(identifier, STATUS_QUARANTINED, result)
             logger.error("batch %s quarantined:\n%s", identifier, validation["text"])
             raise BatchQuarantined(result)
+        if not is_accepted(batches_dir, identifier):
+            taken.append(identifier)  # its validation report is written already
         if replaced is not None:
             check_same_period(validation["report"], replaces, batches_dir)
             set_aside(batches_dir, replaces, superseded_dir(params, workspace))
             set_aside_ids.append(replaces)
-        if not is_accepted(batches_dir, identifier):
-            taken.append(identifier)
         accept_batch(path, params, workspace, identifier)
         stages = [run_stage(params, workspace, name) for name in STAGES]
         registration = read_json(workspace / REGISTRATION)

@@ -79,6 +79,8 @@ def format_result(result: dict) -> str:
     lines = [f"{result['status'].upper()}  batch {result.get('batch_id', '?')} ({result.get('batch', '')})"]
     if result.get("already_processed"):
         lines.append("  (already processed earlier; use --force to run it again)")
+    if result["status"] in ("quarantined", "failed"):
+        lines.append(f"  champion v{result.get('champion_version') or '-'} unchanged")
     if result.get("challenger_version"):
         lines.append(
             f"  challenger v{result['challenger_version']}   champion now "

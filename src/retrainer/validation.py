@@ -136,6 +136,7 @@ def validate_batch_file(
     completeness = measure_batch_completeness(frame, reference, params)
     for alert in steps.list_completeness_alerts(completeness, params.validate.completeness, params.validate.severity):
         (failures if alert["severity"] == "block" else warnings).append(alert)
+    explain_failures(failures + warnings, frame, params, root, trained_until, completeness)
     passed = not failures
     report = {
         **base,
@@ -175,6 +176,37 @@ def read_problems(
         if texts.get(entry["column"]):
             entry["read_as_missing"] = texts[entry["column"]]
     return failures, warnings
+
+
+def explain_failures(
+    entries: list[dict],
+    frame: pd.DataFrame,
+    params: Params,
+    root: Path,
+    trained_until: pd.Timestamp | None,
+    completeness: dict,
+) -> None:
+    """Say in words what a bare expectation result leaves to guess (entries are changed in place): which rows keep
+    a column from its dtype kind, and what a stale batch overlaps, with the re-delivery command when an accepted
+    batch claims the same period."""
+    kinds = {name: rule.kind for name, rule in params.validate.columns.items()}
+    for entry in entries:
+        column = entry.get("column")
+        if entry["check"].startswith("types.") and column in frame.columns:
+            rows, values = steps.locate_kind_breaks(frame[column], kinds[column])
+            if rows:
+                shown = ", ".join(f"row {r} {v!r}" for r, v in zip(rows, values, strict=True))
+                entry.update(rows=rows, reason=f"dtype {entry['observed']}, not {kinds[column]}: e.g. {shown}")
+        elif entry["check"] == "freshness" and trained_until is not None and column in frame.columns:
+            first = steps.to_utc(frame[column].min()).isoformat()
+            reason = f"the batch starts at {first}, not after {steps.to_utc(trained_until).isoformat()}, the newest "
+            reason += "time already accepted for training"
+            hints = [
+                f"accepted batch {other} claims the same period: if this file re-delivers it, run "
+                f"`retrainer run --batch FILE --replaces {other}`"
+                for other in same_period_batches(params, root, completeness)
+            ]
+            entry["reason"] = "; ".join([reason, *hints])
 
 
 def measure_batch_completeness(frame: pd.DataFrame, reference: pd.DataFrame | None, params: Params) -> dict:

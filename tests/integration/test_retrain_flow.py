@@ -472,7 +472,7 @@ def test_a_cycle_that_fails_after_accepting_its_batch_withdraws_it_and_the_next_
     """An inf distance let through by a user's policy (finite: warn) in the newest rows, which the split holds out,
     makes the evaluate stage fail for real (sklearn refuses infinity); the batch must leave training, so the next
     clean batch is not poisoned by it."""
-    from retrainer.runner import run_cycle
+    from retrainer.runner import format_result, run_cycle
 
     _set_params(ws, validate={"severity": {"finite": "warn"}})
     clean = _sample_batch(project_root, 8, tmp_path, "flights-2013-08-clean.csv", every=12)
@@ -484,6 +484,7 @@ def test_a_cycle_that_fails_after_accepting_its_batch_withdraws_it_and_the_next_
     assert failed["status"] == "failed", failed
     assert "flights-2013-08-inf.csv" in failed["reasons"][0] and "infinity" in failed["reasons"][0]
     assert failed["champion_version"] == champion, "the JSON reports the champion that is still serving"
+    assert f"champion v{champion} unchanged" in format_result(failed)
     assert registry.alias_version(MODEL, registry.CHAMPION) == champion
     assert not list((ws / "data" / "batches").glob(f"{batch_id(bad)}.*")), "a failed cycle leaves nothing accepted"
     assert _record(ws).get(batch_id(bad))["status"] == "failed"
@@ -521,7 +522,7 @@ def test_a_month_cut_short_is_quarantined_and_its_re_delivery_replaces_it(ws, pr
     assert any(r.startswith("freshness") for r in stale["reasons"]), stale["reasons"]
     assert any(f"--replaces {half_id}" in r for r in stale["reasons"]), stale["reasons"]
 
-    replaced = run_cycle(full, ws, force=True, replaces=half_id)
+    replaced = run_cycle(full, ws, replaces=half_id)  # the command the reasons name, as it is written there
     assert replaced["status"] in {"promoted", "rejected"}, replaced
     assert replaced["replaces"] == half_id
     assert _record(ws).get(half_id)["status"] == "superseded"
@@ -537,7 +538,7 @@ def test_a_month_cut_short_is_quarantined_and_its_re_delivery_replaces_it(ws, pr
     assert september > (len(rows) // 2), "the whole month is trained on, not the half"
 
 
-def test_replacing_a_batch_that_was_never_accepted_is_refused_by_name(ws, project_root, tmp_path):
+def test_a_replacement_that_is_not_one_is_refused_by_name_and_leaves_nothing_behind(ws, project_root, tmp_path):
     from retrainer.runner import run_cycle
 
     batch = _sample_batch(project_root, 10, tmp_path, "flights-2013-10.csv", every=12)
@@ -545,3 +546,11 @@ def test_replacing_a_batch_that_was_never_accepted_is_refused_by_name(ws, projec
     assert result["status"] == "failed"
     assert "--replaces 0123456789abcdef: no accepted batch has that id" in result["reasons"][0]
     assert not list((ws / "data" / "batches").glob(f"{batch_id(batch)}.*"))
+
+    september = batch_id(_sample_batch(project_root, 9, tmp_path, "flights-2013-09.csv", every=12))
+    other_month = run_cycle(batch, ws, replaces=september)
+    assert other_month["status"] == "failed"
+    assert "a replacement re-delivers the same period" in other_month["reasons"][0], other_month["reasons"]
+    assert not list((ws / "data" / "batches").glob(f"{batch_id(batch)}.*")), "no stray validation report"
+    assert list((ws / "data" / "batches").glob(f"{september}.csv")), "the batch named stays accepted"
+    assert not (ws / "data" / "superseded" / september).exists()

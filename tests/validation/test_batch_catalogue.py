@@ -538,9 +538,19 @@ def test_valid_iso_8601_times_in_mixed_spellings_parse(spelling, march, params, 
     assert outcome.frame["time_hour"].tolist() == march["time_hour"].tolist()
 
 
-def test_spreadsheet_rows_of_bare_commas_at_the_end_are_dropped_and_counted(march, params, suite_runner, tmp_path):
+FIELDS = 19  # columns of the raw flights schema
+
+
+@pytest.mark.parametrize(
+    "record",
+    [b"," * (FIELDS - 1), b",".join([b'""'] * 1 + [b""] * (FIELDS - 1)), b",".join([b'""', b'""', b" "] + [b""] * 16)],
+    ids=["bare commas", "one quoted empty cell", "quoted empty cells and a space"],
+)
+def test_spreadsheet_rows_of_bare_commas_at_the_end_are_dropped_and_counted(
+    record, march, params, suite_runner, tmp_path
+):
     source = tmp_path / "export.csv"
-    source.write_bytes(to_csv_bytes(march) + b",,,,,,,,,,,,,,,,,,\n" * 3)
+    source.write_bytes(to_csv_bytes(march) + (record + b"\n") * 3)
     outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
     assert outcome.passed, format_outcome(outcome)
     (warning,) = outcome.warnings
@@ -548,6 +558,45 @@ def test_spreadsheet_rows_of_bare_commas_at_the_end_are_dropped_and_counted(marc
     last = len(march) + 4
     assert f"3 empty rows at the end of the file (lines {last - 2}-{last})" in format_outcome(outcome)
     assert len(outcome.frame) == len(march) and outcome.frame["year"].dtype.kind == "i"
+
+
+def test_bare_comma_rows_in_the_middle_are_named_by_line(march, params, suite_runner, tmp_path):
+    header, *rows = to_csv_bytes(march).splitlines(keepends=True)
+    rows[100:100] = [b",".join([b'""'] + [b""] * (FIELDS - 1)) + b"\n"]
+    source = tmp_path / "export.csv"
+    source.write_bytes(header + b"".join(rows))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    assert "1 empty row (line 102)" in format_outcome(outcome)
+
+
+def test_a_cell_of_only_whitespace_is_missing_as_an_empty_cell_is(march, params, suite_runner, tmp_path):
+    source = tmp_path / "blank.csv"
+    source.write_bytes(to_csv_bytes(set_rows(march, "carrier", "   ", rows=2)))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    failure = next(f for f in outcome.failures if f["check"] == "not_null.carrier")
+    assert failure["unexpected_count"] == 2 and failure["rows"] == [0, 1]
+    assert "2 of them only whitespace, now missing" in format_outcome(outcome)
+
+
+def test_a_numeric_column_read_as_text_names_the_rows_to_blame(march, params, suite_runner, tmp_path):
+    source = tmp_path / "text.csv"
+    source.write_bytes(to_csv_bytes(set_rows(march, "distance", "nan", rows=1).pipe(set_rows, "minute", "1.5", 1)))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    types = {f["check"]: f for f in outcome.failures if f["check"].startswith("types.")}
+    assert types["types.distance"]["rows"] == [0] and "row 0 'nan'" in types["types.distance"]["reason"]
+    assert types["types.minute"]["rows"] == [0] and "row 0 1.5" in types["types.minute"]["reason"]
+
+
+def test_a_stale_batch_says_where_it_starts_and_what_it_overlaps(march, params, suite_runner, tmp_path):
+    source = tmp_path / "stale.csv"
+    source.write_bytes(to_csv_bytes(march))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, pd.Timestamp("2013-06-01", tz="UTC"))
+    failure = next(f for f in outcome.failures if f["check"] == "freshness")
+    assert (
+        "the batch starts at 2013-03-01" in failure["reason"]
+        and "not after 2013-06-01T00:00:00+00:00" in (failure["reason"])
+    )
 
 
 def test_a_half_month_is_short_of_rows_against_the_reference(march, february, params, suite_runner, tmp_path):
@@ -575,3 +624,16 @@ def test_a_padded_time_is_the_same_instant_in_a_batch_and_at_the_service(march, 
     assert outcome.frame["time_hour"].tolist() == march["time_hour"].tolist()
     padded = f" {march['time_hour'][0].strftime('%Y-%m-%dT%H:%M:%SZ')}\t"
     assert pd.Timestamp(iso_instant(padded)) == outcome.frame["time_hour"][0]
+
+
+@pytest.mark.parametrize("spelling", ["%Y-%m-%dT%H:%M:%S+00", "%Y%m%dT%H%M%SZ", "%Y-%m-%d %H:%M:%S+00:00"])
+def test_the_service_reads_every_iso_spelling_a_batch_accepts(spelling, march):
+    from retrainer.serving.schema import iso_instant
+    from retrainer.steps.ingest import parse_time_column
+
+    instant = march["time_hour"][10]
+    text = instant.strftime(spelling)
+    batch = parse_time_column(pd.DataFrame({"t": [text]}), "t")["t"][0]
+    assert batch == instant and pd.Timestamp(iso_instant(text)) == instant
+    with pytest.raises(ValueError, match="not an ISO 8601 time"):
+        iso_instant(instant.strftime("%m/%d/%Y %H:%M"))

@@ -26,8 +26,8 @@ PARQUET_SUFFIX = ".parquet"
 PARQUET_MAGIC = b"PAR1"
 SNIFF_BYTES = 64 * 1024
 OTHER_DELIMITERS = (";", "\t", "|")
-# a record of only delimiters (and spaces): what spreadsheet exports leave below the data
-BARE_RECORD = re.compile(r"[ \t]*,[, \t]*")
+# a record of only delimiters, spaces and quoted empty cells: what spreadsheet exports leave below the data
+BARE_RECORD = re.compile(r'[ \t"]*,[, \t"]*')
 MAX_EXAMPLES = 5
 SIGNATURES = (
     (b"\x1f\x8b", "gzip-compressed"),
@@ -203,7 +203,8 @@ def split_header(text: str, name: str) -> tuple[list[str], list[str]]:
 
 
 def drop_bare_records(text: str) -> tuple[str, list[int]]:
-    """The CSV text without records made only of delimiters (`,,,,`), and the 1-based line numbers dropped."""
+    """The CSV text without records made only of delimiters and empty cells (`,,,,`, `"","",,`), and the 1-based
+    line numbers dropped."""
     lines = text.splitlines()
     bare = [n for n, line in enumerate(lines[1:], start=2) if BARE_RECORD.fullmatch(line)]
     if not bare:
@@ -236,7 +237,7 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
             "truncated", f"{name}: the last row has {len(last)} fields, the header {len(header)}{ending}"
         )
     frame = read_csv_text(text, name, missing_cells(header, options))
-    if not frame.isna().all(axis=1).any():  # the common case: no row-level scan of the text
+    if not may_hold_bare_records(frame, rows[-1], options):  # the common case: no line-by-line scan of the text
         return BatchTable(frame)
     text, bare = drop_bare_records(text)
     if not bare:
@@ -244,6 +245,13 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
     reason = f"{describe_lines(bare, len(rows) + 1)} of only delimiters: dropped"
     note = read_entry("empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES])
     return BatchTable(read_csv_text(text, name, missing_cells(header, options)), [note])
+
+
+def may_hold_bare_records(frame: pd.DataFrame, last_line: str, options: ReadOptions) -> bool:
+    """Signs of delimiter-only records worth a line-by-line scan: an all-missing row, a bare last line, or a numeric
+    column read as text (a bare record with a space in it)."""
+    text_numbers = [c for c in options.number_columns if c in frame and not pd.api.types.is_numeric_dtype(frame[c])]
+    return bool(BARE_RECORD.fullmatch(last_line)) or bool(text_numbers) or bool(frame.isna().all(axis=1).any())
 
 
 def read_csv_text(text: str, name: str, missing: dict[str, list[str]]) -> pd.DataFrame:
@@ -290,14 +298,15 @@ def drop_empty_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     if not empty.any():
         return frame, []
     rows = [int(i) for i in frame.index[empty]]
-    reason = f"{len(rows)} rows with every cell missing: dropped"
+    reason = f"{plural(len(rows), 'row')} with every cell missing: dropped"
     note = read_entry("empty_rows", None, "warn", len(rows), reason, rows=rows[:MAX_EXAMPLES])
     return frame.loc[~empty].reset_index(drop=True), [note]
 
 
 def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[dict]]:
     """Text columns without surrounding whitespace (Python's `str.strip`, as pydantic's `str_strip_whitespace` in the
-    service), one warning per column that had any, with the count and a few original values."""
+    service), one warning per column that had any, with the count and a few original values. A cell of nothing but
+    whitespace is empty once trimmed, and an empty cell is missing."""
     notes, out = [], frame
     for column in columns:
         if column not in frame or not isinstance(frame[column].dtype, pd.StringDtype):
@@ -307,14 +316,26 @@ def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd
         changed = ((stripped != values) & values.notna()).to_numpy(dtype=bool)
         if not changed.any():
             continue
-        out = out.assign(**{column: stripped})
-        rows = [int(i) for i in frame.index[changed][:MAX_EXAMPLES]]
-        examples = [str(v) for v in values[changed].unique()[:MAX_EXAMPLES]]
-        shown = ", ".join(map(repr, examples))
-        reason = f"{int(changed.sum())} values had surrounding whitespace: trimmed (e.g. {shown})"
+        out = out.assign(**{column: stripped.mask(stripped == "")})
         count = int(changed.sum())
+        rows = [int(i) for i in frame.index[changed][:MAX_EXAMPLES]]
+        examples = [shorten(str(v)) for v in values[changed].unique()[:MAX_EXAMPLES]]
+        blank = int((stripped[changed] == "").sum())
+        emptied = f"; {blank} of them only whitespace, now missing" if blank else ""
+        reason = f"{plural(count, 'value')} had surrounding whitespace: trimmed{emptied} (e.g. {', '.join(examples)})"
         notes.append(read_entry(f"whitespace.{column}", column, "warn", count, reason, rows=rows, examples=examples))
     return out, notes
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """A value's repr, cut to `limit` characters (a cell padded with thousands of spaces stays readable)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 12]}...({len(text)} chars)"
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 value`, `3 values`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def parse_time_values(frame: pd.DataFrame, time_column: str | None) -> tuple[pd.DataFrame, list[dict]]:

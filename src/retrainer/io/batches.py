@@ -81,7 +81,9 @@ def restore(archive: Path, identifier: str, batches_dir: Path) -> list[Path]:
     if not source.is_dir():
         return []
     batches_dir.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.move(path, batches_dir / path.name)) for path in sorted(source.iterdir())]
+    moved = [Path(shutil.move(path, batches_dir / path.name)) for path in sorted(source.iterdir())]
+    source.rmdir()
+    return moved
 
 
 def this_process() -> tuple[int, float]:

@@ -7,7 +7,8 @@ from functools import lru_cache
 from typing import Annotated, Literal, NotRequired
 from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+import pandas as pd
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 MAX_RECORDS = 10_000
@@ -16,7 +17,18 @@ _INSTANT = TypeAdapter(datetime)
 
 @lru_cache(maxsize=4_096)
 def _iso_text(text: str) -> str:
-    return _json_instant(text)
+    try:
+        return _json_instant(text)
+    except ValidationError:
+        # ISO 8601 spellings pydantic does not read (`+00`, the basic `20130401T090000Z`) but batches do: the
+        # batch reader's rule (pandas, format="ISO8601"), so the service refuses no time that training accepts
+        from retrainer.steps.ingest import parse_time_column
+
+        try:
+            parsed = parse_time_column(pd.DataFrame({"t": [text]}), "t")["t"].iloc[0]
+        except ValueError:
+            raise ValueError(f"{text!r} is not an ISO 8601 time") from None
+        return _json_instant(parsed.to_pydatetime())
 
 
 def _json_instant(value: object) -> str:

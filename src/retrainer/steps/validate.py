@@ -214,6 +214,22 @@ def match_dtype_kind(dtype: Any, kind: str) -> bool:
     raise ValueError(f"unknown dtype kind '{kind}'")
 
 
+def locate_kind_breaks(values: pd.Series, kind: str) -> tuple[list[int], list]:
+    """The first rows (0-based) and values that keep a column from being of a numeric `kind`: text that is not a
+    number (`nan`, `None`, ` inf `), or for `integer` a fractional number. ([], []) when no value is to blame (e.g.
+    an integer column that is float only because of missing cells)."""
+    numeric = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+    if kind not in NUMERIC_KINDS or (numeric and kind != "integer"):
+        return [], []
+    if numeric:
+        numbers = values.astype("float64")
+        bad = values.notna() & (numbers != numbers.round())
+    else:
+        bad = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+    at = np.flatnonzero(bad.to_numpy(dtype=bool))[:MAX_EXAMPLES]
+    return [int(i) for i in values.index[at]], [to_jsonable(v) for v in values.iloc[at]]
+
+
 @functools.cache
 def define_dtype_kind_expectation() -> type:
     """The custom GX expectation on a column's dtype kind (GX's type-list check misses pandas 3 dtypes)."""
