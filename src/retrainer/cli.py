@@ -230,18 +230,18 @@ def recover_log() -> None:
     Lines that still cannot be written stay in the file, unchanged. Exit codes: 0 all written (or nothing to do),
     1 some lines kept.
     """
-    from retrainer.io.project import home_dir
-    from retrainer.serving.prediction_log import DEAD_LETTER_FILE, LOG_FILE, PredictionLog, recover_dead_letter
+    from retrainer.io.project import Workspace
+    from retrainer.serving.prediction_log import PredictionLog, recover_dead_letter
 
-    home = home_dir(Path.cwd())
-    dead_letter = home / DEAD_LETTER_FILE
-    log = PredictionLog(home / LOG_FILE)
+    workspace = Workspace.at()
+    dead_letter = workspace.dead_letter
+    log = PredictionLog(workspace.prediction_log)
     try:
         done = recover_dead_letter(log, dead_letter)
     finally:
         log.close()
     typer.echo(
-        f"{done.written} requests ({done.predictions} predictions) written to {home / LOG_FILE}; "
+        f"{done.written} requests ({done.predictions} predictions) written to {workspace.prediction_log}; "
         f"{done.already_logged} already there"
     )
     if done.kept:

@@ -21,7 +21,7 @@ import numpy as np
 
 from retrainer.config import Params
 from retrainer.io import registry
-from retrainer.io.project import home_dir
+from retrainer.io.project import Workspace, home_dir
 from retrainer.io.tables import write_json
 from retrainer.serving.routing import RolloutState
 from retrainer.serving.state import save_state, state_path
@@ -29,7 +29,6 @@ from retrainer.serving.state import save_state, state_path
 GOLDEN_FILE = Path("seeds") / "golden.csv"
 GOLDEN_DIR = "golden"
 TOLERANCE = 1e-9
-LOCK_FILE = "registry.lock"
 MAX_NAMED_MISMATCHES = 20
 
 
@@ -247,9 +246,9 @@ def rollback(
 
     connect(root)
     name = params.tracking.registered_model
-    home = home_dir(root)
+    workspace = Workspace.at(root)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    with FileLock(str(home / LOCK_FILE), timeout=120):
+    with FileLock(str(workspace.registry_lock), timeout=120):
         current, previous = previous_champion(name)
         if expected_champion is not None and current != expected_champion:
             raise RollbackConflict(f"champion is v{current}, not v{expected_champion}: rollback refused")
@@ -260,7 +259,7 @@ def rollback(
         registry.tag_version(name, current, {"rolled_back_at": now, "rolled_back_to": previous})
         registry.tag_version(name, previous, {"restored_at": now, "restored_from": current})
         # Like the service's own rollback: the restored champion serves alone; nothing further to roll back to.
-        state_file = state_path(home)
+        state_file = state_path(workspace.home)
         save_state(RolloutState(previous, None, 0.0, now, None), state_file)
     pipeline = registry.load_version(name, previous)
     check = verify_golden(previous, pipeline, params, root, golden_path)

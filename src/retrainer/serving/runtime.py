@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from retrainer.config import Params, load_params
-from retrainer.io.project import home_dir
+from retrainer.config import Params, load_params, resolve_params_path
+from retrainer.io.project import Workspace, home_dir
 from retrainer.serving.features import FeatureBuilder, load_references
 from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_source
 from retrainer.serving.prediction_log import (
-    DEAD_LETTER_FILE,
-    LOG_FILE,
     LogWriter,
     PredictionLog,
     RequestLog,
@@ -80,11 +78,10 @@ class ServingConfig:
     def from_env(cls) -> ServingConfig:
         bento = _bento_root()
         root = Path(os.environ.get(ROOT_ENV) or bento or Path.cwd()).resolve()
-        params = load_params(os.environ.get("RETRAINER_PARAMS") or root / "params.yaml")
         return cls(
             root=root,
             home=home_dir(Path.cwd() if bento else root),
-            params=params,
+            params=load_params(resolve_params_path(root=root)),
             admin_token=os.environ.get(TOKEN_ENV) or None,
             threads=int(os.environ.get(THREADS_ENV) or 1),
         )
@@ -124,13 +121,12 @@ class ServingRuntime:
         self.config = config
         params = config.params
         self.features = FeatureBuilder(params, load_references(params, config.root))
-        self.source = source or open_source(
-            config.root, params.tracking.registered_model, config.home / "registry.lock"
-        )
-        self.log = PredictionLog(config.home / LOG_FILE, params.features.numeric, params.features.categorical)
+        workspace = Workspace(config.root, config.home)
+        self.source = source or open_source(config.root, params.tracking.registered_model, workspace.registry_lock)
+        self.log = PredictionLog(workspace.prediction_log, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
-        self.log_writer = LogWriter(self.log, config.home / DEAD_LETTER_FILE)
+        self.log_writer = LogWriter(self.log, workspace.dead_letter)
         self._models: dict[str, LoadedModel] = {}
         self.state = self._start_state()
 

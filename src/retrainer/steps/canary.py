@@ -10,10 +10,10 @@ from typing import Literal
 import numpy as np
 
 from retrainer.config import CanaryConfig
+from retrainer.steps.drift import bin_shares, compute_psi, psi_p_value, quantile_edges
 
 Action = Literal["continue", "promote", "rollback", "wait"]
 LATENCY_FLOOR_MS = 1.0  # sub-millisecond p95s are timer noise: ratios are taken against at least this
-_EPS = 1e-4
 
 
 @dataclass(frozen=True)
@@ -65,19 +65,8 @@ def p95(values: Sequence[float]) -> float:
 def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> float:
     """Population stability index of `actual` against `expected`, on quantile bins of `expected` (smoothed)."""
     base, other = np.asarray(expected, dtype=float), np.asarray(actual, dtype=float)
-    edges = np.unique(np.quantile(base, np.linspace(0, 1, bins + 1)[1:-1]))
-    p = np.bincount(np.searchsorted(edges, base, side="right"), minlength=len(edges) + 1) / len(base)
-    q = np.bincount(np.searchsorted(edges, other, side="right"), minlength=len(edges) + 1) / len(other)
-    p, q = np.clip(p, _EPS, None), np.clip(q, _EPS, None)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def psi_p_value(value: float, bins: int, n_expected: int, n_actual: int) -> float:
-    """Chance of a PSI this large between two samples of one distribution (PSI * n_eff ~ chi2(bins - 1))."""
-    from scipy.stats import chi2
-
-    n_eff = 1.0 / (1.0 / n_expected + 1.0 / n_actual)
-    return float(chi2.sf(value * n_eff, max(bins - 1, 1)))
+    edges = quantile_edges(base, bins, inner=True)
+    return compute_psi(bin_shares(base, edges, open_ended=True), bin_shares(other, edges, open_ended=True))
 
 
 def positive_rate(probabilities: Sequence[float], threshold: float) -> float:

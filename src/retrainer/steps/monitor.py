@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 
 from retrainer.config import MonitorConfig, MonitorDrift, MonitorPerformance
-from retrainer.steps.canary import psi_p_value
+from retrainer.steps.drift import bin_shares, compute_psi, count_shares, psi_p_value
 from retrainer.steps.profile import numeric_shares
-from retrainer.steps.validate import bin_shares, compute_psi, count_shares
 
 MIN_EXPECTED = 5
 
