@@ -377,12 +377,11 @@ def test_drain_inbox_retrains_once_on_every_batch_gathered_since_the_last_traini
     assert drain_inbox(root=str(ws)) == []
 
 
-def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting(
-    ws, project_root, tmp_path, monkeypatch
-):
+def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting(ws, project_root, tmp_path):
     """Fault injected with a stand-in (a full disk cannot be caused here): accepting the batch raises."""
-    import flows.retrain as retrain_flow
+    from retrainer.app.retrain import RetrainSteps, include_earlier
     from retrainer.io.batches import pending_batches
+    from retrainer.io.project import Workspace
 
     inbox = ws / "data" / "incoming"
     path = _sample_batch(project_root, 8, tmp_path, "flights-2013-08-sample.csv", every=16)
@@ -392,10 +391,10 @@ def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting
     def disk_full(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(retrain_flow, "accept_batch", disk_full)
-    record = _record(ws)
-    (outcome,) = retrain_flow.include_earlier([str(waiting)], retrain_flow.project_params(ws), ws, record, "cycle")
-    assert outcome["status"] == "failed" and "No space left" in outcome["reasons"][0]
+    workspace, record = Workspace.at(ws), _record(ws)
+    steps = RetrainSteps(accept=disk_full)
+    (outcome,) = include_earlier([waiting], "cycle", workspace.load_params(), workspace, record, steps)
+    assert outcome.status == "failed" and "No space left" in outcome.reasons[0]
     assert record.get(batch_id(waiting))["status"] == "failed"
     assert not (ws / "data" / "batches" / f"{batch_id(waiting)}.csv").exists(), "nothing half-accepted"
     assert waiting in pending_batches(inbox, record), "a failed batch is taken again by the next drain"
@@ -403,17 +402,17 @@ def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting
 
 
 def test_run_cycle_on_a_missing_file_returns_failed(ws, memo):
-    from retrainer.runner import run_cycle
+    from retrainer.flow_runs import run_cycle
 
     champion = registry.alias_version(MODEL, registry.CHAMPION)
-    result = run_cycle(ws / "data" / "incoming" / "no-such-batch.csv", ws)
+    result = run_cycle(ws / "data" / "incoming" / "no-such-batch.csv", ws).to_dict()
     assert result["status"] == "failed"
     assert "no-such-batch.csv" in " ".join(result["reasons"])
     assert registry.alias_version(MODEL, registry.CHAMPION) == champion
 
 
 def test_run_cycle_on_a_garbage_file_returns_quarantined_and_keeps_it_out_of_training(ws, tmp_path):
-    from retrainer.runner import run_cycle
+    from retrainer.flow_runs import run_cycle
 
     champion = registry.alias_version(MODEL, registry.CHAMPION)
     versions = _versions()
@@ -421,7 +420,7 @@ def test_run_cycle_on_a_garbage_file_returns_quarantined_and_keeps_it_out_of_tra
     garbage.write_bytes(b"\x00\x01 this is not a table \xff\xfe\n" * 50)
     identifier = batch_id(garbage)
 
-    result = run_cycle(garbage, ws)
+    result = run_cycle(garbage, ws).to_dict()
     assert result["status"] == "quarantined", result
     assert any("binary content" in reason for reason in result["reasons"]), result["reasons"]
     accepted = list((ws / "data" / "batches").glob(f"{identifier}.*"))

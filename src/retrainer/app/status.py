@@ -1,100 +1,16 @@
-"""Entry-point helpers behind `retrainer run`, `status` and `lineage`: call the flow, read the registry, format."""
+"""Use cases: the project's status (champion, challenger, last runs) and a model version's lineage."""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
+from retrainer.app.results import metric_line
 from retrainer.config import Params
 from retrainer.io import registry
 from retrainer.io.batches import BatchRecord
-from retrainer.io.project import home_dir
+from retrainer.io.project import Workspace
 from retrainer.io.tracking import connect
-
-SHOWN_METRICS = ("roc_auc", "pr_auc", "f1", "brier")
-
-
-class BatchQuarantined(Exception):
-    """A batch failed a blocking expectation; `result` holds the cycle's outcome."""
-
-    def __init__(self, result: dict) -> None:
-        super().__init__("; ".join(result.get("reasons", [])) or "batch quarantined")
-        self.result = result
-
-
-def run_cycle(
-    batch: Path,
-    root: Path,
-    force: bool = False,
-    canary_traffic: Path | None = None,
-    earlier: list[Path] | None = None,
-) -> dict:
-    """Run the retrain flow on one batch (with `earlier` batches included) and return its outcome; failures become
-    status 'failed'."""
-    from flows.retrain import retrain
-
-    traffic = str(canary_traffic) if canary_traffic else None
-    before = [str(path) for path in earlier or []]
-    state = retrain(str(batch), str(root), force, canary_traffic=traffic, earlier=before, return_state=True)
-    if state.is_completed():
-        return state.result()
-    error = state.result(raise_on_failure=False)
-    if isinstance(error, BatchQuarantined):
-        return error.result
-    return {
-        "status": "failed",
-        "reasons": [f"{type(error).__name__}: {error}"],
-        "champion_version": None,
-        "challenger_version": None,
-        "metrics": {},
-    }
-
-
-def _metric_line(metrics: dict | None) -> str:
-    if not metrics:
-        return "-"
-    return "  ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN_METRICS if metrics.get(k) is not None)
-
-
-def format_result(result: dict) -> str:
-    """A human summary of one cycle."""
-    lines = [f"{result['status'].upper()}  batch {result.get('batch_id', '?')} ({result.get('batch', '')})"]
-    if result.get("already_processed"):
-        lines.append("  (already processed earlier; use --force to run it again)")
-    if result.get("challenger_version"):
-        lines.append(
-            f"  challenger v{result['challenger_version']}   champion now "
-            f"v{result.get('champion_version') or '-'}   compared against v{result.get('compared_champion') or '-'}"
-        )
-    metrics = result.get("metrics") or {}
-    if metrics.get("challenger"):
-        lines.append(f"  challenger  {_metric_line(metrics['challenger'])}")
-    if metrics.get("champion"):
-        lines.append(f"  champion    {_metric_line(metrics['champion'])}")
-    lines += [f"  - {reason}" for reason in result.get("reasons", [])]
-    if result.get("bento_tag"):
-        lines.append(f"  bento {result['bento_tag']}")
-    lines += [f"  {line}" for line in canary_lines(result)]
-    return "\n".join(lines)
-
-
-def canary_lines(result: dict) -> list[str]:
-    """One line per canary step (weight, decision, key numbers) and the outcome, for the demo table."""
-    canary = result.get("canary")
-    if not canary:
-        return []
-    lines = []
-    for step in canary["steps"]:
-        n = step["decision"]["numbers"]
-        shown = [f"{n.get('challenger_requests', 0):.0f} req"]
-        for key, label in (("psi", "PSI"), ("agreement", "agree"), ("challenger_accuracy", "acc")):
-            if key in n:
-                shown.append(f"{label} {n[key]:.3f}")
-        if "champion_accuracy" in n:
-            shown[-1] += f" vs {n['champion_accuracy']:.3f}"
-        lines.append(f"canary {step['weight']:>3g}%: {step['decision']['action']:<8} {', '.join(shown)}")
-    lines.append(f"canary {canary['outcome'].upper()}: {'; '.join(canary['reasons'])[:140]}")
-    return lines
 
 
 def _version_summary(name: str, version: str | None) -> dict | None:
@@ -117,15 +33,14 @@ def _version_summary(name: str, version: str | None) -> dict | None:
 
 def project_status(params: Params, root: Path) -> dict:
     """Champion, challenger, the last processed batches, and answered requests the prediction log could not take."""
-    from retrainer.serving.prediction_log import DEAD_LETTER_FILE, kept_requests
+    from retrainer.serving.prediction_log import kept_requests
 
     connect(root)
-    name = params.tracking.registered_model
-    home = home_dir(root)
-    runs = BatchRecord(home / "batches.db").recent(10)
+    name, workspace = params.tracking.registered_model, Workspace.at(root)
+    runs = BatchRecord(workspace.batch_record).recent(10)
     return {
         "model": name,
-        "unlogged_requests": kept_requests(home / DEAD_LETTER_FILE),
+        "unlogged_requests": kept_requests(workspace.dead_letter),
         "champion": _version_summary(name, registry.alias_version(name, registry.CHAMPION)),
         "challenger": _version_summary(name, registry.alias_version(name, registry.CHALLENGER)),
         "last_runs": [
@@ -150,7 +65,7 @@ def format_status(report: dict) -> str:
             lines.append(f"  {role:<10}  none")
             continue
         lines.append(
-            f"  {role:<10}  v{entry['version']}  data {str(entry['data_md5'])[:10]}  {_metric_line(entry['metrics'])}"
+            f"  {role:<10}  v{entry['version']}  data {str(entry['data_md5'])[:10]}  {metric_line(entry['metrics'])}"
         )
     lines.append("last runs:")
     lines += [

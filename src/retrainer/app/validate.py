@@ -1,0 +1,76 @@
+"""Use case: validate one batch file against the suite and the training data, quarantining it if blocked."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from retrainer.config import Params
+from retrainer.io.project import Workspace
+from retrainer.io.tables import write_json
+from retrainer.stages import DATASET, TRAIN
+
+
+@dataclass(frozen=True)
+class BatchValidation:
+    """A batch's validation: passed or not, the blocking failures and warnings, where it was quarantined.
+
+    `report` is the full validation report (what `retrainer validate --json` prints), `text` its human form.
+    """
+
+    passed: bool
+    text: str
+    failures: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+    quarantine_dir: str | None = None
+    report: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self, batch_id: str) -> dict:
+        """What a cycle result keeps of it: the batch, the time taken, the names of the warning checks."""
+        return {"batch_id": batch_id, "seconds": self.seconds, "warnings": [w.get("check") for w in self.warnings]}
+
+    def failure_reasons(self) -> list[str]:
+        """One line per blocking failure: check, column, count, examples."""
+        return [
+            f"{f.get('check')}: {f.get('column') or ''} {f.get('unexpected_count') or ''} "
+            f"e.g. {f.get('examples') or f.get('reason') or ''}".strip()
+            for f in self.failures
+        ]
+
+
+def trained_until(params: Params, workspace: Workspace) -> pd.Timestamp | None:
+    """The newest time in the dataset the model was trained on (None before the first training)."""
+    dataset, column = workspace.data(DATASET), params.data.time_column
+    return pd.read_parquet(dataset, columns=[column])[column].max() if dataset.exists() else None
+
+
+def validate_batch(path: Path, params: Params, workspace: Workspace, identifier: str | None = None) -> BatchValidation:
+    """Run the GX suite and the drift checks on a batch file; a blocking failure quarantines it byte-for-byte.
+
+    With `identifier` (a cycle's batch), a batch accepted before is not checked for time overlap with the training
+    data it is already part of, and a passing report is kept next to the accepted batch.
+    """
+    from retrainer.validation import format_outcome, validate_batch_file
+
+    started = time.perf_counter()
+    batches = workspace.data(params.data.batches_dir)
+    accepted = bool(identifier) and any(batches.glob(f"{identifier}.*"))
+    train = workspace.data(TRAIN)
+    reference = pd.read_parquet(train) if train.exists() else None
+    until = None if accepted else trained_until(params, workspace)
+    outcome = validate_batch_file(path, params, workspace.root, reference=reference, trained_until=until)
+    if identifier and outcome.passed and not accepted:
+        write_json(outcome.report, batches / f"{identifier}.validation.json")
+    return BatchValidation(
+        passed=outcome.passed,
+        text=format_outcome(outcome),
+        failures=outcome.failures,
+        warnings=outcome.warnings,
+        quarantine_dir=str(outcome.quarantine_dir) if outcome.quarantine_dir else None,
+        report=outcome.report,
+        seconds=round(time.perf_counter() - started, 2),
+    )
