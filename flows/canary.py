@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
-from retrainer.app.canary import StepReport, run_canary
+from retrainer.app.canary import CanaryPlan, StepReport, run_canary
 from retrainer.config import CanaryConfig
 
 
@@ -37,23 +37,11 @@ def canary(
     home: Path | None = None,
     poll_seconds: float = 0.25,
 ) -> dict:
-    """Run the canary of `challenger_version` against `expected_champion` on a running service (see `run_canary`).
+    """Run the canary of `challenger_version` against `expected_champion` on a running service (see `CanaryPlan`
+    and `run_canary`).
 
     Returns the outcome, the reasons, the service's rollout state and every step's decision, as a dict.
     """
     log = get_run_logger() if FlowRunContext.get() is not None else logging.getLogger("retrainer.canary")
-    outcome = run_canary(
-        base_url,
-        model_name,
-        challenger_version,
-        expected_champion,
-        traffic=traffic,
-        steps=steps,
-        policy=policy,
-        root=root,
-        home=home,
-        poll_seconds=poll_seconds,
-        on_step=publish_step,
-        log=log,
-    )
-    return outcome.to_dict()
+    arguments = (base_url, model_name, challenger_version, expected_champion, traffic, steps, policy, root, home)
+    return run_canary(CanaryPlan(*arguments, poll_seconds), on_step=publish_step, log=log).to_dict()

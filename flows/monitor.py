@@ -10,8 +10,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.retrain import drain_inbox
 from retrainer.app.monitor import MonitorResult, format_markdown, monitor_pass
-from retrainer.app.results import MonitorStatus
 from retrainer.io.project import Workspace
+from retrainer.outcomes import MonitorStatus
 
 
 def publish_artifacts(result: MonitorResult) -> None:

@@ -11,7 +11,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from flows.canary import canary
 from retrainer.app import promotion
 from retrainer.app import retrain as cycle
-from retrainer.app.canary import CanaryResult
+from retrainer.app.canary import CanaryPlan, CanaryResult
 from retrainer.app.promotion import Verdict
 from retrainer.app.results import CycleResult
 from retrainer.app.validate import BatchValidation, validate_batch
@@ -41,9 +41,9 @@ def promote(params: Params, workspace: Workspace, gate: dict, expected_champion:
     return promotion.promote_challenger(params, workspace, gate, expected_champion, get_run_logger())
 
 
-def canary_subflow(**arguments: object) -> CanaryResult:
+def canary_subflow(plan: CanaryPlan) -> CanaryResult:
     """The canary as a subflow run of the cycle."""
-    return CanaryResult.from_dict(canary(**arguments))
+    return CanaryResult.from_dict(canary(**vars(plan)))
 
 
 def publish_artifacts(workspace: Workspace, result: CycleResult) -> None:

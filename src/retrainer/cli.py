@@ -78,8 +78,9 @@ def run(
     (`retrainer serve`, with RETRAINER_ADMIN_TOKEN set in both). Exit codes: 0 cycle completed (promoted, rejected
     or rolled back), 3 batch quarantined, 1 failure.
     """
-    from retrainer.app.results import CycleStatus, format_cycle
+    from retrainer.app.results import format_cycle
     from retrainer.flow_runs import run_cycle
+    from retrainer.outcomes import CycleStatus
 
     for name, path in (("batch", batch), ("canary traffic", canary_traffic)):
         if path is not None and not path.is_file():
@@ -173,8 +174,8 @@ def monitor(
     (no champion, or no reference profile).
     """
     from retrainer.app.monitor import MonitorResult, format_result
-    from retrainer.app.results import MonitorStatus
     from retrainer.flow_runs import MONITOR, load_flow
+    from retrainer.outcomes import MonitorStatus
 
     _params()
     result = MonitorResult.from_dict(load_flow(MONITOR)(root=str(Path.cwd())))

@@ -16,7 +16,7 @@ import typer
 import yaml
 
 from retrainer.app.monitor import MonitorResult
-from retrainer.app.results import CycleResult, CycleStatus, MonitorStatus, canary_lines
+from retrainer.app.results import CycleResult, canary_lines
 from retrainer.app.retrain import recorded
 from retrainer.config import PARAMS_ENV, Params, load_params
 from retrainer.flow_runs import MONITOR, load_flow, run_cycle
@@ -24,6 +24,7 @@ from retrainer.io.batches import BatchRecord
 from retrainer.io.project import MLFLOW_DB_FILE, Workspace
 from retrainer.io.tables import read_json
 from retrainer.io.workspace import create_workspace, reproduce
+from retrainer.outcomes import CycleStatus, MonitorStatus
 from retrainer.serving.launch import start_service
 from retrainer.serving.runtime import TOKEN_ENV
 from retrainer.stages import METRICS, REGISTRATION, SPLIT_REPORT, TRAIN_REPORT

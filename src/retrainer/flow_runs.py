@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from retrainer.app.results import CycleResult, CycleStatus
+from retrainer.app.results import CycleResult
+from retrainer.outcomes import CycleStatus
 
 RETRAIN = "flows.retrain:retrain"
 DRAIN_INBOX = "flows.retrain:drain_inbox"

@@ -19,9 +19,9 @@ from conftest import ROOT, TOKEN, Registry, Server, _register_versions, register
 
 from flows.canary import canary
 from retrainer.app.canary import labelled_traffic
-from retrainer.app.results import CanaryOutcome
 from retrainer.config import CanaryConfig, Params
 from retrainer.io import registry
+from retrainer.outcomes import CanaryOutcome
 from retrainer.serving.replay import replay
 
 pytestmark = pytest.mark.integration

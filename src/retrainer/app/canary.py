@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from retrainer.app.results import CanaryOutcome, field_names
+from retrainer.app.results import field_names
 from retrainer.config import CanaryConfig, Params
 from retrainer.io import registry
 from retrainer.io.project import Workspace
 from retrainer.io.tracking import connect
+from retrainer.outcomes import CanaryOutcome
 from retrainer.serving.client import AdminClient
 from retrainer.serving.replay import ReplayStats, check_loopback, read_arm, replay, scrape_counters
 from retrainer.steps.canary import ArmStats, CanaryDecision, StepProgress, analyse_canary
@@ -143,16 +144,24 @@ class TrafficSource:
 class CanaryRun:
     """What every step of one canary works with; `steps` collects each step's decision and replay."""
 
-    base_url: str
-    model_name: str
+    plan: CanaryPlan
     versions: dict[str, str]
     thresholds: dict[str, float]
     policy: CanaryConfig
     source: TrafficSource
     workspace: Workspace
-    poll_seconds: float
     canary_start: tuple[str, dict]
     steps: list[dict] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        """The service's URL."""
+        return self.plan.base_url
+
+    @property
+    def model_name(self) -> str:
+        """The registered model."""
+        return self.plan.model_name
 
     @property
     def challenger(self) -> str:
@@ -184,44 +193,54 @@ def canary_policy(policy: CanaryConfig, steps: Sequence[float] | None) -> Canary
     return CanaryConfig.model_validate({**policy.model_dump(), "steps": tuple(steps)})
 
 
+@dataclass(frozen=True)
+class CanaryPlan:
+    """Which challenger to canary against which champion, on which service, with what traffic and policy.
+
+    `traffic` is a raw batch file replayed in order across steps, its labels posted as delayed feedback (demo,
+    tests); without it the canary judges live traffic. The policy defaults to the params `canary` section; `steps`
+    (percent) overrides its steps. `root` (default: the working folder) and `home` locate the workspace.
+    """
+
+    base_url: str
+    model_name: str
+    challenger_version: str
+    expected_champion: str
+    traffic: str | None = None
+    steps: Sequence[float] | None = None
+    policy: CanaryConfig | None = None
+    root: Path | None = None
+    home: Path | None = None
+    poll_seconds: float = 0.25
+
+
 def run_canary(
-    base_url: str,
-    model_name: str,
-    challenger_version: str,
-    expected_champion: str,
-    traffic: str | None = None,
-    steps: Sequence[float] | None = None,
-    policy: CanaryConfig | None = None,
-    root: Path | None = None,
-    home: Path | None = None,
-    poll_seconds: float = 0.25,
+    plan: CanaryPlan,
     on_step: Callable[[StepReport], None] | None = None,
     log: logging.Logger | logging.LoggerAdapter = _log,
 ) -> CanaryResult:
-    """Run the canary of `challenger_version` against `expected_champion` on the service at `base_url` (loopback).
+    """Run the canary of the plan's challenger against its expected champion on the service (loopback only).
 
-    `traffic` is a raw batch file replayed in order across steps, its labels posted as delayed feedback; without it
-    the canary judges live traffic. The admin token comes from RETRAINER_ADMIN_TOKEN (ValueError without it). The
-    policy defaults to the params `canary` section; `steps` (percent) overrides its steps, validated (ValueError).
-    RuntimeError when no service answers. `on_step` is called with each finished step.
+    The admin token comes from RETRAINER_ADMIN_TOKEN (ValueError without it); a `steps` override is validated
+    (ValueError); RuntimeError when no service answers. `on_step` is called with each finished step.
     """
-    check_loopback(base_url)
-    workspace = Workspace.at(root, home)
+    check_loopback(plan.base_url)
+    workspace = Workspace.at(plan.root, plan.home)
     params = workspace.load_params()
-    policy = canary_policy(policy or params.canary, steps)
+    policy = canary_policy(plan.policy or params.canary, plan.steps)
     connect(workspace.root)
     token = admin_token()
-    versions = {"champion": expected_champion, "challenger": challenger_version}
-    thresholds = {arm: version_threshold(model_name, v) for arm, v in versions.items()}
-    source = TrafficSource(*load_traffic(Path(traffic), params)) if traffic else TrafficSource.live()
-    with AdminClient(base_url, token) as admin:
+    versions = {"champion": plan.expected_champion, "challenger": plan.challenger_version}
+    thresholds = {arm: version_threshold(plan.model_name, v) for arm, v in versions.items()}
+    source = TrafficSource(*load_traffic(Path(plan.traffic), params)) if plan.traffic else TrafficSource.live()
+    with AdminClient(plan.base_url, token) as admin:
         rollout = admin.rollout()
-        if rollout["champion_version"] != expected_champion:
-            reason = f"service champion is v{rollout['champion_version']}, expected v{expected_champion}"
-            aborted = CanaryResult(CanaryOutcome.ABORTED, [reason], challenger_version, expected_champion)
+        if rollout["champion_version"] != plan.expected_champion:
+            reason = f"service champion is v{rollout['champion_version']}, expected v{plan.expected_champion}"
+            aborted = CanaryResult(CanaryOutcome.ABORTED, [reason], plan.challenger_version, plan.expected_champion)
             return dataclasses.replace(aborted, rollout=rollout, champion_version=rollout.get("champion_version"))
-        start = (log_time(), scrape_counters(base_url))
-        run = CanaryRun(base_url, model_name, versions, thresholds, policy, source, workspace, poll_seconds, start)
+        start = (log_time(), scrape_counters(plan.base_url))
+        run = CanaryRun(plan, versions, thresholds, policy, source, workspace, start)
         return step_up(run, admin, on_step or (lambda _report: None), log)
 
 
@@ -263,7 +282,7 @@ def run_step(run: CanaryRun, step: StepProgress, percent: float) -> tuple[Canary
             return CanaryDecision("rollback", [why, *decision.reasons], decision.numbers), traffic
         missing = policy.min_requests_per_step - challenger.requests
         if missing <= 0 or source.is_live:
-            time.sleep(run.poll_seconds)  # live clients bring the requests, or the step's minimum time is not over
+            time.sleep(run.plan.poll_seconds)  # live clients bring the requests, or the step's minimum time is not over
             continue
         if source.left <= 0:
             why = "traffic source exhausted before the step had enough requests"

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from retrainer.app.results import MonitorStatus, field_names
+from retrainer.app.results import field_names
 from retrainer.config import Params
 from retrainer.io import monitoring as store
 from retrainer.io.project import Workspace
+from retrainer.outcomes import CycleStatus, MonitorStatus
 from retrainer.steps.monitor import assess_window
 from retrainer.steps.trigger import TriggerDecision, decide_trigger
 
@@ -234,21 +235,22 @@ def decide(
             config=params.monitor.trigger,
         )
         store.save_trigger_state(home, decision.state)
-        signals = {k: s["value"] for k, s in assessment["signals"].items()}
-        store.append_decision(
-            home,
-            {
-                "time": base.time,
-                "model_version": base.model_version,
-                "alarm": assessment["alarm"],
-                "level": assessment["level"],
-                "signals": signals,
-                "pending_batches": pending[0],
-                "pending_labelled_rows": pending[1],
-                **decision.to_dict(),
-            },
-        )
+        store.append_decision(home, decision_entry(base, assessment, pending, decision))
     return decision, pending
+
+
+def decision_entry(base: MonitorResult, assessment: dict, pending: tuple[int, int], decision: TriggerDecision) -> dict:
+    """One line of the decision record: the signals, what was waiting, and the trigger's decision."""
+    return {
+        "time": base.time,
+        "model_version": base.model_version,
+        "alarm": assessment["alarm"],
+        "level": assessment["level"],
+        "signals": {k: s["value"] for k, s in assessment["signals"].items()},
+        "pending_batches": pending[0],
+        "pending_labelled_rows": pending[1],
+        **decision.to_dict(),
+    }
 
 
 def start_retrain(retrain: Retrain, root: Path, log: logging.Logger | logging.LoggerAdapter) -> list[dict]:
@@ -257,4 +259,4 @@ def start_retrain(retrain: Retrain, root: Path, log: logging.Logger | logging.Lo
         return summarise_retrain(retrain(root))
     except Exception as exc:  # the decision stands and is recorded; the failure is reported, not hidden
         log.error("retrain started by the monitor failed: %s", exc)
-        return [{"status": "failed", "reason": str(exc)[:2000]}]
+        return [{"status": str(CycleStatus.FAILED), "reason": str(exc)[:2000]}]

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from retrainer.app.results import CycleResult, CycleStatus
+from retrainer.app.results import CycleResult
 from retrainer.config import Params
 from retrainer.io import registry
 from retrainer.io.project import Workspace
+from retrainer.outcomes import CycleStatus
 
 _log = logging.getLogger(__name__)
 

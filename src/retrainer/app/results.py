@@ -4,37 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from retrainer.outcomes import CycleStatus
+
 SHOWN_METRICS = ("roc_auc", "pr_auc", "f1", "brier")
-
-
-class CycleStatus(StrEnum):
-    """What became of a batch in a retrain cycle (the batch record and the CLI exit code use these)."""
-
-    PROMOTED = "promoted"
-    REJECTED = "rejected"
-    ROLLED_BACK = "rolled_back"
-    QUARANTINED = "quarantined"
-    INCLUDED = "included"
-    FAILED = "failed"
-
-
-class CanaryOutcome(StrEnum):
-    """How a canary ended."""
-
-    PROMOTED = "promoted"
-    ROLLED_BACK = "rolled_back"
-    ABORTED = "aborted"
-
-
-class MonitorStatus(StrEnum):
-    """Whether a monitoring pass had something to judge."""
-
-    OK = "ok"
-    NO_CHAMPION = "no champion"
-    NO_PROFILE = "no profile"
 
 
 def field_names(cls: type) -> set[str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrainer.app.canary import CanaryResult, run_canary
+from retrainer.app.canary import CanaryPlan, CanaryResult, run_canary
 from retrainer.app.promotion import (
     Verdict,
     mark_challenger,
@@ -24,7 +24,7 @@ from retrainer.app.promotion import (
     record_lineage,
     reject_challenger,
 )
-from retrainer.app.results import CanaryOutcome, CycleResult, CycleStatus
+from retrainer.app.results import CycleResult
 from retrainer.app.validate import BatchValidation, validate_batch
 from retrainer.config import Params
 from retrainer.cycle import GATE_JSON, finite, gather_and_decide, write_gate_report
@@ -34,6 +34,7 @@ from retrainer.io.project import Workspace
 from retrainer.io.tables import read_json
 from retrainer.io.tracking import connect
 from retrainer.io.workspace import commit_stage, stage_changed
+from retrainer.outcomes import CanaryOutcome, CycleStatus
 from retrainer.stages import REGISTRATION, STAGES, run_stage
 
 _log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class RetrainSteps:
     reject: Callable[[Params, dict], Verdict] = reject_challenger
     package: Callable[[Workspace, list[str]], str] = package_bento
     promote: Callable[[Params, Workspace, dict, str | None], Verdict] = promote_challenger
-    canary: Callable[..., CanaryResult] = run_canary
+    canary: Callable[[CanaryPlan], CanaryResult] = run_canary
     record_lineage: Callable[[Params, CycleResult], None] = record_lineage
     publish: Callable[[Workspace, CycleResult], None] = publish_nothing
 
@@ -246,7 +247,7 @@ def roll_out(cycle: Cycle, gate: dict, expected: str | None, canary_traffic: Pat
 def canary_challenger(cycle: Cycle, version: str, expected: str, traffic: Path | None) -> Verdict:
     """The canary on the running service; its outcome becomes the cycle's status."""
     params, workspace = cycle.params, cycle.workspace
-    outcome = cycle.steps.canary(
+    plan = CanaryPlan(
         base_url=params.canary.service_url,
         model_name=params.tracking.registered_model,
         challenger_version=version,
@@ -255,6 +256,7 @@ def canary_challenger(cycle: Cycle, version: str, expected: str, traffic: Path |
         root=workspace.root,
         home=workspace.home,
     )
+    outcome = cycle.steps.canary(plan)
     statuses = {CanaryOutcome.PROMOTED: CycleStatus.PROMOTED, CanaryOutcome.ROLLED_BACK: CycleStatus.ROLLED_BACK}
     if outcome.outcome == CanaryOutcome.PROMOTED:
         record_golden(params, workspace, version, expected, cycle.log)

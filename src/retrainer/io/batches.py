@@ -11,6 +11,7 @@ from pathlib import Path
 
 from retrainer.io.batch_files import hash_file
 from retrainer.io.tables import BATCH_SUFFIXES
+from retrainer.outcomes import CycleStatus
 
 CLAIMED = "running"
 # a claim older than this belongs to a run that died; the batch may be taken again
@@ -62,7 +63,7 @@ class BatchRecord:
             if row is not None:
                 status, claimed_at = row
                 live_claim = status == CLAIMED and datetime.fromisoformat(claimed_at) > datetime.now(UTC) - STALE_CLAIM
-                if live_claim or (status not in (CLAIMED, "failed") and not force):
+                if live_claim or (status not in (CLAIMED, CycleStatus.FAILED) and not force):
                     return False
             db.execute(
                 "INSERT OR REPLACE INTO batches (batch_id, source, status, claimed_at) VALUES (?, ?, ?, ?)",
@@ -110,6 +111,6 @@ def pending_batches(inbox: Path, record: BatchRecord) -> list[Path]:
     waiting = []
     for path in inbox_files(inbox):
         existing = record.get(batch_id(path))
-        if existing is None or existing["status"] == "failed":
+        if existing is None or existing["status"] == CycleStatus.FAILED:
             waiting.append(path)
     return waiting

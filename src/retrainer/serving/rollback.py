@@ -224,6 +224,27 @@ def previous_champion(model_name: str) -> tuple[str, str]:
     return current, previous
 
 
+def restore_previous(name: str, workspace: Workspace, expected_champion: str | None) -> tuple[str, str]:
+    """Move the champion alias back to the previous champion under the registry lock, tag both versions, and save
+    the rollout state; returns (the replaced champion, the restored one)."""
+    from filelock import FileLock
+
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with FileLock(str(workspace.registry_lock), timeout=120):
+        current, previous = previous_champion(name)
+        if expected_champion is not None and current != expected_champion:
+            raise RollbackConflict(f"champion is v{current}, not v{expected_champion}: rollback refused")
+        registry.version_tags(name, previous)  # the previous version must still exist (raises otherwise)
+        registry.set_alias(name, registry.CHAMPION, previous)
+        if registry.alias_version(name, registry.CHALLENGER) == previous:
+            registry.clear_alias(name, registry.CHALLENGER)
+        registry.tag_version(name, current, {"rolled_back_at": now, "rolled_back_to": previous})
+        registry.tag_version(name, previous, {"restored_at": now, "restored_from": current})
+        # Like the service's own rollback: the restored champion serves alone; nothing further to roll back to.
+        save_state(RolloutState(previous, None, 0.0, now, None), state_path(workspace.home))
+    return current, previous
+
+
 def rollback(
     params: Params,
     root: Path,
@@ -240,27 +261,13 @@ def rollback(
     RollbackConflict when `expected_champion` is given and the champion is another version. Verification never
     raises: it is reported.
     """
-    from filelock import FileLock
-
     from retrainer.io.tracking import connect
 
     connect(root)
     name = params.tracking.registered_model
     workspace = Workspace.at(root)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    with FileLock(str(workspace.registry_lock), timeout=120):
-        current, previous = previous_champion(name)
-        if expected_champion is not None and current != expected_champion:
-            raise RollbackConflict(f"champion is v{current}, not v{expected_champion}: rollback refused")
-        registry.version_tags(name, previous)  # the previous version must still exist (raises otherwise)
-        registry.set_alias(name, registry.CHAMPION, previous)
-        if registry.alias_version(name, registry.CHALLENGER) == previous:
-            registry.clear_alias(name, registry.CHALLENGER)
-        registry.tag_version(name, current, {"rolled_back_at": now, "rolled_back_to": previous})
-        registry.tag_version(name, previous, {"restored_at": now, "restored_from": current})
-        # Like the service's own rollback: the restored champion serves alone; nothing further to roll back to.
-        state_file = state_path(workspace.home)
-        save_state(RolloutState(previous, None, 0.0, now, None), state_file)
+    current, previous = restore_previous(name, workspace, expected_champion)
+    state_file = state_path(workspace.home)
     pipeline = registry.load_version(name, previous)
     check = verify_golden(previous, pipeline, params, root, golden_path)
     return RollbackReport(

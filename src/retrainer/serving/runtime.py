@@ -197,32 +197,12 @@ class ServingRuntime:
         else:  # no key hashes below a zero weight: everything goes to the champion
             arms = [CHAMPION] * len(records)
         columns = self.features.columns(records)
-        proba = np.empty(len(records))
         result = Scored(predictions=[])
-        for arm in (CHAMPION, CHALLENGER):
-            rows = [i for i, a in enumerate(arms) if a == arm]
-            if not rows:
-                continue
-            outcome = result.arms[arm] = ArmResult(records=len(rows))
-            # With one arm serving every record, score the columns themselves rather than a copy of all their rows.
-            part = columns if len(rows) == len(records) else {name: values[rows] for name, values in columns.items()}
-            tick = time.perf_counter()
-            try:
-                proba[rows] = models[versions[arm]].score(part, self.features.frame)
-            except Exception as exc:
-                outcome.failed = True
-                raise ScoringError(arm) from exc
-            finally:
-                outcome.seconds = time.perf_counter() - tick
+        proba = self._score_arms(arms, {arm: models[v] for arm, v in versions.items() if v in models}, columns, result)
         served = {arm: models[versions[arm]] for arm in result.arms}
         by_arm = {arm: model.version for arm, model in served.items()}
-        if len(served) == 1:
-            (model,) = served.values()
-            model_versions, thresholds = [model.version] * len(records), model.threshold
-        else:
-            model_versions = [by_arm[a] for a in arms]
-            thresholds = np.array([served[a].threshold for a in arms])
-        probabilities, labels = proba.tolist(), (proba >= thresholds).astype(int).tolist()
+        model_versions, labels = _decide(served, arms, proba)
+        probabilities = proba.tolist()
         key = new_request_key()
         answers = (prediction_ids(key, len(records)), arms, model_versions, probabilities, labels)
         result.predictions = [
@@ -234,6 +214,26 @@ class ServingRuntime:
         result.request_log = RequestLog(key, now, latency_ms, by_arm, arms, probabilities, labels, records, columns)
         result.ticket = self.log_writer.owe()
         return result
+
+    def _score_arms(self, arms: list[str], models: dict[str, LoadedModel], columns: dict, result: Scored) -> np.ndarray:
+        """Each arm's rows scored together by its model; what each arm did is counted in `result.arms`."""
+        proba = np.empty(len(arms))
+        for arm in (CHAMPION, CHALLENGER):
+            rows = [i for i, a in enumerate(arms) if a == arm]
+            if not rows:
+                continue
+            outcome = result.arms[arm] = ArmResult(records=len(rows))
+            # With one arm serving every record, score the columns themselves rather than a copy of all their rows.
+            part = columns if len(rows) == len(arms) else {name: values[rows] for name, values in columns.items()}
+            tick = time.perf_counter()
+            try:
+                proba[rows] = models[arm].score(part, self.features.frame)
+            except Exception as exc:
+                outcome.failed = True
+                raise ScoringError(arm) from exc
+            finally:
+                outcome.seconds = time.perf_counter() - tick
+        return proba
 
     def write_log(self, scored: Scored) -> None:
         """Log a scored request's predictions and features now, in one transaction (see `LogWriter.write`)."""
@@ -308,3 +308,12 @@ class ServingRuntime:
         """Write what is still queued for the log, then close it."""
         self.log_writer.close()
         self.log.close()
+
+
+def _decide(served: dict[str, LoadedModel], arms: list[str], proba: np.ndarray) -> tuple[list[str], list[int]]:
+    """Each record's model version and label, at the threshold of the arm that scored it."""
+    if len(served) == 1:
+        (model,) = served.values()
+        return [model.version] * len(arms), (proba >= model.threshold).astype(int).tolist()
+    thresholds = np.array([served[a].threshold for a in arms])
+    return [served[a].version for a in arms], (proba >= thresholds).astype(int).tolist()
