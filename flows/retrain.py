@@ -50,7 +50,7 @@ def publish_artifacts(workspace: Workspace, result: CycleResult) -> None:
     """Prefect artifacts that tell the run's story in the UI: gate report, data counts, MLflow links."""
     key, registration = f"batch-{result.batch_id}", result.registration
     create_markdown_artifact(
-        f"# Retrain {result.status.upper()}\n\nbatch `{result.batch_id}`\n\n{workspace.data(GATE_MD).read_text()}",
+        f"# Retrain {result.status.upper()}\n\nbatch `{result.batch_id}`\n\n{workspace.path(GATE_MD).read_text()}",
         key="gate-report",
         description=f"gate decision for {key}",
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import secrets
 import time
@@ -21,7 +23,8 @@ from retrainer.app.retrain import recorded
 from retrainer.config import PARAMS_ENV, Params, load_params
 from retrainer.flow_runs import MONITOR, load_flow, run_cycle
 from retrainer.io.batches import BatchRecord
-from retrainer.io.project import MLFLOW_DB_FILE, Workspace
+from retrainer.io.monitoring import DECISIONS_FILE, monitor_dir
+from retrainer.io.project import HOME_DIR, MLFLOW_DB_FILE, Workspace
 from retrainer.io.tables import read_json
 from retrainer.io.workspace import create_workspace, reproduce
 from retrainer.outcomes import CycleStatus, MonitorStatus
@@ -179,6 +182,22 @@ WIDTHS = (8, 8, 11, 6, 6, 17, 11, 9, 5)
 HEADER = ("month", "holdout", "challenger", "AUC", "champ", "diff 95% CI", "decision", "champion", "time")
 
 
+class AppendingFile(io.TextIOBase):
+    """A text stream that appends each write to a file: it holds no open file, so a log handler bound to it while
+    it stood in for stderr keeps working after."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self.path.open("a") as sink:
+            return sink.write(text)
+
+
 @dataclass
 class Demo:
     """One demo run: its workspace, its console, what it has decided so far, and the service it started."""
@@ -195,7 +214,7 @@ class Demo:
     @property
     def workspace(self) -> Workspace:
         """The demo's own workspace (its home under `.retrainer/`)."""
-        return Workspace(self.workdir, self.workdir / ".retrainer")
+        return Workspace(self.workdir, self.workdir / HOME_DIR)
 
     @property
     def seed(self) -> Path:
@@ -206,6 +225,10 @@ class Demo:
         """A line under the table's current row."""
         self.console.print(f"   {'':8} {text}", style=style, highlight=False)
 
+    def library_output(self) -> contextlib.AbstractContextManager:
+        """While a flow runs, what libraries print to stderr (MLflow's registration lines) goes to logs/flows.log."""
+        return contextlib.redirect_stderr(AppendingFile(self.workspace.home / "logs" / "flows.log"))
+
     def traffic(self, month: int, purpose: str) -> Path:
         """A month's client traffic sample (`purpose`: serve or canary), written under data/traffic."""
         return write_traffic(self.seed, month, self.workdir / "data" / "traffic", purpose)
@@ -215,7 +238,7 @@ def demo_environment(home: Path) -> dict[str, str]:
     """The environment the demo runs in: its own home, MLflow store and Prefect home, and a quiet console.
 
     Prefect's console handler (which also prints every library's warnings) is held to errors, so the table is not
-    interleaved with log lines; the flow runs' logs still reach the Prefect API.
+    interleaved with log lines (the flow runs' logs still reach the Prefect API); see also `Demo.library_output`.
     """
     return {
         "RETRAINER_HOME": str(home),
@@ -297,7 +320,7 @@ def retrain_month(demo: Demo, batch: Path, month: int) -> None:
     """Retrain on the month's batch at once (the retrain flow), canaried on the next month's flights if served."""
     traffic = demo.traffic(min(month + 1, 12), "canary") if demo.service else None
     started = time.perf_counter()
-    with demo.console.status(f"retraining on {batch.name} ..."):
+    with demo.console.status(f"retraining on {batch.name} ..."), demo.library_output():
         result = run_cycle(batch, demo.workdir, canary_traffic=traffic)
     print_cycle(demo, month, result, time.perf_counter() - started)
 
@@ -314,7 +337,10 @@ def serve_and_monitor(demo: Demo, month: int) -> None:
         highlight=False,
     )
     traffic = demo.traffic(min(month + 1, 12), "canary")
-    with demo.console.status(f"2013-{month:02d}: monitoring (the monitor flow; it may retrain) ..."):
+    with (
+        demo.console.status(f"2013-{month:02d}: monitoring (the monitor flow; it may retrain) ..."),
+        demo.library_output(),
+    ):
         run = load_flow(MONITOR)(root=str(demo.workdir), now=month_end(month), canary_traffic=str(traffic))
     outcome = MonitorResult.from_dict(run)
     for started in outcome.retrain or []:
@@ -363,7 +389,7 @@ def print_summary(demo: Demo) -> None:
         fired = sum(outcome.fired for outcome in demo.passes)
         demo.console.print(
             f"monitor: {len(demo.passes)} passes, {fired} fired a retrain, {len(demo.passes) - fired} suppressed "
-            f"(every decision: {home / 'monitor' / 'decisions.jsonl'}; drift reports: {home / 'monitor' / 'reports'})"
+            f"(every decision: {monitor_dir(home) / DECISIONS_FILE}; drift reports: {monitor_dir(home) / 'reports'})"
         )
     demo.console.print("look closer:")
     demo.console.print(f"  mlflow ui --backend-store-uri sqlite:///{home / MLFLOW_DB_FILE} --workers 1")

@@ -187,7 +187,7 @@ def assess_and_decide(
         "decision": decision.to_dict(),
         "pending": {"batches": pending[0], "labelled_rows": pending[1]},
     }
-    folder = workspace.monitor_dir / "reports" / now.strftime("%Y%m%dT%H%M%S%fZ")
+    folder = store.monitor_dir(workspace.home) / "reports" / now.strftime("%Y%m%dT%H%M%S%fZ")
     report = write_drift_report(details, profile, window.features, folder)
     return dataclasses.replace(
         base,
@@ -221,7 +221,7 @@ def decide(
     home = workspace.home
     store.monitor_dir(home).mkdir(parents=True, exist_ok=True)
     with FileLock(str(store.monitor_dir(home) / "trigger.lock"), timeout=60):
-        inbox, record = workspace.data(params.retrain.inbox_dir), BatchRecord(workspace.batch_record)
+        inbox, record = workspace.path(params.retrain.inbox_dir), BatchRecord(workspace.batch_record)
         pending = store.count_pending(inbox, record, params.data.target.column)
         decision = decide_trigger(
             alarm=assessment["alarm"],

@@ -50,7 +50,7 @@ class BatchQuarantined(Exception):
 
 def accept_batch(path: Path, params: Params, workspace: Workspace, identifier: str) -> str:
     """Copy the batch into the accepted batches the ingest stage reads; return the accepted file."""
-    return str(accept(path, workspace.data(params.data.batches_dir), identifier))
+    return str(accept(path, workspace.path(params.data.batches_dir), identifier))
 
 
 def run_pipeline_stage(params: Params, workspace: Workspace, name: str) -> dict:
@@ -161,7 +161,7 @@ def train_and_decide(cycle: Cycle, canary_traffic: Path | None, earlier: Sequenc
         quarantine(cycle, validation)
     steps.accept(cycle.batch, params, workspace, cycle.identifier)
     stages = [steps.run_stage(params, workspace, name) for name in STAGES]
-    registration = read_json(workspace.data(REGISTRATION))
+    registration = read_json(workspace.path(REGISTRATION))
     reused = reuse_decision(cycle, stages, registration["version"])
     if reused is not None:
         return reused
@@ -223,7 +223,7 @@ def reuse_decision(cycle: Cycle, stages: list[dict], version: str) -> CycleResul
     previous = cycle.previous
     if any(stage["ran"] for stage in stages) or not previous or previous["status"] == CycleStatus.FAILED:
         return None
-    cached = read_json(cycle.workspace.data(GATE_JSON))
+    cached = read_json(cycle.workspace.path(GATE_JSON))
     if cached.get("challenger_version") != version or not previous["result"]:
         return None
     cycle.log.info("nothing changed since the last run: reusing its decision")
@@ -308,7 +308,7 @@ def include_one(
 
 def waiting_batches(params: Params, workspace: Workspace) -> list[Path]:
     """The batch files waiting in the inbox (not yet processed), oldest first."""
-    return pending_batches(workspace.data(params.retrain.inbox_dir), BatchRecord(workspace.batch_record))
+    return pending_batches(workspace.path(params.retrain.inbox_dir), BatchRecord(workspace.batch_record))
 
 
 Retrain = Callable[..., CycleResult]

@@ -44,7 +44,7 @@ class BatchValidation:
 
 def trained_until(params: Params, workspace: Workspace) -> pd.Timestamp | None:
     """The newest time in the dataset the model was trained on (None before the first training)."""
-    dataset, column = workspace.data(DATASET), params.data.time_column
+    dataset, column = workspace.path(DATASET), params.data.time_column
     return pd.read_parquet(dataset, columns=[column])[column].max() if dataset.exists() else None
 
 
@@ -57,9 +57,9 @@ def validate_batch(path: Path, params: Params, workspace: Workspace, identifier:
     from retrainer.validation import format_outcome, validate_batch_file
 
     started = time.perf_counter()
-    batches = workspace.data(params.data.batches_dir)
+    batches = workspace.path(params.data.batches_dir)
     accepted = bool(identifier) and any(batches.glob(f"{identifier}.*"))
-    train = workspace.data(TRAIN)
+    train = workspace.path(TRAIN)
     reference = pd.read_parquet(train) if train.exists() else None
     until = None if accepted else trained_until(params, workspace)
     outcome = validate_batch_file(path, params, workspace.root, reference=reference, trained_until=until)

@@ -13,7 +13,8 @@ KEY_ENV = "RETRAINER_PSEUDO_KEY"
 # A documented, non-secret default so a fresh clone runs; set RETRAINER_PSEUDO_KEY for real data.
 DEFAULT_PSEUDO_KEY = "retrainer-local-development-key"
 
-# The files under the home, named once.
+# The home folder and the files under it, named once.
+HOME_DIR = ".retrainer"
 BATCH_RECORD_FILE = "batches.db"
 REGISTRY_LOCK_FILE = "registry.lock"
 LOG_FILE = "predictions.db"
@@ -25,7 +26,7 @@ MONITOR_DIR = "monitor"
 def home_dir(root: Path | None = None) -> Path:
     """The project-local home for state DVC does not version (MLflow store, run records)."""
     explicit = os.environ.get(HOME_ENV)
-    home = Path(explicit) if explicit else (root or Path.cwd()) / ".retrainer"
+    home = Path(explicit) if explicit else (root or Path.cwd()) / HOME_DIR
     home.mkdir(parents=True, exist_ok=True)
     return home.resolve()
 
@@ -75,13 +76,8 @@ class Workspace:
         """Answered requests the prediction log could not take, waiting for `retrainer recover-log`."""
         return self.home / DEAD_LETTER_FILE
 
-    @property
-    def monitor_dir(self) -> Path:
-        """Monitoring state: trigger state, decisions, latest figures, drift reports."""
-        return self.home / MONITOR_DIR
-
-    def data(self, relative: str | Path) -> Path:
-        """A path of the workspace (e.g. a params folder such as `retrain.inbox_dir`)."""
+    def path(self, relative: str | Path) -> Path:
+        """A path of the workspace, given relative to its root (a params folder such as `retrain.inbox_dir`)."""
         return self.root / relative
 
 
