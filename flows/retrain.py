@@ -10,7 +10,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from flows.canary import canary
 from retrainer.app import promotion
-from retrainer.app import retrain as cycle
+from retrainer.app import retrain as retraining
 from retrainer.app.canary import CanaryPlan, CanaryResult
 from retrainer.app.promotion import Verdict
 from retrainer.app.results import CycleResult
@@ -42,7 +42,7 @@ def promote(params: Params, workspace: Workspace, gate: dict, expected_champion:
 
 
 def canary_subflow(plan: CanaryPlan) -> CanaryResult:
-    """The canary as a subflow run of the cycle."""
+    """The canary as a subflow run of the retraining."""
     return CanaryResult.from_dict(canary(**vars(plan)))
 
 
@@ -72,12 +72,12 @@ def publish_artifacts(workspace: Workspace, result: CycleResult) -> None:
         )
 
 
-TASKS = cycle.RetrainSteps(
+TASKS = retraining.RetrainSteps(
     validate=validate,
-    accept=task(task_run_name="accept batch", **RETRIED)(cycle.accept_batch),
-    run_stage=task(task_run_name="stage {name}")(cycle.run_pipeline_stage),
+    accept=task(task_run_name="accept batch", **RETRIED)(retraining.accept_batch),
+    run_stage=task(task_run_name="stage {name}")(retraining.run_pipeline_stage),
     mark_challenger=task(task_run_name="mark challenger", **RETRIED)(promotion.mark_challenger),
-    gate=task(task_run_name="gate")(cycle.gate_challenger),
+    gate=task(task_run_name="gate")(retraining.gate_challenger),
     reject=task(task_run_name="reject")(promotion.reject_challenger),
     package=task(task_run_name="package bento", retries=1, retry_delay_seconds=2)(promotion.package_bento),
     promote=promote,
@@ -100,7 +100,7 @@ def retrain(
     See `retrainer.app.retrain.retrain_batch`; `canary_traffic` is a raw batch file replayed to the service during
     the canary (demo, tests). Returns the cycle's result as a dict; a quarantined batch fails the run.
     """
-    result = cycle.retrain_batch(
+    result = retraining.retrain_batch(
         Path(batch),
         Workspace.at(root),
         force=force,
@@ -122,4 +122,4 @@ def retrain_subflow(batch: Path, workspace: Workspace, canary_traffic: Path | No
 def drain_inbox(root: str = ".", canary_traffic: str | None = None) -> list[dict]:
     """Retrain once on every batch waiting in the inbox (see `retrainer.app.retrain.drain_inbox`)."""
     traffic = Path(canary_traffic) if canary_traffic else None
-    return cycle.drain_inbox(Workspace.at(root), traffic, retrain=retrain_subflow)
+    return retraining.drain_inbox(Workspace.at(root), traffic, retrain=retrain_subflow)
