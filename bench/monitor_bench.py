@@ -7,7 +7,7 @@ Set-up (not timed): a real pipeline fitted on January-February flights (the newe
 in a temporary MLflow store with its reference profile; 1,000,000 predictions are written through the prediction
 log (the serving write path, as 10,000-prediction requests) from real 2013 flights drawn with replacement, scored by
 that model.
-The pass runs in a child process: its wall seconds are timed inside the child around `run_monitor_pass` alone, and
+The pass runs in a child process: its wall seconds are timed inside the child around `monitor_pass` alone, and
 its peak memory is the child's peak resident set size (VmHWM in /proc/self/status, which a new program image
 starts afresh; getrusage's ru_maxrss would carry over the large parent's peak through fork and exec), reported with
 the peak it had reached after its imports, before the pass.
@@ -40,8 +40,8 @@ def build_home(home: Path, params) -> None:
 
     from retrainer.io import registry
     from retrainer.io.monitoring import register_with_profile
-    from retrainer.io.project import pseudonymisation_key
-    from retrainer.serving.prediction_log import LOG_FILE, PredictionLog, RequestLog, new_request_key
+    from retrainer.io.project import LOG_FILE, pseudonymisation_key
+    from retrainer.serving.prediction_log import PredictionLog, RequestLog, new_request_key
     from retrainer.steps.ingest import integrate
     from retrainer.steps.split import split_by_time
     from retrainer.steps.train import build_pipeline
@@ -102,15 +102,16 @@ def run_pass_in_child(workspace: Path) -> dict:
     import scipy.stats  # noqa: F401
     import sklearn.metrics  # noqa: F401
 
+    from retrainer.app.monitor import monitor_pass
     from retrainer.config import load_params
-    from retrainer.monitoring import run_monitor_pass
+    from retrainer.io.project import Workspace
 
     params = load_params(ROOT / "params.yaml")
     window = params.monitor.window.model_copy(update={"max_predictions": ROWS, "hours": 24 * 365})
     params = params.model_copy(update={"monitor": params.monitor.model_copy(update={"window": window})})
     baseline_mb = peak_rss_mb()
     started = time.perf_counter()
-    result = run_monitor_pass(params, workspace, retrain=lambda root: [])
+    result = monitor_pass(params, Workspace.at(workspace), retrain=lambda root: []).to_dict()
     seconds = time.perf_counter() - started
     return {
         "pass_seconds": round(seconds, 2),

@@ -1,4 +1,4 @@
-"""The monitor flow: one pass over the champion's logged traffic; a fired trigger drains the inbox into retrains."""
+"""The monitor flow: one monitoring pass as a Prefect flow run; a fired trigger drains the inbox into a retrain."""
 
 from __future__ import annotations
 
@@ -8,53 +8,35 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.retrain import drain_inbox, project_params
-from retrainer.monitoring import run_monitor_pass
+from flows.retrain import drain_inbox
+from retrainer.app.monitor import MonitorResult, format_markdown, monitor_pass
+from retrainer.io.project import Workspace
+from retrainer.outcomes import MonitorStatus
 
 
-def retrain_from_inbox(root: Path) -> list[dict]:
-    """What a fired trigger starts: the drain-inbox flow, on the batches gathered since the last training."""
-    return drain_inbox(root=str(root))
-
-
-def format_markdown(result: dict) -> str:
-    """The pass as a Prefect markdown artifact: signals, top drifting features, the trigger decision."""
-    if result["status"] != "ok":
-        return f"# Monitor: {result['status']}\n\n{result['reason']}\n"
-    signals = result["details"]["assessment"]["signals"]
-    rows = "".join(
-        f"| {name} | {s['value']} | {s['threshold']} | {s['level']} | {'ALARM' if s['alarm'] else 'ok'} |\n"
-        for name, s in signals.items()
-    )
-    retrain = "".join(
-        f"- retrain: `{r.get('batch')}` {r['status']} ({r['reason']})\n" for r in result.get("retrain", [])
-    )
-    return (
-        f"# Monitor v{result['model_version']}: {'ALARM' if result['alarm'] else 'ok'}\n\n"
-        f"{result['rows']} predictions, {result['labelled']} labelled. "
-        f"Drifting: {', '.join(result['drifted_features']) or 'none'}.\n\n"
-        f"| signal | value | threshold | level | |\n|---|---|---|---|---|\n{rows}\n"
-        f"**Retrain {'FIRED' if result['fired'] else 'suppressed'}**: {result['reason']}\n\n{retrain}"
-        f"Report: `{result['report']['html']}`\n"
-    )
+def publish_artifacts(result: MonitorResult) -> None:
+    """The pass as Prefect artifacts: the summary, an alert on an alarm, a link to the HTML drift report."""
+    markdown = format_markdown(result)
+    create_markdown_artifact(markdown, key="monitor-report", description="drift and performance of the champion")
+    if result.alarm:
+        create_markdown_artifact(markdown, key="monitor-alert", description="monitoring alarm")
+    if result.status == MonitorStatus.OK:
+        link = Path(result.report["html"]).as_uri()
+        create_link_artifact(link, link_text="drift report (HTML)", key="monitor-report-link")
 
 
 @flow(name="monitor", log_prints=True)
-def monitor(root: str = ".", now: datetime | None = None) -> dict:
-    """One monitoring pass; publishes the summary (and an alert on an alarm) as Prefect artifacts.
+def monitor(root: str = ".", now: datetime | None = None, canary_traffic: str | None = None) -> dict:
+    """One monitoring pass (see `retrainer.app.monitor.monitor_pass`); a fired trigger runs the drain-inbox flow.
 
-    `now` (default: the clock) places the pass in time for the window, the cooldown and the records: a replay can
-    pass its simulated clock.
+    `now` (default: the clock) places the pass in time: a replay can pass its simulated clock. `canary_traffic` is
+    handed to the retrain it may start (a raw batch file replayed during the canary; demo, tests).
     """
-    workspace = Path(root).resolve()
-    params = project_params(workspace)
-    result = run_monitor_pass(params, workspace, retrain_from_inbox, now=now, logger=get_run_logger())
-    markdown = format_markdown(result)
-    create_markdown_artifact(markdown, key="monitor-report", description="drift and performance of the champion")
-    if result.get("alarm"):
-        create_markdown_artifact(markdown, key="monitor-alert", description="monitoring alarm")
-    if result["status"] == "ok":
-        create_link_artifact(
-            Path(result["report"]["html"]).as_uri(), link_text="drift report (HTML)", key="monitor-report-link"
-        )
-    return result
+    workspace = Workspace.at(root)
+
+    def retrain(folder: Path) -> list[dict]:
+        return drain_inbox(root=str(folder), canary_traffic=canary_traffic)
+
+    result = monitor_pass(workspace.load_params(), workspace, retrain, now=now, log=get_run_logger())
+    publish_artifacts(result)
+    return result.to_dict()

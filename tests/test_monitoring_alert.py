@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from retrainer.app.monitor import WEBHOOK_ENV, alert
 from retrainer.io.processes import free_port
-from retrainer.monitoring import WEBHOOK_ENV, alert
 
 RESULT = {
     "time": "2013-09-15T12:00:00+00:00",

@@ -8,14 +8,15 @@ import mlflow
 
 
 def test_a_pass_without_a_champion_reports_it_and_never_retrains(params, tmp_path, monkeypatch, caplog):
-    from retrainer.monitoring import run_monitor_pass
+    from retrainer.app.monitor import monitor_pass
+    from retrainer.io.project import Workspace
 
     monkeypatch.setenv("RETRAINER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     calls = []
     try:
         with caplog.at_level(logging.WARNING):
-            result = run_monitor_pass(params, tmp_path, retrain=calls.append, logger=logging.getLogger("test"))
+            result = monitor_pass(params, Workspace.at(tmp_path), calls.append, log=logging.getLogger("test")).to_dict()
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)

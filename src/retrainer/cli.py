@@ -88,7 +88,9 @@ def run(
     training, so the next batch is not blocked. Exit codes: 0 cycle completed (promoted, rejected or rolled back),
     3 batch quarantined, 1 failure.
     """
-    from retrainer.runner import run_cycle
+    from retrainer.app.results import format_cycle
+    from retrainer.flow_runs import run_cycle
+    from retrainer.outcomes import CycleStatus
 
     for name, path in (("batch", batch), ("canary traffic", canary_traffic)):
         if path is not None and not path.is_file():
@@ -96,15 +98,10 @@ def run(
             raise typer.Exit(2)
     _params()
     result = run_cycle(batch, Path.cwd(), force=force, canary_traffic=canary_traffic, replaces=replaces)
-    if as_json:
-        _print_json(result)
-    else:
-        from retrainer.runner import format_result
-
-        typer.echo(format_result(result))
-    if result["status"] == "quarantined":
+    _print_json(result.to_dict()) if as_json else typer.echo(format_cycle(result))
+    if result.status == CycleStatus.QUARANTINED:
         raise typer.Exit(EXIT_QUARANTINED)
-    if result["status"] == "failed":
+    if result.status == CycleStatus.FAILED:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -117,15 +114,14 @@ def validate(
 
     Exit codes: 0 passed (warnings allowed), 3 quarantined.
     """
-    from retrainer.validation import format_outcome, freshness_floor, training_reference, validate_batch_file
+    from retrainer.app.validate import validate_batch
+    from retrainer.io.project import Workspace
 
     if not batch.is_file():
         typer.secho(f"error: batch file not found: {batch}", fg="red", err=True)
         raise typer.Exit(2)
-    params, root = _params(), Path.cwd()
-    until = freshness_floor(params, root)
-    outcome = validate_batch_file(batch, params, root, reference=training_reference(root), trained_until=until)
-    _print_json(outcome.report) if as_json else typer.echo(format_outcome(outcome))
+    outcome = validate_batch(batch, _params(), Workspace.at())
+    _print_json(outcome.report) if as_json else typer.echo(outcome.text)
     if not outcome.passed:
         raise typer.Exit(EXIT_QUARANTINED)
 
@@ -133,7 +129,7 @@ def validate(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Champion and challenger versions with their metrics and data versions, and the last runs."""
-    from retrainer.runner import format_status, project_status
+    from retrainer.app.status import format_status, project_status
 
     report = project_status(_params(), Path.cwd())
     _print_json(report) if as_json else typer.echo(format_status(report))
@@ -142,7 +138,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 @app.command()
 def lineage(version: Annotated[str, typer.Argument(help="A registered model version number.")]) -> None:
     """Data version, git commit, params, validation result, gate report and parent champion of a model version."""
-    from retrainer.runner import format_lineage, version_lineage
+    from retrainer.app.status import format_lineage, version_lineage
 
     try:
         typer.echo(format_lineage(version_lineage(_params(), Path.cwd(), version)))
@@ -159,10 +155,10 @@ def deploy() -> None:
     """
     from prefect import serve as serve_deployments
 
-    from flows.monitor import monitor as monitor_flow
-    from flows.retrain import drain_inbox
+    from retrainer.flow_runs import DRAIN_INBOX, MONITOR, load_flow
 
     params = _params()
+    drain_inbox, monitor_flow = load_flow(DRAIN_INBOX), load_flow(MONITOR)
     typer.echo(
         f"serving deployment '{params.retrain.deployment}' (cron '{params.retrain.schedule_cron}'), "
         f"draining {params.retrain.inbox_dir}/, and '{params.monitor.deployment}' "
@@ -187,19 +183,16 @@ def monitor(
     Exit codes: 0 no alarm, 4 an alarm was raised (whether the retrain fired or was suppressed), 2 nothing to monitor
     (no champion, or no reference profile).
     """
-    from flows.monitor import monitor as monitor_flow
+    from retrainer.app.monitor import MonitorResult, format_result
+    from retrainer.flow_runs import MONITOR, load_flow
+    from retrainer.outcomes import MonitorStatus
 
     _params()
-    result = monitor_flow(root=str(Path.cwd()))
-    if as_json:
-        _print_json(result)
-    else:
-        from retrainer.monitoring import format_result
-
-        typer.echo(format_result(result))
-    if result["status"] != "ok":
+    result = MonitorResult.from_dict(load_flow(MONITOR)(root=str(Path.cwd())))
+    _print_json(result.to_dict()) if as_json else typer.echo(format_result(result))
+    if result.status != MonitorStatus.OK:
         raise typer.Exit(2)
-    if result["alarm"]:
+    if result.alarm:
         raise typer.Exit(EXIT_ALARM)
 
 
@@ -234,18 +227,18 @@ def recover_log() -> None:
     Lines that still cannot be written stay in the file, unchanged. Exit codes: 0 all written (or nothing to do),
     1 some lines kept.
     """
-    from retrainer.io.project import home_dir
-    from retrainer.serving.prediction_log import DEAD_LETTER_FILE, LOG_FILE, PredictionLog, recover_dead_letter
+    from retrainer.io.project import Workspace
+    from retrainer.serving.prediction_log import PredictionLog, recover_dead_letter
 
-    home = home_dir(Path.cwd())
-    dead_letter = home / DEAD_LETTER_FILE
-    log = PredictionLog(home / LOG_FILE)
+    workspace = Workspace.at()
+    dead_letter = workspace.dead_letter
+    log = PredictionLog(workspace.prediction_log)
     try:
         done = recover_dead_letter(log, dead_letter)
     finally:
         log.close()
     typer.echo(
-        f"{done.written} requests ({done.predictions} predictions) written to {home / LOG_FILE}; "
+        f"{done.written} requests ({done.predictions} predictions) written to {workspace.prediction_log}; "
         f"{done.already_logged} already there"
     )
     if done.kept:

@@ -386,9 +386,9 @@ class Params(_WithValidate):
         return self
 
 
-def resolve_params_path(explicit: str | Path | None = None) -> Path:
-    """The params file: explicit argument, else $RETRAINER_PARAMS, else ./params.yaml."""
-    return Path(explicit or os.environ.get(PARAMS_ENV) or "params.yaml")
+def resolve_params_path(explicit: str | Path | None = None, root: Path | None = None) -> Path:
+    """The params file: explicit argument, else $RETRAINER_PARAMS, else params.yaml in `root` (default: ./)."""
+    return Path(explicit or os.environ.get(PARAMS_ENV) or (root or Path()) / "params.yaml")
 
 
 def load_params(path: str | Path | None = None) -> Params:

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import secrets
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache, partial
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import typer
 import yaml
 
-from retrainer.config import Params, load_params
-from retrainer.io.project import PREFECT_STARTUP_TIMEOUT_ENV, PREFECT_STARTUP_TIMEOUT_SECONDS
+from retrainer.app.monitor import MonitorResult
+from retrainer.app.results import CycleResult, canary_lines
+from retrainer.app.retrain import recorded
+from retrainer.config import PARAMS_ENV, Params, load_params
+from retrainer.flow_runs import MONITOR, load_flow, run_cycle
+from retrainer.io.batches import BatchRecord
+from retrainer.io.monitoring import DECISIONS_FILE, monitor_dir
+from retrainer.io.project import (
+    HOME_DIR,
+    MLFLOW_DB_FILE,
+    PREFECT_STARTUP_TIMEOUT_ENV,
+    PREFECT_STARTUP_TIMEOUT_SECONDS,
+    Workspace,
+)
 from retrainer.io.tables import read_json
 from retrainer.io.workspace import create_workspace, reproduce
-from retrainer.runner import canary_lines
+from retrainer.outcomes import CycleStatus, MonitorStatus
+from retrainer.serving.launch import start_service
+from retrainer.serving.runtime import TOKEN_ENV
 from retrainer.stages import METRICS, REGISTRATION, SPLIT_REPORT, TRAIN_REPORT
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from retrainer.serving.launch import RunningService
 
 
 def _stream(line: str) -> None:
@@ -104,7 +127,7 @@ def month_end(month: int) -> datetime:
 
 def serve_month(url: str, traffic: Path, params: Params) -> dict:
     """Replay a month's traffic to the service as clients would, 100 records per request, labels as feedback."""
-    from flows.canary import load_traffic
+    from retrainer.app.canary import load_traffic
     from retrainer.serving.replay import replay
 
     records, labels = load_traffic(traffic, params)
@@ -112,94 +135,136 @@ def serve_month(url: str, traffic: Path, params: Params) -> dict:
     return stats.to_dict()
 
 
-def monitor_lines(result: dict) -> list[str]:
+def monitor_lines(result: MonitorResult) -> list[str]:
     """The monitoring pass of a month, for the demo table."""
-    if result["status"] != "ok":
-        return [f"monitor: {result['status']}: {result['reason']}"]
+    if result.status != MonitorStatus.OK:
+        return [f"monitor: {result.status}: {result.reason}"]
 
     def number(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
-    drifted = ", ".join(result["drifted_features"]) or "none"
-    state = "ALARM" if result["alarm"] else "ok"
+    drifted = ", ".join(result.drifted_features) or "none"
     return [
-        f"monitor v{result['model_version']}: {state}, drift share {number(result['drift_share'])} ({drifted}), "
-        f"prediction PSI {number(result['prediction_psi'])}, rolling AUC {number(result['rolling_auc'])} on "
-        f"{result['labelled']:,} labels vs {number(result['reference_auc'])} reference",
-        f"retrain {'FIRED' if result['fired'] else 'suppressed'}: {result['reason'][:150]}",
+        f"monitor v{result.model_version}: {'ALARM' if result.alarm else 'ok'}, drift share "
+        f"{number(result.drift_share)} ({drifted}), prediction PSI {number(result.prediction_psi)}, rolling AUC "
+        f"{number(result.rolling_auc)} on {result.labelled:,} labels vs {number(result.reference_auc)} reference",
+        f"retrain {'FIRED' if result.fired else 'suppressed'}: {result.reason[:150]}",
     ]
 
 
-def _improvement(result: dict) -> dict:
-    for check in (result.get("gate") or {}).get("checks", []):
+def _improvement(result: CycleResult) -> dict:
+    for check in (result.gate or {}).get("checks", []):
         if check["name"].startswith("improvement:"):
             return check["values"]
     return {}
 
 
-def month_row(month: int, result: dict, seconds: float) -> list[str]:
+def month_row(month: int, result: CycleResult, seconds: float) -> list[str]:
     """One line of the demo table."""
-    metrics = result.get("metrics") or {}
-    challenger = (metrics.get("challenger") or {}).get("roc_auc")
-    champion = (metrics.get("champion") or {}).get("roc_auc")
+    challenger = (result.metrics.get("challenger") or {}).get("roc_auc")
+    champion = (result.metrics.get("champion") or {}).get("roc_auc")
     ci = _improvement(result)
     ci_text = f"[{ci['ci_low']:+.3f}, {ci['ci_high']:+.3f}]" if ci.get("ci_low") is not None else "-"
-    reasons = result.get("reasons") or []
     return [
         f"2013-{month:02d}",
         f"{read_rows(result):,}" if read_rows(result) else "-",
-        f"v{result.get('challenger_version') or '-'}",
+        f"v{result.challenger_version or '-'}",
         f"{challenger:.3f}" if challenger is not None else "-",
         f"{champion:.3f}" if champion is not None else "-",
         ci_text,
-        result["status"].upper(),
-        f"v{result.get('champion_version') or '-'}",
+        result.status.upper(),
+        f"v{result.champion_version or '-'}",
         f"{seconds:.0f}s",
-        reasons[0][:110] if reasons else "",
+        result.reasons[0][:110] if result.reasons else "",
     ]
 
 
-def read_rows(result: dict) -> int:
+def read_rows(result: CycleResult) -> int:
     """Holdout rows the decision was made on."""
-    return int(((result.get("metrics") or {}).get("challenger") or {}).get("rows") or 0)
+    return int((result.metrics.get("challenger") or {}).get("rows") or 0)
 
 
-def run_demo(
-    root: Path,
-    workdir: Path,
-    months: list[int],
-    params_file: str | None = None,
-    canary: bool = True,
-    trigger: str = "drift",
-) -> list[dict]:
-    """Bootstrap a model with `dvc repro`, then feed the following months one by one.
+WIDTHS = (8, 8, 11, 6, 6, 17, 11, 9, 5)
+HEADER = ("month", "holdout", "challenger", "AUC", "champ", "diff 95% CI", "decision", "champion", "time")
 
-    The first month makes the first champion and the service starts with it. With `trigger="drift"`, each later
-    month's flights are served (with labels as feedback) and a monitoring pass decides whether to retrain on the
-    batches waiting in the inbox; with "monthly", every batch is retrained at once. With `canary`, a gate pass is
-    canaried on the service with the next month's flights as traffic; without, it promotes directly.
+
+class AppendingFile(io.TextIOBase):
+    """A text stream that appends each write to a file: it holds no open file, so a log handler bound to it while
+    it stood in for stderr keeps working after."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self.path.open("a") as sink:
+            return sink.write(text)
+
+
+@dataclass
+class Demo:
+    """One demo run: its workspace, its console, what it has decided so far, and the service it started."""
+
+    root: Path
+    workdir: Path
+    console: Console
+    canary: bool = True
+    drift: bool = True
+    results: list[CycleResult] = field(default_factory=list)
+    passes: list[MonitorResult] = field(default_factory=list)
+    service: RunningService | None = None
+
+    @property
+    def workspace(self) -> Workspace:
+        """The demo's own workspace (its home under `.retrainer/`)."""
+        return Workspace(self.workdir, self.workdir / HOME_DIR)
+
+    @property
+    def seed(self) -> Path:
+        """The seed flights every batch and traffic sample is cut from."""
+        return self.root / "seeds" / "flights.parquet"
+
+    def note(self, text: str, style: str = "dim") -> None:
+        """A line under the table's current row."""
+        self.console.print(f"   {'':8} {text}", style=style, highlight=False)
+
+    def library_output(self) -> contextlib.AbstractContextManager:
+        """While a flow runs, what libraries print to stderr (MLflow's registration lines) goes to logs/flows.log."""
+        return contextlib.redirect_stderr(AppendingFile(self.workspace.home / "logs" / "flows.log"))
+
+    def traffic(self, month: int, purpose: str) -> Path:
+        """A month's client traffic sample (`purpose`: serve or canary), written under data/traffic."""
+        return write_traffic(self.seed, month, self.workdir / "data" / "traffic", purpose)
+
+
+def demo_environment(home: Path) -> dict[str, str]:
+    """The environment the demo runs in: its own home, MLflow store and Prefect home, and a quiet console.
+
+    Prefect's console handler (which also prints every library's warnings) is held to errors, so the table is not
+    interleaved with log lines (the flow runs' logs still reach the Prefect API); see also `Demo.library_output`.
     """
-    from rich.console import Console
+    return {
+        "RETRAINER_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / MLFLOW_DB_FILE}",
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # a fresh Prefect database is migrated at first start: allow for that on a busy 2-core machine
+        PREFECT_STARTUP_TIMEOUT_ENV: PREFECT_STARTUP_TIMEOUT_SECONDS,
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "ERROR",
+    }
 
-    from retrainer.io.batches import BatchRecord, pending_batches
-    from retrainer.monitoring import run_monitor_pass
 
-    console = Console(soft_wrap=True)
+def set_up(demo: Demo, params_file: str | None) -> None:
+    """A fresh workspace and environment, the bootstrap model (`dvc repro`), the demo's canary and monitor settings."""
+    console, workdir = demo.console, demo.workdir
     console.print(f"[bold]retrainer demo[/bold]: fresh workspace in {workdir}")
-    create_workspace(root, workdir, Path(params_file) if params_file else None)
-    home = workdir / ".retrainer"
-    os.environ.update(
-        {
-            "RETRAINER_HOME": str(home),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-            "PREFECT_HOME": str(home / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            PREFECT_STARTUP_TIMEOUT_ENV: PREFECT_STARTUP_TIMEOUT_SECONDS,
-            "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
-        }
-    )
-    os.environ.pop("RETRAINER_PARAMS", None)
-
+    create_workspace(demo.root, workdir, Path(params_file) if params_file else None)
+    os.environ.update(demo_environment(demo.workspace.home))
+    os.environ.pop(PARAMS_ENV, None)
     console.print(
         "[bold]1. bootstrap[/bold]: dvc repro on the bootstrap months (ingest -> split -> train -> "
         "evaluate -> register)"
@@ -213,103 +278,155 @@ def run_demo(
         f"{metrics['roc_auc']:.3f}, PR AUC {metrics['pr_auc']:.3f}; registered v{registration['version']} "
         f"({bootstrap.seconds:.0f}s). No champion yet: the first batch makes one."
     )
-
-    from retrainer.runner import run_cycle
-    from retrainer.serving.launch import RunningService, start_service
-
-    set_section(workdir, "canary", DEMO_CANARY if canary else {"enabled": False})
+    set_section(workdir, "canary", DEMO_CANARY if demo.canary else {"enabled": False})
     set_section(workdir, "monitor", DEMO_MONITOR)
-    os.environ["RETRAINER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
-    drift = trigger == "drift"
-    console.print(
+    os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)
+
+
+def print_plan(demo: Demo, months: list[int]) -> None:
+    """What the months will do, and the table's header."""
+    demo.console.print(
         f"[bold]2. monthly batches[/bold]: {len(months)} months. "
         + (
             "Each month the service scores that month's flights (labels follow as feedback), the batch lands in "
             "the inbox, and the monitor decides whether drift or decay calls for a retrain; "
-            if drift
+            if demo.drift
             else "Each month's batch goes straight through the retrain flow; "
         )
         + "a retrain validates, trains, gates and packages, then "
-        + ("canaries on the live service with the next month's flights." if canary else "promotes on the gate.")
+        + ("canaries on the live service with the next month's flights." if demo.canary else "promotes on the gate.")
     )
-    widths = (8, 8, 11, 6, 6, 17, 11, 9, 5)
-    header = ("month", "holdout", "challenger", "AUC", "champ", "diff 95% CI", "decision", "champion", "time")
-    console.print("   " + " ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), style="bold")
-    results: list[dict] = []
-    passes: list[dict] = []
-    service: RunningService | None = None
-    seed, traffic_dir, inbox = (
-        root / "seeds" / "flights.parquet",
-        workdir / "data" / "traffic",
-        workdir / "data" / "incoming",
+    demo.console.print("   " + " ".join(h.ljust(w) for h, w in zip(HEADER, WIDTHS, strict=True)), style="bold")
+
+
+def print_cycle(demo: Demo, month: int, result: CycleResult, seconds: float) -> None:
+    """A retrain's row in the table, its first reason, and its canary steps."""
+    row = month_row(int(Path(result.batch or "-00").stem[-2:]), result, seconds)
+    demo.console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], WIDTHS, strict=True)), highlight=False)
+    demo.note(row[9])
+    if month == 12 and result.canary:
+        demo.note("(no later month: the canary replayed December's own flights)")
+    for line in canary_lines(result.canary):
+        demo.note(line, style="cyan")
+    demo.results.append(result)
+
+
+def start_service_once(demo: Demo) -> None:
+    """Start `retrainer serve` with the champion once there is one, and point the canary at it."""
+    champion = demo.results[-1].champion_version if demo.results else None
+    if not champion or demo.service is not None:
+        return
+    with demo.console.status("starting the service (`retrainer serve`) with the champion ..."):
+        demo.service = start_service(demo.workdir, demo.workspace.home / "logs" / "serve.log")
+    set_section(demo.workdir, "canary", {"service_url": demo.service.url})
+    demo.console.print(f"   service up at {demo.service.url}, serving champion v{champion}")
+
+
+def retrain_month(demo: Demo, batch: Path, month: int) -> None:
+    """Retrain on the month's batch at once (the retrain flow), canaried on the next month's flights if served."""
+    traffic = demo.traffic(min(month + 1, 12), "canary") if demo.service else None
+    started = time.perf_counter()
+    with demo.console.status(f"retraining on {batch.name} ..."), demo.library_output():
+        result = run_cycle(batch, demo.workdir, canary_traffic=traffic)
+    print_cycle(demo, month, result, time.perf_counter() - started)
+
+
+def serve_and_monitor(demo: Demo, month: int) -> None:
+    """Serve the month's flights to the champion, then run the monitor flow, which may retrain on the inbox."""
+    params = load_params(demo.workspace.params_file)
+    champion = demo.results[-1].champion_version
+    with demo.console.status(f"2013-{month:02d}: serving the month's flights to the champion ..."):
+        served = serve_month(demo.service.url, demo.traffic(month, "serve"), params)
+    demo.console.print(
+        f"   2013-{month:02d}  served {sum(served['by_arm'].values()):,} flights to champion v{champion}, "
+        f"{served['feedback_sent']:,} labels came back; monitoring ...",
+        highlight=False,
     )
+    traffic = demo.traffic(min(month + 1, 12), "canary")
+    with (
+        demo.console.status(f"2013-{month:02d}: monitoring (the monitor flow; it may retrain) ..."),
+        demo.library_output(),
+    ):
+        run = load_flow(MONITOR)(root=str(demo.workdir), now=month_end(month), canary_traffic=str(traffic))
+    outcome = MonitorResult.from_dict(run)
+    for started in outcome.retrain or []:
+        print_fired_retrain(demo, month, started)
+    for line in monitor_lines(outcome):
+        demo.note(line, style="yellow")
+    demo.passes.append(outcome)
 
-    def retrain_waiting(_root: Path, month: int, params: Params) -> list[dict]:
-        waiting = pending_batches(workdir / params.retrain.inbox_dir, BatchRecord(home / "batches.db"))
-        names = ", ".join(path.stem.removeprefix("flights-") for path in waiting)
-        console.print(f"   {'':8} the monitor fired: one retrain on the waiting batches ({names})", style="yellow")
-        return [cycle(waiting[-1], month, waiting[:-1])] if waiting else []
 
-    def cycle(batch: Path, month: int, earlier: list[Path] | None = None) -> dict:
-        traffic = write_traffic(seed, min(month + 1, 12), traffic_dir, "canary") if service else None
-        started = time.perf_counter()
-        with console.status(f"retraining on {batch.name} ..."):
-            result = run_cycle(batch, workdir, canary_traffic=traffic, earlier=earlier)
-        row = month_row(int(batch.stem[-2:]), result, time.perf_counter() - started)
-        console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], widths, strict=True)), highlight=False)
-        console.print(f"   {'':8} {row[9]}", style="dim", highlight=False)
-        if month == 12 and result.get("canary"):
-            console.print(f"   {'':8} (no later month: the canary replayed December's own flights)", style="dim")
-        for line in canary_lines(result):
-            console.print(f"   {'':8} {line}", style="cyan", highlight=False)
-        results.append(result)
-        return result
+def print_fired_retrain(demo: Demo, month: int, started: dict) -> None:
+    """The retrain a monitoring pass fired: the batches it took, then its row (read back from the batch record)."""
+    entry = BatchRecord(demo.workspace.batch_record).get(started.get("batch_id") or "")
+    if entry is None:  # the retrain failed before it claimed a batch
+        print_cycle(demo, month, CycleResult(CycleStatus.FAILED, [started["reason"]]), 0.0)
+        return
+    result = recorded(entry)
+    batches = [*(i["batch"] for i in result.included or []), result.batch]
+    names = ", ".join(Path(name).stem.removeprefix("flights-") for name in batches)
+    demo.note(f"the monitor fired: one retrain on the waiting batches ({names})", style="yellow")
+    seconds = datetime.fromisoformat(entry["finished_at"]) - datetime.fromisoformat(entry["claimed_at"])
+    print_cycle(demo, month, result, seconds.total_seconds())
 
+
+def run_month(demo: Demo, month: int) -> None:
+    """One month: its batch lands in the inbox; then a retrain at once, or serving and a monitoring pass."""
+    batch = write_month_batch(demo.seed, month, demo.workdir / "data" / "incoming")
+    start_service_once(demo)
+    if demo.drift and demo.service:
+        serve_and_monitor(demo, month)
+    else:
+        retrain_month(demo, batch, month)
+
+
+def print_summary(demo: Demo) -> None:
+    """How many challengers each way, the champion now, and where to look closer."""
+    counts = {status: sum(r.status == status for r in demo.results) for status in CycleStatus}
+    final = demo.results[-1].champion_version if demo.results else None
+    home = demo.workspace.home
+    demo.console.print(
+        f"[bold]summary[/bold]: {counts[CycleStatus.PROMOTED]} promoted, "
+        f"{counts[CycleStatus.REJECTED]} rejected by the gate, "
+        f"{counts[CycleStatus.ROLLED_BACK]} rolled back by the canary, "
+        f"{counts[CycleStatus.QUARANTINED] + counts[CycleStatus.FAILED]} quarantined or failed; champion is v{final}."
+    )
+    if demo.passes:
+        fired = sum(outcome.fired for outcome in demo.passes)
+        demo.console.print(
+            f"monitor: {len(demo.passes)} passes, {fired} fired a retrain, {len(demo.passes) - fired} suppressed "
+            f"(every decision: {monitor_dir(home) / DECISIONS_FILE}; drift reports: {monitor_dir(home) / 'reports'})"
+        )
+    demo.console.print("look closer:")
+    demo.console.print(f"  mlflow ui --backend-store-uri sqlite:///{home / MLFLOW_DB_FILE} --workers 1")
+    demo.console.print(f"  cd {demo.workdir} && retrainer status && retrainer lineage {final}")
+
+
+def run_demo(
+    root: Path,
+    workdir: Path,
+    months: list[int],
+    params_file: str | None = None,
+    canary: bool = True,
+    trigger: str = "drift",
+) -> list[CycleResult]:
+    """Bootstrap a model with `dvc repro`, then feed the following months one by one; return every retrain's result.
+
+    The first month makes the first champion and the service starts with it. With `trigger="drift"`, each later
+    month's flights are served (with labels as feedback) and a monitor flow run decides whether to retrain on the
+    batches waiting in the inbox; with "monthly", every batch is retrained at once. With `canary`, a gate pass is
+    canaried on the service with the next month's flights as traffic; without, it promotes directly.
+    """
+    from rich.console import Console
+
+    demo = Demo(root, workdir, Console(soft_wrap=True), canary=canary, drift=trigger == "drift")
+    set_up(demo, params_file)
+    print_plan(demo, months)
     try:
         for month in months:
-            batch = write_month_batch(seed, month, inbox)
-            champion = results[-1].get("champion_version") if results else None
-            if champion and service is None:
-                with console.status("starting the service (`retrainer serve`) with the champion ..."):
-                    service = start_service(workdir, home / "logs" / "serve.log")
-                set_section(workdir, "canary", {"service_url": service.url})
-                console.print(f"   service up at {service.url}, serving champion v{champion}")
-            if not (drift and service):
-                cycle(batch, month)
-                continue
-            params = load_params(workdir / "params.yaml")
-            with console.status(f"2013-{month:02d}: serving the month's flights to the champion ..."):
-                served = serve_month(service.url, write_traffic(seed, month, traffic_dir, "serve"), params)
-            console.print(
-                f"   2013-{month:02d}  served {sum(served['by_arm'].values()):,} flights to champion v{champion}, "
-                f"{served['feedback_sent']:,} labels came back; monitoring ...",
-                highlight=False,
-            )
-            outcome = run_monitor_pass(
-                params, workdir, partial(retrain_waiting, month=month, params=params), now=month_end(month)
-            )
-            for line in monitor_lines(outcome):
-                console.print(f"   {'':8} {line}", style="yellow", highlight=False)
-            passes.append(outcome)
+            run_month(demo, month)
     finally:
-        if service is not None:
-            service.stop()
-    promoted = sum(r["status"] == "promoted" for r in results)
-    final = results[-1].get("champion_version") if results else None
-    console.print(
-        f"[bold]summary[/bold]: {promoted} promoted, "
-        f"{sum(r['status'] == 'rejected' for r in results)} rejected by the gate, "
-        f"{sum(r['status'] == 'rolled_back' for r in results)} rolled back by the canary, "
-        f"{sum(r['status'] in ('quarantined', 'failed') for r in results)} quarantined or failed; "
-        f"champion is v{final}."
-    )
-    if passes:
-        fired = sum(bool(outcome.get("fired")) for outcome in passes)
-        console.print(
-            f"monitor: {len(passes)} passes, {fired} fired a retrain, {len(passes) - fired} suppressed "
-            f"(every decision: {home / 'monitor' / 'decisions.jsonl'}; drift reports: {home / 'monitor' / 'reports'})"
-        )
-    console.print("look closer:")
-    console.print(f"  mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --workers 1")
-    console.print(f"  cd {workdir} && retrainer status && retrainer lineage {final}")
-    return results
+        if demo.service is not None:
+            demo.service.stop()
+    print_summary(demo)
+    return demo.results

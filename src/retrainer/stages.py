@@ -185,24 +185,24 @@ def evaluate(params: Params, root: Path) -> dict:
     return metrics
 
 
-def register(params: Params, root: Path) -> dict:
-    """Log the run to MLflow and register the model as a new version."""
+def lineage_tags(params: Params, root: Path, threshold: float) -> dict[str, str]:
+    """The tags that tie a model version to its code, data files, params and threshold."""
     from retrainer.io.git import code_version
-    from retrainer.io.tracking import log_training_run
 
-    bundle = load_model(root)
-    train_report = read_json(root / TRAIN_REPORT)
-    metrics = read_json(root / METRICS)
-    tags = {
+    return {
         **code_version(root),
         "data_md5": file_md5(root / TRAIN),
         "holdout_md5": file_md5(root / HOLDOUT),
         "dataset_md5": file_md5(root / DATASET),
         "params_hash": params_hash(params),
-        "threshold": f"{bundle['threshold']:.6f}",
+        "threshold": f"{threshold:.6f}",
         "model_family": params.train.model,
     }
-    logged_params = {
+
+
+def run_params(params: Params, train_report: dict, bundle: dict) -> dict:
+    """The MLflow run params: the search's best values and the choices that shaped the training."""
+    return {
         **{f"best.{k}": v for k, v in train_report["best_params"].items()},
         "model": params.train.model,
         "class_weight": params.train.class_weight,
@@ -214,13 +214,23 @@ def register(params: Params, root: Path) -> dict:
         "features": ",".join(bundle["features"]),
         "threshold": bundle["threshold"],
     }
+
+
+def register(params: Params, root: Path) -> dict:
+    """Log the run to MLflow and register the model as a new version."""
+    from retrainer.io.tracking import log_training_run
+
+    bundle = load_model(root)
+    train_report = read_json(root / TRAIN_REPORT)
+    metrics = read_json(root / METRICS)
+    tags = lineage_tags(params, root, bundle["threshold"])
     registration = log_training_run(
         experiment=params.tracking.experiment,
         model_name=params.tracking.registered_model,
         model=bundle["model"],
         features=bundle["features"],
         train_frame=pd.read_parquet(root / TRAIN),
-        params=logged_params,
+        params=run_params(params, train_report, bundle),
         metrics={
             **{f"holdout_{k}": v for k, v in metrics.items()},
             "cv_best_score": train_report["cv_best_score"],

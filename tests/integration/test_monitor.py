@@ -21,6 +21,7 @@ from retrainer.config import Params
 from retrainer.demo import write_month_batch
 from retrainer.io import monitoring as store
 from retrainer.io import registry
+from retrainer.io.project import Workspace
 
 pytestmark = pytest.mark.integration
 ROWS_PER_MONTH = 5000
@@ -123,10 +124,10 @@ def test_served_features_are_logged_with_each_prediction(runtime, home, seed_fli
 
 
 def test_march_drifts_on_weather_but_does_not_alarm_or_retrain(home, workspace, params, retrains, project_root):
-    from retrainer.monitoring import run_monitor_pass
+    from retrainer.app.monitor import monitor_pass
 
     write_month_batch(project_root / "seeds" / "flights.parquet", 3, workspace / params.retrain.inbox_dir)
-    result = run_monitor_pass(_window_of(params, ROWS_PER_MONTH), workspace, retrains, now=START)
+    result = monitor_pass(_window_of(params, ROWS_PER_MONTH), Workspace.at(workspace), retrains, now=START).to_dict()
 
     assert result["status"] == "ok" and result["rows"] == ROWS_PER_MONTH and result["labelled"] == ROWS_PER_MONTH
     assert 0.2 < result["drift_share"] < params.monitor.drift.share_max
@@ -142,19 +143,19 @@ def test_march_drifts_on_weather_but_does_not_alarm_or_retrain(home, workspace, 
 def test_september_alarms_and_fires_one_retrain_after_two_passes(
     runtime, home, workspace, params, retrains, seed_flights, project_root
 ):
-    from retrainer.monitoring import run_monitor_pass
+    from retrainer.app.monitor import monitor_pass
 
     serve_month(runtime, seed_flights, 9)
     shutil.rmtree(workspace / params.retrain.inbox_dir)
     write_month_batch(project_root / "seeds" / "flights.parquet", 9, workspace / params.retrain.inbox_dir)
     september = _window_of(params, ROWS_PER_MONTH)
 
-    first = run_monitor_pass(september, workspace, retrains, now=START + timedelta(hours=1))
+    first = monitor_pass(september, Workspace.at(workspace), retrains, now=START + timedelta(hours=1)).to_dict()
     assert first["alarm"] and first["drift_share"] >= params.monitor.drift.share_max
     assert first["reference_auc"] - first["rolling_auc"] >= params.monitor.performance.max_drop
     assert not first["fired"] and first["reason"] == "hysteresis: alarm 1/2 passes"
 
-    second = run_monitor_pass(september, workspace, retrains, now=START + timedelta(hours=2))
+    second = monitor_pass(september, Workspace.at(workspace), retrains, now=START + timedelta(hours=2)).to_dict()
     assert second["fired"] and second["reason"].startswith("fired: drift_share")
     assert "performance_drop" in second["reason"]
     assert retrains.calls == [workspace]
@@ -169,7 +170,7 @@ def test_september_alarms_and_fires_one_retrain_after_two_passes(
         }
     ]
 
-    third = run_monitor_pass(september, workspace, retrains, now=START + timedelta(hours=3))
+    third = monitor_pass(september, Workspace.at(workspace), retrains, now=START + timedelta(hours=3)).to_dict()
     assert third["alarm"] and not third["fired"] and third["reason"].startswith("hysteresis: not re-armed")
     assert len(retrains.calls) == 1, "a persisting signal must not start a second retrain"
 

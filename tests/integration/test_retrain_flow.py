@@ -377,12 +377,11 @@ def test_drain_inbox_retrains_once_on_every_batch_gathered_since_the_last_traini
     assert drain_inbox(root=str(ws)) == []
 
 
-def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting(
-    ws, project_root, tmp_path, monkeypatch
-):
+def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting(ws, project_root, tmp_path):
     """Fault injected with a stand-in (a full disk cannot be caused here): accepting the batch raises."""
-    import flows.retrain as retrain_flow
+    from retrainer.app.retrain import RetrainSteps, include_earlier
     from retrainer.io.batches import pending_batches
+    from retrainer.io.project import Workspace
 
     inbox = ws / "data" / "incoming"
     path = _sample_batch(project_root, 8, tmp_path, "flights-2013-08-sample.csv", every=16)
@@ -392,10 +391,10 @@ def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting
     def disk_full(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(retrain_flow, "accept_batch", disk_full)
-    record = _record(ws)
-    (outcome,) = retrain_flow.include_earlier([str(waiting)], retrain_flow.project_params(ws), ws, record, "cycle")
-    assert outcome["status"] == "failed" and "No space left" in outcome["reasons"][0]
+    workspace, record = Workspace.at(ws), _record(ws)
+    steps = RetrainSteps(accept=disk_full)
+    (outcome,) = include_earlier([waiting], "cycle", workspace.load_params(), workspace, record, steps)
+    assert outcome.status == "failed" and "No space left" in outcome.reasons[0]
     assert record.get(batch_id(waiting))["status"] == "failed"
     assert not (ws / "data" / "batches" / f"{batch_id(waiting)}.csv").exists(), "nothing half-accepted"
     assert waiting in pending_batches(inbox, record), "a failed batch is taken again by the next drain"
@@ -403,17 +402,17 @@ def test_an_included_batch_whose_copy_fails_is_recorded_failed_and_stays_waiting
 
 
 def test_run_cycle_on_a_missing_file_returns_failed(ws, memo):
-    from retrainer.runner import run_cycle
+    from retrainer.flow_runs import run_cycle
 
     champion = registry.alias_version(MODEL, registry.CHAMPION)
-    result = run_cycle(ws / "data" / "incoming" / "no-such-batch.csv", ws)
+    result = run_cycle(ws / "data" / "incoming" / "no-such-batch.csv", ws).to_dict()
     assert result["status"] == "failed"
     assert "no-such-batch.csv" in " ".join(result["reasons"])
     assert registry.alias_version(MODEL, registry.CHAMPION) == champion
 
 
 def test_run_cycle_on_a_garbage_file_returns_quarantined_and_keeps_it_out_of_training(ws, tmp_path):
-    from retrainer.runner import run_cycle
+    from retrainer.flow_runs import run_cycle
 
     champion = registry.alias_version(MODEL, registry.CHAMPION)
     versions = _versions()
@@ -421,7 +420,7 @@ def test_run_cycle_on_a_garbage_file_returns_quarantined_and_keeps_it_out_of_tra
     garbage.write_bytes(b"\x00\x01 this is not a table \xff\xfe\n" * 50)
     identifier = batch_id(garbage)
 
-    result = run_cycle(garbage, ws)
+    result = run_cycle(garbage, ws).to_dict()
     assert result["status"] == "quarantined", result
     assert any("binary content" in reason for reason in result["reasons"]), result["reasons"]
     accepted = list((ws / "data" / "batches").glob(f"{identifier}.*"))
@@ -458,6 +457,13 @@ def _with_cell_in_last_labelled_row(path: Path, dest: Path, column: str, text: s
     return dest
 
 
+def _run(batch: Path, ws: Path, **options) -> dict:
+    """`retrainer run` as the CLI runs it (the flow started by entrypoint), its result as `--json` prints it."""
+    from retrainer.flow_runs import run_cycle
+
+    return run_cycle(batch, ws, **options).to_dict()
+
+
 @pytest.fixture
 def direct_promotion(ws):
     """Promotion on the gate alone (no canary) for the tests below: they are about accepting batches."""
@@ -472,7 +478,7 @@ def test_a_cycle_that_fails_after_accepting_its_batch_withdraws_it_and_the_next_
     """An inf distance let through by a user's policy (finite: warn) in the newest rows, which the split holds out,
     makes the evaluate stage fail for real (sklearn refuses infinity); the batch must leave training, so the next
     clean batch is not poisoned by it."""
-    from retrainer.runner import format_result, run_cycle
+    from retrainer.app.results import CycleResult, format_cycle
 
     _set_params(ws, validate={"severity": {"finite": "warn"}})
     clean = _sample_batch(project_root, 8, tmp_path, "flights-2013-08-clean.csv", every=12)
@@ -480,49 +486,48 @@ def test_a_cycle_that_fails_after_accepting_its_batch_withdraws_it_and_the_next_
     champion = registry.alias_version(MODEL, registry.CHAMPION)
     assert champion is not None
 
-    failed = run_cycle(bad, ws)
+    failed = _run(bad, ws)
     assert failed["status"] == "failed", failed
     assert "flights-2013-08-inf.csv" in failed["reasons"][0] and "infinity" in failed["reasons"][0]
     assert failed["champion_version"] == champion, "the JSON reports the champion that is still serving"
-    assert f"champion v{champion} unchanged" in format_result(failed)
+    assert f"champion v{champion} unchanged" in format_cycle(CycleResult.from_dict(failed))
     assert registry.alias_version(MODEL, registry.CHAMPION) == champion
     assert not list((ws / "data" / "batches").glob(f"{batch_id(bad)}.*")), "a failed cycle leaves nothing accepted"
     assert _record(ws).get(batch_id(bad))["status"] == "failed"
 
     _set_params(ws, validate={"severity": {"finite": "block"}})
-    quarantined = run_cycle(bad, ws)
+    quarantined = _run(bad, ws)
     assert quarantined["status"] == "quarantined" and any("finite.distance" in r for r in quarantined["reasons"])
-    after = run_cycle(clean, ws)
+    after = _run(clean, ws)
     assert after["status"] in {"promoted", "rejected"}, after
     assert (ws / "data" / "batches" / f"{batch_id(clean)}.csv").read_bytes() == clean.read_bytes()
 
 
 def test_a_month_cut_short_is_quarantined_and_its_re_delivery_replaces_it(ws, project_root, tmp_path, direct_promotion):
-    from retrainer.runner import run_cycle
 
     full = _sample_batch(project_root, 9, tmp_path, "flights-2013-09.csv", every=12)
     header, *rows = full.read_text().splitlines(keepends=True)
     half = tmp_path / "flights-2013-09-partial.csv"
     half.write_text((header + "".join(rows[: len(rows) // 2])).rstrip("\n"))
 
-    cut = run_cycle(half, ws)
+    cut = _run(half, ws)
     assert cut["status"] == "quarantined", cut
     assert any("completeness.time_coverage" in r for r in cut["reasons"]), cut["reasons"]
 
     # a user who accepts partial months (time_coverage: warn) lets the half month in ...
     _set_params(ws, validate={"severity": {"time_coverage": "warn"}})
-    first = run_cycle(half, ws, force=True)
+    first = _run(half, ws, force=True)
     assert first["status"] in {"promoted", "rejected"}, first
     _set_params(ws, validate={"severity": {"time_coverage": "block"}})
     half_id = batch_id(half)
 
     # ... then the complete file of the same month is stale against it, and the reasons say how to re-deliver
-    stale = run_cycle(full, ws)
+    stale = _run(full, ws)
     assert stale["status"] == "quarantined"
     assert any(r.startswith("freshness") for r in stale["reasons"]), stale["reasons"]
     assert any(f"--replaces {half_id}" in r for r in stale["reasons"]), stale["reasons"]
 
-    replaced = run_cycle(full, ws, replaces=half_id)  # the command the reasons name, as it is written there
+    replaced = _run(full, ws, replaces=half_id)  # the command the reasons name, as it is written there
     assert replaced["status"] in {"promoted", "rejected"}, replaced
     assert replaced["replaces"] == half_id
     assert _record(ws).get(half_id)["status"] == "superseded"
@@ -539,16 +544,15 @@ def test_a_month_cut_short_is_quarantined_and_its_re_delivery_replaces_it(ws, pr
 
 
 def test_a_replacement_that_is_not_one_is_refused_by_name_and_leaves_nothing_behind(ws, project_root, tmp_path):
-    from retrainer.runner import run_cycle
 
     batch = _sample_batch(project_root, 10, tmp_path, "flights-2013-10.csv", every=12)
-    result = run_cycle(batch, ws, replaces="0123456789abcdef")
+    result = _run(batch, ws, replaces="0123456789abcdef")
     assert result["status"] == "failed"
     assert "--replaces 0123456789abcdef: no accepted batch has that id" in result["reasons"][0]
     assert not list((ws / "data" / "batches").glob(f"{batch_id(batch)}.*"))
 
     september = batch_id(_sample_batch(project_root, 9, tmp_path, "flights-2013-09.csv", every=12))
-    other_month = run_cycle(batch, ws, replaces=september)
+    other_month = _run(batch, ws, replaces=september)
     assert other_month["status"] == "failed"
     assert "a replacement re-delivers the same period" in other_month["reasons"][0], other_month["reasons"]
     assert not list((ws / "data" / "batches").glob(f"{batch_id(batch)}.*")), "no stray validation report"

@@ -15,7 +15,6 @@ import pytest
 
 from retrainer.io.batches import (
     CLAIMED,
-    INTERRUPTED,
     STALE_CLAIM,
     BatchRecord,
     accept,
@@ -23,6 +22,7 @@ from retrainer.io.batches import (
     inbox_files,
     pending_batches,
 )
+from retrainer.outcomes import CycleStatus
 
 
 @pytest.fixture
@@ -141,8 +141,8 @@ def test_a_claim_whose_owner_was_killed_is_stale_at_once(record):
     child.wait(timeout=30)
 
     row = record.get("b1")
-    assert row["status"] == INTERRUPTED
-    assert f"pid {child.pid}" in row["result"]["reasons"][0] and row["result"]["status"] == INTERRUPTED
+    assert row["status"] == CycleStatus.INTERRUPTED
+    assert f"pid {child.pid}" in row["result"]["reasons"][0] and row["result"]["status"] == CycleStatus.INTERRUPTED
     assert record.claim("b1", "b.csv") is True, "a dead owner's claim is taken over without waiting"
     assert record.owner("b1") == os.getpid()
 

@@ -17,9 +17,11 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TOKEN, Registry, Server, _register_versions, register_fitted, service_for
 
-from flows.canary import OUTCOME_ABORTED, OUTCOME_PROMOTED, OUTCOME_ROLLED_BACK, canary, labelled_traffic
+from flows.canary import canary
+from retrainer.app.canary import labelled_traffic
 from retrainer.config import CanaryConfig, Params
 from retrainer.io import registry
+from retrainer.outcomes import CanaryOutcome
 from retrainer.serving.replay import replay
 
 pytestmark = pytest.mark.integration
@@ -114,7 +116,7 @@ def test_good_challenger_is_promoted_through_every_step(
     assert registry.alias_version(name, registry.CHAMPION) == "1"
     result = _run(canary_server, canary_registry, "2", "1", _traffic_file(seed_flights, 0, 600, tmp_path))
 
-    assert result["outcome"] == OUTCOME_PROMOTED, result["reasons"]
+    assert result["outcome"] == CanaryOutcome.PROMOTED, result["reasons"]
     assert [s["weight"] for s in result["steps"]] == [50, 100]
     assert [s["decision"]["action"] for s in result["steps"]] == ["continue", "promote"]
     for step in result["steps"]:
@@ -126,7 +128,7 @@ def test_good_challenger_is_promoted_through_every_step(
     assert "challenger_accuracy" in result["steps"][-1]["decision"]["numbers"]
 
     assert registry.alias_version(name, registry.CHAMPION) == "2"
-    assert registry.version_tags(name, "2")["canary_verdict"] == OUTCOME_PROMOTED
+    assert registry.version_tags(name, "2")["canary_verdict"] == CanaryOutcome.PROMOTED
     rollout = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
     assert (rollout["champion_version"], rollout["challenger_version"], rollout["challenger_weight"]) == ("2", None, 0)
     records, _ = _traffic(params, seed_flights, 1000, 20)
@@ -163,7 +165,7 @@ def test_constant_challenger_is_rolled_back_while_clients_keep_getting_answers(
 
     result = _run(canary_server, canary_registry, broken, champion, _traffic_file(seed_flights, 2000, 600, tmp_path))
 
-    assert result["outcome"] == OUTCOME_ROLLED_BACK, result
+    assert result["outcome"] == CanaryOutcome.ROLLED_BACK, result
     assert len(result["steps"]) == 1  # stopped at the first step, never reached 100%
     decision = result["steps"][0]["decision"]
     assert decision["action"] == "rollback"
@@ -176,7 +178,7 @@ def test_constant_challenger_is_rolled_back_while_clients_keep_getting_answers(
     assert registry.alias_version(name, registry.CHAMPION) == champion
     assert registry.alias_version(name, registry.CHALLENGER) is None
     tags = registry.version_tags(name, broken)
-    assert tags["canary_verdict"] == OUTCOME_ROLLED_BACK and "diverge" in tags["canary_reasons"]
+    assert tags["canary_verdict"] == CanaryOutcome.ROLLED_BACK and "diverge" in tags["canary_reasons"]
     rollout = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
     assert (rollout["champion_version"], rollout["challenger_version"], rollout["challenger_weight"]) == (
         champion,
@@ -214,7 +216,7 @@ def test_raising_challenger_is_rolled_back_at_the_first_step_with_failures_bound
         home=canary_registry.home,
     )
 
-    assert result["outcome"] == OUTCOME_ROLLED_BACK, result
+    assert result["outcome"] == CanaryOutcome.ROLLED_BACK, result
     assert [s["weight"] for s in result["steps"]] == [10]
     decision = result["steps"][0]["decision"]
     assert any("error rate" in r for r in decision["reasons"]), decision["reasons"]
@@ -223,7 +225,7 @@ def test_raising_challenger_is_rolled_back_at_the_first_step_with_failures_bound
     # sticky hashing sends ~10 % of keys to the challenger: the failed share stays near that, far from half
     assert traffic["failed"] <= 0.2 * traffic["sent"], traffic
     assert registry.alias_version(name, registry.CHAMPION) == champion
-    assert registry.version_tags(name, broken)["canary_verdict"] == OUTCOME_ROLLED_BACK
+    assert registry.version_tags(name, broken)["canary_verdict"] == CanaryOutcome.ROLLED_BACK
     records, _ = _traffic(params, seed_flights, 7000, 20)
     assert _served_by(canary_server, records) == {("champion", champion)}
 
@@ -234,7 +236,7 @@ def test_canary_aborts_without_touching_traffic_when_the_champion_is_not_the_exp
     before = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
     stale = "1" if before["champion_version"] != "1" else "2"
     result = _run(canary_server, canary_registry, "2", stale, _traffic_file(seed_flights, 4000, 50, tmp_path))
-    assert result["outcome"] == OUTCOME_ABORTED
+    assert result["outcome"] == CanaryOutcome.ABORTED
     assert result["steps"] == [] and f"expected v{stale}" in result["reasons"][0]
     assert httpx.get(f"{canary_server.url}/rollout", timeout=10).json() == before
 

@@ -14,9 +14,8 @@ from conftest import ROOT, Registry, raw_records
 
 from retrainer.config import Params
 from retrainer.io.monitoring import read_window
+from retrainer.io.project import DEAD_LETTER_FILE, LOG_FILE
 from retrainer.serving.prediction_log import (
-    DEAD_LETTER_FILE,
-    LOG_FILE,
     Recovery,
     prediction_ids,
     recover_dead_letter,

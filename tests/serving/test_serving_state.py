@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from retrainer.io.project import DEAD_LETTER_FILE, LOG_FILE
 from retrainer.serving.prediction_log import (
-    DEAD_LETTER_FILE,
-    LOG_FILE,
     FeedbackOutcome,
     LoggedPrediction,
     LogLayoutError,
@@ -187,7 +186,7 @@ def test_recover_log_writes_readable_lines_and_keeps_unreadable_ones_byte_for_by
 
 
 def test_status_points_to_recover_log_only_while_requests_wait_in_the_dead_letter_file():
-    from retrainer.runner import format_status
+    from retrainer.app.status import format_status
 
     report = {"model": "m", "champion": None, "challenger": None, "last_runs": [], "unlogged_requests": 0}
     assert "recover-log" not in format_status(report)

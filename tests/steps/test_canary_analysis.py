@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from retrainer.config import CanaryConfig
-from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary, psi, psi_p_value
+from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary, psi
+from retrainer.steps.drift import psi_p_value
 
 POLICY = CanaryConfig(
     steps=(10, 50, 100),

@@ -14,12 +14,9 @@ import psutil
 
 from retrainer.io.batch_files import hash_file
 from retrainer.io.tables import BATCH_SUFFIXES
+from retrainer.outcomes import RETRYABLE, CycleStatus
 
 CLAIMED = "running"
-FAILED = "failed"
-INTERRUPTED = "interrupted"  # claimed by a run that died: shown instead of CLAIMED, retried like FAILED
-SUPERSEDED = "superseded"
-RETRYABLE = (FAILED, INTERRUPTED)
 # a claim whose owner still runs after this long is taken to belong to a hung run; a dead owner's claim is stale at once
 STALE_CLAIM = timedelta(hours=6)
 _COLUMNS = ("batch_id", "source", "status", "result", "claimed_at", "finished_at", "owner_pid", "owner_started")
@@ -140,7 +137,7 @@ class BatchRecord:
                     and owner_alive(pid, started)
                     and datetime.fromisoformat(claimed_at) > datetime.now(UTC) - STALE_CLAIM
                 )
-                if live_claim or (status not in (CLAIMED, FAILED) and not force):
+                if live_claim or (status not in (CLAIMED, CycleStatus.FAILED) and not force):
                     return False
             db.execute(
                 "INSERT OR REPLACE INTO batches (batch_id, source, status, claimed_at, owner_pid, owner_started)"
@@ -182,8 +179,8 @@ def _as_dict(row: tuple) -> dict:
     record["result"] = json.loads(record["result"]) if record["result"] else None
     if record["status"] == CLAIMED and not owner_alive(record["owner_pid"], record["owner_started"]):
         reason = f"the run that claimed it (pid {record['owner_pid']}) ended without recording an outcome"
-        record["status"] = INTERRUPTED
-        record["result"] = {"status": INTERRUPTED, "batch_id": record["batch_id"], "reasons": [reason]}
+        record["status"] = str(CycleStatus.INTERRUPTED)
+        record["result"] = {"status": str(CycleStatus.INTERRUPTED), "batch_id": record["batch_id"], "reasons": [reason]}
     return record
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from retrainer.steps.drift import count_shares
 from retrainer.steps.profile import numeric_shares
-from retrainer.steps.validate import count_shares
 
 MAX_FEATURE_PLOTS = 12
 MAX_CATEGORIES = 15

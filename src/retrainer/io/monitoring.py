@@ -12,6 +12,7 @@ import pandas as pd
 
 from retrainer.config import Params
 from retrainer.io.batches import BatchRecord, pending_batches
+from retrainer.io.project import MONITOR_DIR
 from retrainer.io.tables import read_json, read_table, write_json
 from retrainer.serving.prediction_log import read_predictions
 from retrainer.steps.trigger import TriggerState
@@ -36,7 +37,7 @@ class LogWindow:
 
 def monitor_dir(home: Path) -> Path:
     """Where monitoring keeps its state, decisions, latest figures and reports."""
-    return home / "monitor"
+    return home / MONITOR_DIR
 
 
 def load_profile(model_name: str, version: str) -> dict:

@@ -56,6 +56,28 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle", "pyarrow")]
 
 
+def input_signature(model, frame: pd.DataFrame) -> tuple[pd.DataFrame, object]:
+    """A five-row input example and the MLflow signature of the model's positive-class probability on it."""
+    from mlflow.models import infer_signature
+
+    example = frame.head(5)
+    # integers may be missing at serving time: declare them as doubles in the signature
+    example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
+    return example, infer_signature(example, model.predict_proba(example)[:, 1])
+
+
+def log_records(params: dict, metrics: dict, reports: dict, artifacts: Sequence[Path]) -> None:
+    """Params (as text), finite metrics, JSON reports and plot files into the active MLflow run."""
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
+    for name, payload in reports.items():
+        mlflow.log_dict(payload, f"reports/{name}.json")
+    for path in artifacts:
+        mlflow.log_artifact(str(path), artifact_path="plots")
+
+
 def log_training_run(
     *,
     experiment: str,
@@ -72,21 +94,12 @@ def log_training_run(
 ) -> Registration:
     """One MLflow run: params, metrics, reports, plots, training data input, and a registered model version."""
     import mlflow
-    from mlflow.models import infer_signature
 
     uri = connect(root)
     experiment_id = ensure_experiment(experiment, root)
-    example = train_frame[features].head(5)
-    # integers may be missing at serving time: declare them as doubles in the signature
-    example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
-    signature = infer_signature(example, model.predict_proba(example)[:, 1])
+    example, signature = input_signature(model, train_frame[features])
     with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in (params or {}).items()})
-        mlflow.log_metrics({k: float(v) for k, v in (metrics or {}).items() if v == v})
-        for name, payload in (reports or {}).items():
-            mlflow.log_dict(payload, f"reports/{name}.json")
-        for path in artifacts:
-            mlflow.log_artifact(str(path), artifact_path="plots")
+        log_records(params or {}, metrics or {}, reports or {}, artifacts)
         dataset = mlflow.data.from_pandas(train_frame, name="training", targets=None)
         mlflow.log_input(dataset, context="training")
         info = mlflow.sklearn.log_model(

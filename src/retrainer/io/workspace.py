@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from retrainer.io.project import HOME_DIR
+
 PIPELINE_FILES = ("dvc.yaml", "params.yaml")
 LINKED = ("seeds", "src")
 
@@ -106,9 +108,9 @@ def create_workspace(source: Path, dest: Path, params_file: Path | None = None, 
             ["config", "user.name", "retrainer"],
         ):
             subprocess.run(["git", *args], cwd=dest, check=True)
-        (dest / ".gitignore").write_text("/.retrainer/\n")
+        (dest / ".gitignore").write_text(f"/{HOME_DIR}/\n")
     dvc(dest, "init", "-q", *([] if git else ["--no-scm"]))
-    dvc(dest, "remote", "add", "-d", "local", str((dest / ".retrainer" / "dvc-remote").resolve()))
+    dvc(dest, "remote", "add", "-d", "local", str((dest / HOME_DIR / "dvc-remote").resolve()))
     if git:
         subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
         subprocess.run(["git", "commit", "-q", "-m", "workspace"], cwd=dest, check=True)

@@ -56,3 +56,48 @@ def adopt_champion(url: str, token: str | None) -> Adoption:
     except RuntimeError as exc:
         return Adoption(True, None, f"the service at {url} was not switched: {exc}")
     return Adoption(True, state, f"the service at {url} now serves v{state.get('champion_version')}")
+
+
+class AdminClient:
+    """The rollout and admin endpoints of a running service, over one connection, with the admin token.
+
+    Use as a context manager. `rollout()` raises RuntimeError naming the URL when nothing answers there.
+    """
+
+    def __init__(self, base_url: str, token: str, timeout_s: float = 60.0) -> None:
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._http.close()
+
+    def rollout(self) -> dict:
+        """The service's rollout state (GET /rollout)."""
+        try:
+            return self._http.get("/rollout").json()
+        except httpx.TransportError as exc:
+            raise RuntimeError(
+                f"no retrainer service answers at {self.base_url} ({exc}): start it with `retrainer serve`, "
+                "point canary.service_url at it, or set canary.enabled: false"
+            ) from None
+
+    def set_weight(self, challenger_weight: float) -> tuple[int, dict]:
+        """POST /admin/weights: the HTTP status and, when accepted, the new rollout state ({} otherwise)."""
+        response = self._post("/admin/weights", {"challenger_weight": challenger_weight})
+        return response.status_code, response.json() if response.status_code == 200 else {}
+
+    def promote(self) -> tuple[int, str]:
+        """POST /admin/promote (the service promotes its challenger compare-and-set): HTTP status and body."""
+        response = self._post("/admin/promote", {})
+        return response.status_code, response.text
+
+    def rollback(self) -> int:
+        """POST /admin/rollback (drop the challenger, restore the previous champion): the HTTP status."""
+        return self._post("/admin/rollback", {}).status_code
+
+    def _post(self, path: str, payload: dict) -> httpx.Response:
+        return self._http.post(path, json=payload, headers=self._headers)

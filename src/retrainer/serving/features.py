@@ -66,23 +66,24 @@ def instant_keys(values: Sequence[object]) -> list:
     converted directly; anything else goes through the same pandas parser as ingest, for the whole column.
     """
     parsed: dict[str, int] = {}
-    keys: list = []
     try:
-        for value in values:
-            if type(value) is str:
-                if value not in parsed:
-                    parsed[value] = _datetime_key(datetime.fromisoformat(value))
-                keys.append(parsed[value])
-            elif isinstance(value, datetime):
-                keys.append(_datetime_key(value))
-            elif is_missing(value):
-                keys.append(None)
-            else:
-                raise TypeError(f"{type(value).__name__} is not a time")
+        return [_instant_key(value, parsed) for value in values]
     except (TypeError, ValueError):
         frame = parse_time_column(pd.DataFrame({"t": pd.Series(list(values), dtype=object)}), "t")
         return key_values(frame["t"])
-    return keys
+
+
+def _instant_key(value: object, parsed: dict[str, int]) -> int | None:
+    """One record time's key (`parsed` caches ISO texts); TypeError or ValueError for anything else."""
+    if type(value) is str:
+        if value not in parsed:
+            parsed[value] = _datetime_key(datetime.fromisoformat(value))
+        return parsed[value]
+    if isinstance(value, datetime):
+        return _datetime_key(value)
+    if is_missing(value):
+        return None
+    raise TypeError(f"{type(value).__name__} is not a time")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

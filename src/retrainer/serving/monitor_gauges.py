@@ -7,6 +7,8 @@ import math
 from datetime import datetime
 from pathlib import Path
 
+from retrainer.outcomes import MonitorStatus
+
 
 def _number(value: object) -> str:
     if isinstance(value, bool):
@@ -43,7 +45,7 @@ PER_FEATURE = (
 
 def format_gauges(latest: dict) -> str:
     """Prometheus text for one monitoring result (as written to latest.json)."""
-    if latest.get("status") != "ok":
+    if latest.get("status") != MonitorStatus.OK:
         return ""
     state = latest["details"]["decision"]["state"]
     features = sorted(latest["details"]["assessment"]["features"].items())

@@ -8,7 +8,7 @@ import tempfile
 from importlib.metadata import version as installed
 from pathlib import Path
 
-from retrainer.config import PARAMS_ENV, load_params
+from retrainer.config import load_params, resolve_params_path
 from retrainer.io import registry
 from retrainer.io.project import home_dir
 from retrainer.serving.models import bento_model_tag, write_manifest
@@ -105,7 +105,7 @@ def build_bento(model_name: str, versions: list[str], root: Path) -> str:
     model_tags = import_versions(model_name, versions)
     with tempfile.TemporaryDirectory(prefix="bento-ctx-", dir=home_dir(root)) as staging:
         context = Path(staging)
-        _stage_context(root, Path(os.environ.get(PARAMS_ENV) or root / "params.yaml"), context, model_name, versions)
+        _stage_context(root, resolve_params_path(root=root), context, model_name, versions)
         bento = bentoml.bentos.build(
             SERVICE,
             name=BENTO_NAME,

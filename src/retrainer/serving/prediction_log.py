@@ -24,8 +24,6 @@ import pandas as pd
 from retrainer.serving.features import float_array
 from retrainer.serving.routing import CHALLENGER, CHAMPION
 
-LOG_FILE = "predictions.db"
-DEAD_LETTER_FILE = "predictions.failed.jsonl"
 QUEUE_REQUESTS = 64  # requests handed to the writer thread and not written yet, before hand_over blocks
 LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 LAYOUT_VERSION = 2  # PRAGMA user_version: 2 = one row per request (1, unversioned: one row per prediction)

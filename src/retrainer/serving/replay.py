@@ -72,27 +72,12 @@ def replay(
     pending: deque[tuple[float, str, int]] = deque()
     with httpx.Client(base_url=base_url, timeout=request_timeout_s) as client:
         for first in range(0, len(records), max(batch_size, 1)):
-            if stats.sent >= max_requests:
-                stats.stopped = "max_requests"
+            stats.stopped = _stop_reason(stats.sent, max_requests, deadline)
+            if stats.stopped:
                 break
-            if time.monotonic() >= deadline:
-                stats.stopped = "timeout"
-                break
-            batch = list(records[first : first + batch_size])
-            stats.sent += 1
-            try:
-                response = client.post("/predict", json={"records": batch})
-                response.raise_for_status()
-                predictions = response.json()["predictions"]
-            except (httpx.HTTPError, KeyError, ValueError):
-                stats.failed += 1
-            else:
-                stats.succeeded += 1
-                due = time.monotonic() + feedback_delay_s
-                for prediction, label in zip(predictions, labels[first : first + batch_size], strict=False):
-                    stats.by_arm[prediction["arm"]] = stats.by_arm.get(prediction["arm"], 0) + 1
-                    if label is not None:
-                        pending.append((due, prediction["prediction_id"], int(label)))
+            window = slice(first, first + batch_size)
+            due = _predict(client, list(records[window]), labels[window], stats, feedback_delay_s)
+            pending.extend(due)
             _send_due(client, pending, stats, time.monotonic())
         else:
             stats.stopped = "records exhausted"
@@ -101,6 +86,36 @@ def replay(
             _send_due(client, pending, stats, time.monotonic())
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _stop_reason(sent: int, max_requests: int, deadline: float) -> str:
+    """Why a replay stops before its next request ("" to go on)."""
+    if sent >= max_requests:
+        return "max_requests"
+    return "timeout" if time.monotonic() >= deadline else ""
+
+
+def _predict(
+    client: httpx.Client, batch: list[dict], labels: Sequence[int | None], stats: ReplayStats, delay_s: float
+) -> list[tuple[float, str, int]]:
+    """POST one batch to /predict and count it; the (due time, prediction id, label) feedback it leads to."""
+    stats.sent += 1
+    try:
+        response = client.post("/predict", json={"records": batch})
+        response.raise_for_status()
+        predictions = response.json()["predictions"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        stats.failed += 1
+        return []
+    stats.succeeded += 1
+    due = time.monotonic() + delay_s
+    for prediction in predictions:
+        stats.by_arm[prediction["arm"]] = stats.by_arm.get(prediction["arm"], 0) + 1
+    return [
+        (due, prediction["prediction_id"], int(label))
+        for prediction, label in zip(predictions, labels, strict=False)
+        if label is not None
+    ]
 
 
 def _send_due(client: httpx.Client, pending: deque, stats: ReplayStats, now: float) -> None:

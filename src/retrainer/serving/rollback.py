@@ -21,7 +21,7 @@ import numpy as np
 
 from retrainer.config import Params
 from retrainer.io import registry
-from retrainer.io.project import home_dir
+from retrainer.io.project import Workspace, home_dir
 from retrainer.io.tables import write_json
 from retrainer.serving.routing import RolloutState
 from retrainer.serving.state import save_state, state_path
@@ -29,7 +29,6 @@ from retrainer.serving.state import save_state, state_path
 GOLDEN_FILE = Path("seeds") / "golden.csv"
 GOLDEN_DIR = "golden"
 TOLERANCE = 1e-9
-LOCK_FILE = "registry.lock"
 MAX_NAMED_MISMATCHES = 20
 
 
@@ -225,6 +224,27 @@ def previous_champion(model_name: str) -> tuple[str, str]:
     return current, previous
 
 
+def restore_previous(name: str, workspace: Workspace, expected_champion: str | None) -> tuple[str, str]:
+    """Move the champion alias back to the previous champion under the registry lock, tag both versions, and save
+    the rollout state; returns (the replaced champion, the restored one)."""
+    from filelock import FileLock
+
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with FileLock(str(workspace.registry_lock), timeout=120):
+        current, previous = previous_champion(name)
+        if expected_champion is not None and current != expected_champion:
+            raise RollbackConflict(f"champion is v{current}, not v{expected_champion}: rollback refused")
+        registry.version_tags(name, previous)  # the previous version must still exist (raises otherwise)
+        registry.set_alias(name, registry.CHAMPION, previous)
+        if registry.alias_version(name, registry.CHALLENGER) == previous:
+            registry.clear_alias(name, registry.CHALLENGER)
+        registry.tag_version(name, current, {"rolled_back_at": now, "rolled_back_to": previous})
+        registry.tag_version(name, previous, {"restored_at": now, "restored_from": current})
+        # Like the service's own rollback: the restored champion serves alone; nothing further to roll back to.
+        save_state(RolloutState(previous, None, 0.0, now, None), state_path(workspace.home))
+    return current, previous
+
+
 def rollback(
     params: Params,
     root: Path,
@@ -241,27 +261,13 @@ def rollback(
     RollbackConflict when `expected_champion` is given and the champion is another version. Verification never
     raises: it is reported.
     """
-    from filelock import FileLock
-
     from retrainer.io.tracking import connect
 
     connect(root)
     name = params.tracking.registered_model
-    home = home_dir(root)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    with FileLock(str(home / LOCK_FILE), timeout=120):
-        current, previous = previous_champion(name)
-        if expected_champion is not None and current != expected_champion:
-            raise RollbackConflict(f"champion is v{current}, not v{expected_champion}: rollback refused")
-        registry.version_tags(name, previous)  # the previous version must still exist (raises otherwise)
-        registry.set_alias(name, registry.CHAMPION, previous)
-        if registry.alias_version(name, registry.CHALLENGER) == previous:
-            registry.clear_alias(name, registry.CHALLENGER)
-        registry.tag_version(name, current, {"rolled_back_at": now, "rolled_back_to": previous})
-        registry.tag_version(name, previous, {"restored_at": now, "restored_from": current})
-        # Like the service's own rollback: the restored champion serves alone; nothing further to roll back to.
-        state_file = state_path(home)
-        save_state(RolloutState(previous, None, 0.0, now, None), state_file)
+    workspace = Workspace.at(root)
+    current, previous = restore_previous(name, workspace, expected_champion)
+    state_file = state_path(workspace.home)
     pipeline = registry.load_version(name, previous)
     check = verify_golden(previous, pipeline, params, root, golden_path)
     return RollbackReport(

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from retrainer.config import Params, load_params
-from retrainer.io.project import home_dir
+from retrainer.config import Params, load_params, resolve_params_path
+from retrainer.io.project import Workspace, home_dir
 from retrainer.serving.features import FeatureBuilder, load_references
 from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_source
 from retrainer.serving.prediction_log import (
-    DEAD_LETTER_FILE,
-    LOG_FILE,
     FeedbackOutcome,
     LogWriter,
     PredictionLog,
@@ -91,11 +89,10 @@ class ServingConfig:
     def from_env(cls) -> ServingConfig:
         bento = _bento_root()
         root = Path(os.environ.get(ROOT_ENV) or bento or Path.cwd()).resolve()
-        params = load_params(os.environ.get("RETRAINER_PARAMS") or root / "params.yaml")
         return cls(
             root=root,
             home=home_dir(Path.cwd() if bento else root),
-            params=params,
+            params=load_params(resolve_params_path(root=root)),
             admin_token=os.environ.get(TOKEN_ENV) or None,
             threads=int(os.environ.get(THREADS_ENV) or 1),
         )
@@ -135,13 +132,12 @@ class ServingRuntime:
         self.config = config
         params = config.params
         self.features = FeatureBuilder(params, load_references(params, config.root))
-        self.source = source or open_source(
-            config.root, params.tracking.registered_model, config.home / "registry.lock"
-        )
-        self.log = PredictionLog(config.home / LOG_FILE, params.features.numeric, params.features.categorical)
+        workspace = Workspace(config.root, config.home)
+        self.source = source or open_source(config.root, params.tracking.registered_model, workspace.registry_lock)
+        self.log = PredictionLog(workspace.prediction_log, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
-        self.log_writer = LogWriter(self.log, config.home / DEAD_LETTER_FILE)
+        self.log_writer = LogWriter(self.log, workspace.dead_letter)
         self._models: dict[str, LoadedModel] = {}
         self.state = self._start_state()
 
@@ -212,32 +208,12 @@ class ServingRuntime:
         else:  # no key hashes below a zero weight: everything goes to the champion
             arms = [CHAMPION] * len(records)
         columns = self.features.columns(records)
-        proba = np.empty(len(records))
         result = Scored(predictions=[])
-        for arm in (CHAMPION, CHALLENGER):
-            rows = [i for i, a in enumerate(arms) if a == arm]
-            if not rows:
-                continue
-            outcome = result.arms[arm] = ArmResult(records=len(rows))
-            # With one arm serving every record, score the columns themselves rather than a copy of all their rows.
-            part = columns if len(rows) == len(records) else {name: values[rows] for name, values in columns.items()}
-            tick = time.perf_counter()
-            try:
-                proba[rows] = models[versions[arm]].score(part, self.features.frame)
-            except Exception as exc:
-                outcome.failed = True
-                raise ScoringError(arm) from exc
-            finally:
-                outcome.seconds = time.perf_counter() - tick
+        proba = self._score_arms(arms, {arm: models[v] for arm, v in versions.items() if v in models}, columns, result)
         served = {arm: models[versions[arm]] for arm in result.arms}
         by_arm = {arm: model.version for arm, model in served.items()}
-        if len(served) == 1:
-            (model,) = served.values()
-            model_versions, thresholds = [model.version] * len(records), model.threshold
-        else:
-            model_versions = [by_arm[a] for a in arms]
-            thresholds = np.array([served[a].threshold for a in arms])
-        probabilities, labels = proba.tolist(), (proba >= thresholds).astype(int).tolist()
+        model_versions, labels = _decide(served, arms, proba)
+        probabilities = proba.tolist()
         key = new_request_key()
         answers = (prediction_ids(key, len(records)), arms, model_versions, probabilities, labels)
         result.predictions = [
@@ -249,6 +225,26 @@ class ServingRuntime:
         result.request_log = RequestLog(key, now, latency_ms, by_arm, arms, probabilities, labels, records, columns)
         result.ticket = self.log_writer.owe()
         return result
+
+    def _score_arms(self, arms: list[str], models: dict[str, LoadedModel], columns: dict, result: Scored) -> np.ndarray:
+        """Each arm's rows scored together by its model; what each arm did is counted in `result.arms`."""
+        proba = np.empty(len(arms))
+        for arm in (CHAMPION, CHALLENGER):
+            rows = [i for i, a in enumerate(arms) if a == arm]
+            if not rows:
+                continue
+            outcome = result.arms[arm] = ArmResult(records=len(rows))
+            # With one arm serving every record, score the columns themselves rather than a copy of all their rows.
+            part = columns if len(rows) == len(arms) else {name: values[rows] for name, values in columns.items()}
+            tick = time.perf_counter()
+            try:
+                proba[rows] = models[arm].score(part, self.features.frame)
+            except Exception as exc:
+                outcome.failed = True
+                raise ScoringError(arm) from exc
+            finally:
+                outcome.seconds = time.perf_counter() - tick
+        return proba
 
     def write_log(self, scored: Scored) -> None:
         """Log a scored request's predictions and features now, in one transaction (see `LogWriter.write`)."""
@@ -331,3 +327,12 @@ class ServingRuntime:
         """Write what is still queued for the log, then close it."""
         self.log_writer.close()
         self.log.close()
+
+
+def _decide(served: dict[str, LoadedModel], arms: list[str], proba: np.ndarray) -> tuple[list[str], list[int]]:
+    """Each record's model version and label, at the threshold of the arm that scored it."""
+    if len(served) == 1:
+        (model,) = served.values()
+        return [model.version] * len(arms), (proba >= model.threshold).astype(int).tolist()
+    thresholds = np.array([served[a].threshold for a in arms])
+    return [served[a].version for a in arms], (proba >= thresholds).astype(int).tolist()

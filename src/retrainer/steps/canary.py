@@ -10,10 +10,10 @@ from typing import Literal
 import numpy as np
 
 from retrainer.config import CanaryConfig
+from retrainer.steps.drift import bin_shares, compute_psi, psi_p_value, quantile_edges
 
 Action = Literal["continue", "promote", "rollback", "wait"]
 LATENCY_FLOOR_MS = 1.0  # sub-millisecond p95s are timer noise: ratios are taken against at least this
-_EPS = 1e-4
 
 
 @dataclass(frozen=True)
@@ -65,19 +65,8 @@ def p95(values: Sequence[float]) -> float:
 def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> float:
     """Population stability index of `actual` against `expected`, on quantile bins of `expected` (smoothed)."""
     base, other = np.asarray(expected, dtype=float), np.asarray(actual, dtype=float)
-    edges = np.unique(np.quantile(base, np.linspace(0, 1, bins + 1)[1:-1]))
-    p = np.bincount(np.searchsorted(edges, base, side="right"), minlength=len(edges) + 1) / len(base)
-    q = np.bincount(np.searchsorted(edges, other, side="right"), minlength=len(edges) + 1) / len(other)
-    p, q = np.clip(p, _EPS, None), np.clip(q, _EPS, None)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def psi_p_value(value: float, bins: int, n_expected: int, n_actual: int) -> float:
-    """Chance of a PSI this large between two samples of one distribution (PSI * n_eff ~ chi2(bins - 1))."""
-    from scipy.stats import chi2
-
-    n_eff = 1.0 / (1.0 / n_expected + 1.0 / n_actual)
-    return float(chi2.sf(value * n_eff, max(bins - 1, 1)))
+    edges = quantile_edges(base, bins, inner=True)
+    return compute_psi(bin_shares(base, edges, open_ended=True), bin_shares(other, edges, open_ended=True))
 
 
 def positive_rate(probabilities: Sequence[float], threshold: float) -> float:
@@ -132,6 +121,19 @@ def _auc(labels: Sequence[int], probabilities: Sequence[float]) -> float:
     return float(roc_auc_score(labels, probabilities)) if len(set(labels)) == 2 else math.nan
 
 
+def _short_of_evidence(challenger: ArmStats, progress: StepProgress, policy: CanaryConfig) -> str:
+    """Why the step must wait for more requests or time ("" when it can be judged)."""
+    # Errors that already exceed the ceiling over the whole step's minimum cannot be diluted: roll back now.
+    doomed = challenger.errors > policy.max_error_rate * max(policy.min_requests_per_step, challenger.requests)
+    short = challenger.requests < policy.min_requests_per_step or progress.elapsed_seconds < policy.min_seconds_per_step
+    if not short or doomed:
+        return ""
+    return (
+        f"step {progress.index + 1}: {challenger.requests}/{policy.min_requests_per_step} challenger requests, "
+        f"{progress.elapsed_seconds:.1f}/{policy.min_seconds_per_step:g} s"
+    )
+
+
 def analyse_canary(
     champion: ArmStats, challenger: ArmStats, progress: StepProgress, policy: CanaryConfig
 ) -> CanaryDecision:
@@ -146,19 +148,9 @@ def analyse_canary(
     }
     failures: list[str] = []
     notes: list[str] = []
-
-    # Errors that already exceed the ceiling over the whole step's minimum cannot be diluted: roll back now.
-    doomed = challenger.errors > policy.max_error_rate * max(policy.min_requests_per_step, challenger.requests)
-    short = challenger.requests < policy.min_requests_per_step or progress.elapsed_seconds < policy.min_seconds_per_step
-    if short and not doomed:
-        return CanaryDecision(
-            "wait",
-            [
-                f"step {progress.index + 1}: {challenger.requests}/{policy.min_requests_per_step} challenger requests, "
-                f"{progress.elapsed_seconds:.1f}/{policy.min_seconds_per_step:g} s"
-            ],
-            numbers,
-        )
+    waiting = _short_of_evidence(challenger, progress, policy)
+    if waiting:
+        return CanaryDecision("wait", [waiting], numbers)
 
     _check_errors(champion, challenger, policy, numbers, failures)
     _check_latency(champion, challenger, policy, numbers, failures, notes)
@@ -262,6 +254,14 @@ def _check_labels(champion, challenger, policy, numbers, failures, notes) -> boo
             f"challenger accuracy {acc_ch:.3f} significantly below champion {acc_cp:.3f} "
             f"(z-test p={p_value:.3g} < {policy.significance:g})"
         )
+    return _check_auc(champion, challenger, policy, numbers, failures, notes) and len(failures) == failed
+
+
+def _check_auc(champion, challenger, policy, numbers, failures, notes) -> bool:
+    """AUC on delayed labels: a significant deficit against the champion is a failure; True when the challenger
+    ranks significantly better than chance."""
+    auc_ch, auc_cp = numbers["challenger_auc"], numbers["champion_auc"]
+    n_ch, n_cp = len(challenger.feedback_labels), len(champion.feedback_labels)
     if math.isnan(auc_ch) or math.isnan(auc_cp):
         notes.append("an arm's labels are all one class: AUC check skipped")
         return False
@@ -275,4 +275,4 @@ def _check_labels(champion, challenger, policy, numbers, failures, notes) -> boo
         )
     chance_p = auc_chance_p_value(auc_ch, positives_ch, n_ch - positives_ch)
     numbers["auc_chance_p_value"] = chance_p
-    return len(failures) == failed and chance_p < policy.significance
+    return chance_p < policy.significance

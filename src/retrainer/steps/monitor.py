@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 
 from retrainer.config import MonitorConfig, MonitorDrift, MonitorPerformance
-from retrainer.steps.canary import psi_p_value
+from retrainer.steps.drift import bin_shares, compute_psi, count_shares, psi_p_value
 from retrainer.steps.profile import numeric_shares
-from retrainer.steps.validate import bin_shares, compute_psi, count_shares
 
 MIN_EXPECTED = 5
 
@@ -134,6 +133,39 @@ def _signal(value: float | None, threshold: float, alarm: bool, judged: bool) ->
     return {"value": value, "threshold": threshold, "alarm": alarm, "level": round(max(level, 0.0), 4)}
 
 
+def feature_drift(references: Mapping, features: pd.DataFrame, config: MonitorDrift) -> dict[str, dict]:
+    """Each profiled feature's drift detector on the window (`judged`: counted in the drift share)."""
+    per_feature = {}
+    for name, reference in references.items():
+        if name not in features.columns:
+            continue
+        if reference["kind"] == "numeric":
+            stats = numeric_drift(reference, features[name].to_numpy(dtype="float64", na_value=np.nan), config)
+        else:
+            stats = categorical_drift(reference, features[name], config)
+        per_feature[name] = {**stats, "judged": name not in config.exclude}
+    return per_feature
+
+
+def window_signals(share: float | None, prediction: dict | None, performance: dict, config: MonitorConfig) -> dict:
+    """The three signals of a window: dataset drift share, prediction drift, performance drop."""
+    drift = config.drift
+    return {
+        "drift_share": _signal(
+            share, drift.share_max, share is not None and share >= drift.share_max, share is not None
+        ),
+        "prediction_psi": _signal(
+            prediction["psi"] if prediction else None,
+            drift.prediction_psi_max,
+            bool(prediction and prediction["drifted"]),
+            prediction is not None,
+        ),
+        "performance_drop": _signal(
+            performance["drop"], config.performance.max_drop, performance["decayed"], performance["judged"]
+        ),
+    }
+
+
 def assess_window(
     profile: Mapping,
     features: pd.DataFrame,
@@ -148,34 +180,13 @@ def assess_window(
     """
     drift_cfg, rows = config.drift, len(proba)
     enough = rows >= config.window.min_predictions
-    per_feature: dict[str, dict] = {}
-    for name, reference in profile["features"].items():
-        if name not in features.columns or not enough:
-            continue
-        detect = numeric_drift if reference["kind"] == "numeric" else categorical_drift
-        column = (
-            features[name].to_numpy(dtype="float64", na_value=np.nan) if detect is numeric_drift else features[name]
-        )
-        per_feature[name] = {**detect(reference, column, drift_cfg), "judged": name not in drift_cfg.exclude}
+    per_feature = feature_drift(profile["features"], features, drift_cfg) if enough else {}
     judged = [n for n, s in per_feature.items() if s["judged"]]
     drifted = [n for n in judged if per_feature[n]["drifted"]]
     share = round(len(drifted) / len(judged), 6) if judged else None
     prediction = prediction_drift(profile["prediction"], proba, drift_cfg) if enough else None
     performance = rolling_performance(profile["metrics"], labels, labelled_proba, config.performance)
-    signals = {
-        "drift_share": _signal(
-            share, drift_cfg.share_max, share is not None and share >= drift_cfg.share_max, share is not None
-        ),
-        "prediction_psi": _signal(
-            prediction["psi"] if prediction else None,
-            drift_cfg.prediction_psi_max,
-            bool(prediction and prediction["drifted"]),
-            prediction is not None,
-        ),
-        "performance_drop": _signal(
-            performance["drop"], config.performance.max_drop, performance["decayed"], performance["judged"]
-        ),
-    }
+    signals = window_signals(share, prediction, performance, config)
     reasons = [f"{name} {s['value']:.3f} >= {s['threshold']}" for name, s in signals.items() if s["alarm"]] or (
         [] if enough else [f"too few predictions to judge drift: {rows} < {config.window.min_predictions}"]
     )

@@ -8,14 +8,9 @@ import numpy as np
 import pandas as pd
 
 from retrainer.config import Params
-from retrainer.steps.validate import bin_shares, count_shares
+from retrainer.steps.drift import bin_shares, count_shares, quantile_edges
 
 PROFILE_FORMAT = 1
-
-
-def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
-    """Distinct quantile edges of the values (fewer than bins + 1 where values repeat)."""
-    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
 
 
 def numeric_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from retrainer.config import CompletenessConfig, DataConfig, DriftConfig, SeverityPolicy, ValidateConfig
+from retrainer.steps.drift import bin_shares, compute_psi, count_shares, quantile_edges
 
 GX_SEVERITY = {"block": "critical", "warn": "warning"}
 TRAINED_UNTIL_PARAMETER = "trained_until"
@@ -521,31 +522,10 @@ def completeness_entry(name: str, severity: str, observed: float, reason: str) -
     }
 
 
-def bin_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Share of values per bin: below the first edge, between edges, at the last edge, above it."""
-    index = np.searchsorted(edges, values, side="right")
-    index[values > edges[-1]] = len(edges) + 1
-    return np.bincount(index, minlength=len(edges) + 2) / max(len(values), 1)
-
-
-def compute_psi(reference_shares: np.ndarray, batch_shares: np.ndarray, floor: float = 1e-4) -> float:
-    """Population stability index between two share vectors (empty bins floored to avoid log(0))."""
-    ref = np.clip(reference_shares, floor, None)
-    new = np.clip(batch_shares, floor, None)
-    return float(np.sum((new - ref) * np.log(new / ref)))
-
-
 def compute_numeric_psi(reference: np.ndarray, batch: np.ndarray, bins: int) -> float:
     """PSI over quantile bins of the reference, plus bins for values outside its range."""
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
+    edges = quantile_edges(reference, bins)
     return compute_psi(bin_shares(reference, edges), bin_shares(batch, edges))
-
-
-def count_shares(series: pd.Series) -> pd.Series:
-    """Share of each value, missing values counted under one '<null>' label."""
-    shares = series.value_counts(normalize=True, dropna=False)
-    shares.index = pd.Index(["<null>" if pd.isna(v) else str(v) for v in shares.index])
-    return shares.groupby(level=0).sum()
 
 
 def compute_categorical_psi(reference: pd.Series, batch: pd.Series) -> float:

@@ -1,0 +1,71 @@
+"""Entry points start the Prefect flows by entrypoint name, as a deployment does: `retrainer` never imports the
+`flows` package (which imports `retrainer`), so the library stays free of its wiring and of import cycles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from retrainer.app.results import CycleResult
+from retrainer.io.batches import batch_id
+from retrainer.outcomes import CycleStatus
+
+RETRAIN = "flows.retrain:retrain"
+DRAIN_INBOX = "flows.retrain:drain_inbox"
+MONITOR = "flows.monitor:monitor"
+
+
+def load_flow(entrypoint: str) -> Any:
+    """The Prefect flow at `entrypoint` ("module:function"); raises when it cannot be imported."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+
+
+def run_cycle(
+    batch: Path,
+    root: Path,
+    force: bool = False,
+    canary_traffic: Path | None = None,
+    earlier: list[Path] | None = None,
+    replaces: str | None = None,
+) -> CycleResult:
+    """Run the retrain flow on one batch (with `earlier` batches included) and return its outcome; a quarantined
+    batch returns its quarantine result, any other failure the status `failed`, naming the batch, the error and the
+    champion still serving."""
+    from retrainer.app.retrain import BatchQuarantined
+
+    traffic = str(canary_traffic) if canary_traffic else None
+    before = [str(path) for path in earlier or []]
+    retrain = load_flow(RETRAIN)
+    state = retrain(
+        str(batch), str(root), force, canary_traffic=traffic, earlier=before, replaces=replaces, return_state=True
+    )
+    if state.is_completed():
+        return CycleResult.from_dict(state.result())
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BatchQuarantined):
+        return error.result
+    return CycleResult(
+        CycleStatus.FAILED,
+        [f"batch {batch.name}: {type(error).__name__}: {error}"],
+        batch_id=batch_id(batch) if batch.is_file() else None,
+        batch=batch.name,
+        champion_version=current_champion(root),
+    )
+
+
+def current_champion(root: Path) -> str | None:
+    """The registry's champion version (None when there is none or the registry cannot be read)."""
+    from mlflow.exceptions import MlflowException
+
+    from retrainer.config import ConfigError
+    from retrainer.io import registry
+    from retrainer.io.project import Workspace
+    from retrainer.io.tracking import connect
+
+    try:
+        connect(root)
+        return registry.alias_version(Workspace.at(root).load_params().tracking.registered_model, registry.CHAMPION)
+    except (ConfigError, MlflowException, OSError):
+        return None
