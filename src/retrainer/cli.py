@@ -215,12 +215,18 @@ def serve(
     """
     from urllib.parse import urlparse
 
+    from retrainer.io.processes import PARENT_PID_ENV, port_holders, port_in_use
     from retrainer.serving.package import use_project_bentoml_home
 
     params = _params()
     port = port or urlparse(params.canary.service_url).port or 3000
+    if port_in_use(port):
+        holders = ", ".join(port_holders(port)) or "another process"
+        typer.secho(f"port {port} on 127.0.0.1 is already in use by {holders}", fg="red", err=True)
+        raise typer.Exit(EXIT_FAILED)
     use_project_bentoml_home(Path.cwd())
     os.environ.setdefault("RETRAINER_ROOT", str(Path.cwd()))
+    os.environ[PARENT_PID_ENV] = str(os.getpid())  # BentoML runs in this process (exec): its workers' parent
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     args = [bentoml, "serve", "retrainer.serving.service:RetrainerService", "--host", "127.0.0.1", "--port", str(port)]
     os.execv(bentoml, args)
@@ -228,29 +234,43 @@ def serve(
 
 @app.command("recover-log")
 def recover_log() -> None:
-    """Write the predictions the service could not log (kept in .retrainer/predictions.failed.jsonl) into the log.
+    """Write the predictions the service answered but could not log into the log: the dead-letter file
+    (.retrainer/predictions.failed.jsonl) and the journal a killed service left (.retrainer/predictions.journal/).
 
-    Safe while the service runs: the file is claimed by renaming it, and requests already in the log are skipped.
-    Lines that still cannot be written stay in the file, unchanged. Exit codes: 0 all written (or nothing to do),
-    1 some lines kept.
+    Safe while the service runs: the file is claimed by renaming it, a running service's journal is skipped, and
+    requests already in the log are skipped. Lines that still cannot be written stay where they were, unchanged.
+    Exit codes: 0 all written (or nothing to do), 1 some answered requests are still not in the log.
     """
     from retrainer.io.project import home_dir
-    from retrainer.serving.prediction_log import DEAD_LETTER_FILE, LOG_FILE, PredictionLog, recover_dead_letter
+    from retrainer.serving.features import FeatureBuilder, load_references
+    from retrainer.serving.prediction_log import (
+        DEAD_LETTER_FILE,
+        JOURNAL_DIR,
+        LOG_FILE,
+        PredictionLog,
+        recover_dead_letter,
+        replay_journal,
+    )
 
+    params = _params()
     home = home_dir(Path.cwd())
     dead_letter = home / DEAD_LETTER_FILE
-    log = PredictionLog(home / LOG_FILE)
+    log = PredictionLog(home / LOG_FILE, params.features.numeric, params.features.categorical)
     try:
+        builder = FeatureBuilder(params, load_references(params, Path.cwd()))
+        journal = replay_journal(log, home / JOURNAL_DIR, dead_letter, builder.columns)
         done = recover_dead_letter(log, dead_letter)
     finally:
         log.close()
     typer.echo(
-        f"{done.written} requests ({done.predictions} predictions) written to {home / LOG_FILE}; "
-        f"{done.already_logged} already there"
+        f"{journal.written + done.written} requests ({journal.predictions + done.predictions} predictions) written "
+        f"to {home / LOG_FILE}; {journal.already_logged + done.already_logged} already there"
     )
-    if done.kept:
-        typer.secho(f"{done.kept} lines kept in {dead_letter}:", fg="red", err=True)
-        for error in done.errors:
+    if done.kept or journal.kept:
+        typer.secho(
+            f"{done.kept} lines kept in {dead_letter}, {journal.kept} in {home / JOURNAL_DIR}:", fg="red", err=True
+        )
+        for error in (*journal.errors, *done.errors):
             typer.secho(f"  {error}", fg="red", err=True)
         raise typer.Exit(EXIT_FAILED)
 

@@ -18,13 +18,18 @@ from retrainer.serving.features import FeatureBuilder, load_references
 from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_source
 from retrainer.serving.prediction_log import (
     DEAD_LETTER_FILE,
+    JOURNAL_DIR,
     LOG_FILE,
+    LOGGER,
     FeedbackOutcome,
+    Journal,
     LogWriter,
     PredictionLog,
+    Recovery,
     RequestLog,
     new_request_key,
     prediction_ids,
+    replay_journal,
 )
 from retrainer.serving.routing import CHALLENGER, CHAMPION, RolloutState, routing_key
 from retrainer.serving.state import load_state, save_state, state_path
@@ -141,9 +146,24 @@ class ServingRuntime:
         self.log = PredictionLog(config.home / LOG_FILE, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
-        self.log_writer = LogWriter(self.log, config.home / DEAD_LETTER_FILE)
+        self.recovered = self._replay_journal()
+        self.log_writer = LogWriter(self.log, config.home / DEAD_LETTER_FILE, Journal(config.home / JOURNAL_DIR))
         self._models: dict[str, LoadedModel] = {}
         self.state = self._start_state()
+
+    def _replay_journal(self) -> Recovery:
+        """Log what a service that was killed had answered but not logged (its journal segments)."""
+        home = self.config.home
+        recovery = replay_journal(self.log, home / JOURNAL_DIR, home / DEAD_LETTER_FILE, self.features.columns)
+        if recovery.written or recovery.kept:
+            LOGGER.warning(
+                "journal of an earlier service: %d requests (%d predictions) written to the log, %d left: %s",
+                recovery.written,
+                recovery.predictions,
+                recovery.kept,
+                "; ".join(recovery.errors[:3]),
+            )
+        return recovery
 
     def _start_state(self) -> RolloutState:
         saved = load_state(self.state_file) or RolloutState()
@@ -173,6 +193,11 @@ class ServingRuntime:
 
     @property
     def ready(self) -> bool:
+        """True when the models are loaded and the last answered request could be recorded."""
+        return self.models_ready and self.log_writer.unavailable is None
+
+    @property
+    def models_ready(self) -> bool:
         """True when the champion (and a weighted challenger) are loaded."""
         state = self.state
         needed = [state.champion_version] + ([state.challenger_version] if state.effective_weight > 0 else [])
@@ -255,13 +280,19 @@ class ServingRuntime:
         self.log_writer.write(scored.ticket, scored.request_log)
 
     def log_later(self, scored: Scored) -> None:
-        """Hand a scored request to the log's writer thread, which commits while the next request is scored."""
+        """Journal a scored request, then hand it to the log's writer thread (it commits while the next request is
+        scored). Raises LogUnavailable when the journal cannot take it: the request must then not be answered."""
         self.log_writer.hand_over(scored.ticket, scored.request_log)
 
     @property
     def log_failures(self) -> int:
-        """Answered predictions the writer thread could not log (kept in the dead-letter file)."""
+        """Answered predictions the writer thread could not log (kept in the dead-letter file or the journal)."""
         return self.log_writer.failures
+
+    @property
+    def log_refused(self) -> int:
+        """Predictions not answered (503) because neither the journal nor the log could record them."""
+        return self.log_writer.refused
 
     def feedback(self, prediction_id: str, label: int) -> FeedbackOutcome:
         """Record the observed label of a logged prediction (one answered a moment ago may still be on its way).
