@@ -94,7 +94,8 @@ def test_lookup_joins_equal_the_ingest_merges_exactly(
 
 
 def test_every_way_of_writing_the_time_joins_the_same_weather(params: Params, seed_flights, references):
-    """ISO text in any zone, datetimes and Timestamps take the fast path; other text goes through ingest's parser."""
+    """ISO text in any zone, datetimes and Timestamps take the fast path; other ISO 8601 spellings go through ingest's
+    parser. Text that is not ISO 8601 is refused, as it is in a batch (training and serving read times alike)."""
     record = raw_records(seed_flights, 1, start=500)[0]
     instant = pd.Timestamp(record["time_hour"])
     builder = FeatureBuilder(params, references)
@@ -106,11 +107,13 @@ def test_every_way_of_writing_the_time_joins_the_same_weather(params: Params, se
         instant.tz_localize(None).isoformat(),  # naive: read as UTC, as ingest does
         instant.to_pydatetime(),
         instant,
-        instant.strftime("%m/%d/%Y %H:%M"),  # not ISO 8601: pandas parses it
+        instant.strftime("%Y-%m-%d %H:%M:%S+00"),  # ISO 8601 that datetime.fromisoformat does not read
     ):
         served = builder.columns([{**record, "time_hour": written}])
         assert served["temp"][0] == expected["temp"][0], written
         assert served["carrier"][0] == expected["carrier"][0]
+    with pytest.raises(ValueError, match="ISO8601"):
+        builder.columns([{**record, "time_hour": instant.strftime("%m/%d/%Y %H:%M")}])
 
 
 def test_a_reference_column_named_like_a_record_column_is_refused(params: Params, seed_flights, references):
