@@ -267,7 +267,7 @@ def test_a_body_over_the_limit_is_refused_at_once_and_health_does_not_stall(clie
         tick = time.perf_counter()
         assert client.get("/healthz").status_code == 200
         status_line = raw.recv(65_536).split(b"\r\n", 1)[0]
-        assert status_line.endswith(b" 413 Request Entity Too Large") or b" 413 " in status_line, status_line
+        assert status_line.split(b" ")[1] == b"413", status_line
         assert time.perf_counter() - tick < 2.0
 
     def chunks():  # no Content-Length: read up to the limit, and no further

@@ -293,8 +293,11 @@ class Journal:
 
     def _open_segment(self) -> None:
         path = self.folder / f"{os.getpid()}-{time.time_ns()}.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # Locked under a name `replay_journal` does not read, then renamed: it never finds a segment not yet locked.
+        opening = path.with_name(f".{path.name}.new")
+        fd = os.open(opening, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel when this process dies
+        opening.rename(path)
         self._segments.append(_Segment(path, fd))
 
     def append(self, ticket: int, line: bytes) -> None:
@@ -416,7 +419,7 @@ def replay_journal(
             if left:
                 kept += left
             else:
-                path.unlink()
+                path.unlink(missing_ok=True)
         finally:
             os.close(fd)
     return Recovery(written, predictions, already, kept, tuple(errors))

@@ -195,7 +195,12 @@ class RetrainerService:
 def _guard_settings() -> tuple:
     """What RequestGuard needs from the running service: its token check, the body limit and the OpenAPI source."""
     runtime = bentoml.get_current_service().runtime
-    return runtime.check_token, runtime.config.params.serve.max_request_bytes, RetrainerService.openapi_spec.asdict
+    # openapi_spec is a property that builds the document: only build it when the document is asked for.
+    return runtime.check_token, runtime.config.params.serve.max_request_bytes, _openapi_spec
+
+
+def _openapi_spec() -> dict:
+    return RetrainerService.openapi_spec.asdict()
 
 
 RetrainerService.add_asgi_middleware(RequestGuard, settings=_guard_settings)
