@@ -208,12 +208,18 @@ def serve(
     """
     from urllib.parse import urlparse
 
+    from retrainer.io.processes import PARENT_PID_ENV, port_holders, port_in_use
     from retrainer.serving.package import use_project_bentoml_home
 
     params = _params()
     port = port or urlparse(params.canary.service_url).port or 3000
+    if port_in_use(port):
+        holders = ", ".join(port_holders(port)) or "another process"
+        typer.secho(f"port {port} on 127.0.0.1 is already in use by {holders}", fg="red", err=True)
+        raise typer.Exit(EXIT_FAILED)
     use_project_bentoml_home(Path.cwd())
     os.environ.setdefault("RETRAINER_ROOT", str(Path.cwd()))
+    os.environ[PARENT_PID_ENV] = str(os.getpid())  # BentoML runs in this process (exec): its workers' parent
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     args = [bentoml, "serve", "retrainer.serving.service:RetrainerService", "--host", "127.0.0.1", "--port", str(port)]
     os.execv(bentoml, args)
@@ -221,29 +227,33 @@ def serve(
 
 @app.command("recover-log")
 def recover_log() -> None:
-    """Write the predictions the service could not log (kept in .retrainer/predictions.failed.jsonl) into the log.
+    """Write the predictions the service answered but could not log into the log: the dead-letter file
+    (.retrainer/predictions.failed.jsonl) and the journal a killed service left (.retrainer/predictions.journal/).
 
-    Safe while the service runs: the file is claimed by renaming it, and requests already in the log are skipped.
-    Lines that still cannot be written stay in the file, unchanged. Exit codes: 0 all written (or nothing to do),
-    1 some lines kept.
+    Safe while the service runs: the file is claimed by renaming it, a running service's journal is skipped, and
+    requests already in the log are skipped. Lines that still cannot be written stay where they were, unchanged.
+    Exit codes: 0 all written (or nothing to do), 1 some answered requests are still not in the log.
     """
     from retrainer.io.project import Workspace
-    from retrainer.serving.prediction_log import PredictionLog, recover_dead_letter
+    from retrainer.serving.features import FeatureBuilder, load_references
+    from retrainer.serving.prediction_log import PredictionLog, recover_dead_letter, replay_journal
 
-    workspace = Workspace.at()
-    dead_letter = workspace.dead_letter
-    log = PredictionLog(workspace.prediction_log)
+    params, workspace = _params(), Workspace.at()
+    dead_letter, journal_dir = workspace.dead_letter, workspace.prediction_journal
+    log = PredictionLog(workspace.prediction_log, params.features.numeric, params.features.categorical)
     try:
+        builder = FeatureBuilder(params, load_references(params, workspace.root))
+        journal = replay_journal(log, journal_dir, dead_letter, builder.columns)
         done = recover_dead_letter(log, dead_letter)
     finally:
         log.close()
     typer.echo(
-        f"{done.written} requests ({done.predictions} predictions) written to {workspace.prediction_log}; "
-        f"{done.already_logged} already there"
+        f"{journal.written + done.written} requests ({journal.predictions + done.predictions} predictions) written "
+        f"to {workspace.prediction_log}; {journal.already_logged + done.already_logged} already there"
     )
-    if done.kept:
-        typer.secho(f"{done.kept} lines kept in {dead_letter}:", fg="red", err=True)
-        for error in done.errors:
+    if done.kept or journal.kept:
+        typer.secho(f"{done.kept} lines kept in {dead_letter}, {journal.kept} in {journal_dir}:", fg="red", err=True)
+        for error in (*journal.errors, *done.errors):
             typer.secho(f"  {error}", fg="red", err=True)
         raise typer.Exit(EXIT_FAILED)
 

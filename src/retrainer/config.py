@@ -162,6 +162,12 @@ class CanaryConfig(_Frozen):
         return self
 
 
+class ServeConfig(_Frozen):
+    max_request_bytes: int = Field(
+        default=8 << 20, ge=1024, description="larger request bodies are refused (413) before they are read"
+    )
+
+
 class RetrainConfig(_Frozen):
     inbox_dir: str = "data/incoming"
     schedule_cron: str = "0 6 * * *"
@@ -364,6 +370,7 @@ class Params(_WithValidate):
     tracking: TrackingConfig
     gate: GateConfig
     canary: CanaryConfig = CanaryConfig()
+    serve: ServeConfig = ServeConfig()
     retrain: RetrainConfig = RetrainConfig()
     monitor: MonitorConfig = MonitorConfig()
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import statistics
+import subprocess
 import time
 
 import httpx
 import pandas as pd
 import pytest
-from conftest import TOKEN, Registry, Server, raw_records
+from conftest import BIN, TOKEN, Registry, Server, raw_records
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +231,93 @@ def test_a_stopped_service_has_logged_every_prediction_it_answered(
         server.start()
     assert len(answered) == 4_000
     assert logged == with_features == 4_000
+
+
+POST_ROUTES = ("/predict", "/feedback", "/admin/weights", "/admin/promote", "/admin/rollback", "/admin/reload")
+MULTIPART_WITHOUT_BOUNDARY = {"Content-Type": "multipart/form-data"}
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+def test_a_body_that_is_not_json_is_refused_on_every_post_route(client: httpx.Client, route: str):
+    """multipart/form-data without a boundary was a 500 on every route; only application/json is accepted."""
+    headers = {**MULTIPART_WITHOUT_BOUNDARY, **(ADMIN if route.startswith("/admin/") else {})}
+    response = client.post(route, content=b"--x\r\n", headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.json() == {"error": "only application/json is accepted, not multipart/form-data"}
+    form = client.post(route, data={"records": "[]"}, headers=ADMIN if route.startswith("/admin/") else {})
+    assert form.status_code == 415, form.text
+
+
+@pytest.mark.parametrize("route", [r for r in POST_ROUTES if r.startswith("/admin/")])
+def test_admin_checks_the_token_before_it_looks_at_the_body(client: httpx.Client, route: str):
+    for headers in (MULTIPART_WITHOUT_BOUNDARY, {"Content-Type": "application/json"}):
+        response = client.post(route, content=b"{not json", headers=headers)
+        assert response.status_code == 401, response.text
+        assert response.json() == {"error": "a valid bearer token is needed"}
+
+
+def test_a_body_over_the_limit_is_refused_at_once_and_health_does_not_stall(client: httpx.Client, server: Server):
+    """52 MB announced: refused from its Content-Length (413) before it is read; /healthz answers meanwhile."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 52000000\r\n\r\n" + b'{"records": [' + b" " * 65_536
+        )
+        tick = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        status_line = raw.recv(65_536).split(b"\r\n", 1)[0]
+        assert status_line.split(b" ")[1] == b"413", status_line
+        assert time.perf_counter() - tick < 2.0
+
+    def chunks():  # no Content-Length: read up to the limit, and no further
+        for _ in range(200):
+            yield b" " * 65_536
+
+    chunked = client.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413, chunked.text
+    assert chunked.json() == {"error": "the body is over 8388608 bytes"}
+
+
+def test_client_errors_have_the_documented_bodies_and_log_one_line(
+    client: httpx.Client, server: Server, seed_flights: pd.DataFrame
+):
+    before = server.log_path.read_text()
+    unknown = client.post("/feedback", json={"prediction_id": "00000000-0000-4000-8000-000000000000", "label": 0})
+    assert unknown.status_code == 404 and unknown.json() == {
+        "error": "prediction_id 00000000-0000-4000-8000-000000000000 is unknown"
+    }
+    invalid = client.post("/predict", json={"records": [{**raw_records(seed_flights, 1)[0], "month": 13}]})
+    assert invalid.status_code == 400
+    assert isinstance(invalid.json()["error"], str) and isinstance(invalid.json()["detail"], list)
+    conflict = client.post("/admin/promote", headers=ADMIN)  # no challenger weighted in: nothing to promote
+    assert conflict.status_code == 409 and isinstance(conflict.json()["error"], str), conflict.text
+    time.sleep(0.5)
+    added = server.log_path.read_text()[len(before) :]
+    assert "Traceback" not in added, added[-2000:]
+    assert re.search(r"\[WARNING\].*Exception on /predict \[POST\]: 400 ", added), added[-2000:]
+
+
+def test_the_openapi_document_is_valid_and_the_service_keeps_to_it(server: Server, tmp_path):
+    """schemathesis generates requests from /docs.json and checks every answer against it (bounded, on loopback)."""
+    doc = httpx.get(f"{server.url}/docs.json").json()
+    assert doc["openapi"] == "3.1.0"
+    assert set(doc["paths"]["/feedback"]["post"]["responses"]) == {"200", "400", "404", "409", "413", "415", "500"}
+    done = subprocess.run(
+        [
+            str(BIN / "schemathesis"),
+            "run",
+            f"{server.url}/docs.json",
+            "--max-examples=25",
+            "--checks=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--request-timeout=10",
+            "--seed=14",
+            "--generation-database=none",
+            f"--report-dir={tmp_path}",
+        ],
+        cwd=tmp_path,  # schemathesis keeps a cache in its working folder
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-6000:]

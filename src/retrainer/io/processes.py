@@ -1,13 +1,19 @@
-"""Server subprocesses on loopback: a free port, waiting for readiness, stopping the whole process group."""
+"""Server subprocesses on loopback: a free port, waiting for readiness, stopping the whole process group, and
+children that die with their parent."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+PARENT_PID_ENV = "RETRAINER_SERVE_PID"  # the pid a server's workers must have as parent (set by `retrainer serve`)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def free_port() -> int:
@@ -44,3 +50,50 @@ def stop_process_group(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """Have the kernel send `sig` to this process when its parent dies (Linux; elsewhere nothing is done).
+
+    BentoML's process manager starts each worker in a session of its own, so a killed `retrainer serve` would leave
+    its worker answering and holding the port. SIGTERM lets the worker finish what it answered before it stops.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    # prctl(2) through libc: the one library that wraps it (python-prctl) builds against libcap headers and has not
+    # been released since 2020; this is a single call.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected and os.getppid() != int(expected):
+        os.kill(os.getpid(), sig)  # `retrainer serve` died before the request was made
+
+
+def port_holders(port: int, host: str = "127.0.0.1") -> list[str]:
+    """The processes listening on `port` (on `host` or every address), as "pid N (command line)"; empty when free."""
+    import psutil
+
+    holders = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.laddr.ip in (host, "0.0.0.0", "::"):
+            try:
+                command = " ".join(psutil.Process(conn.pid).cmdline()) if conn.pid else "unknown"
+            except psutil.Error:
+                command = "unknown"
+            holders.append(f"pid {conn.pid} ({command})")
+    return holders
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when `port` on `host` cannot be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False

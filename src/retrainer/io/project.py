@@ -19,6 +19,7 @@ BATCH_RECORD_FILE = "batches.db"
 REGISTRY_LOCK_FILE = "registry.lock"
 LOG_FILE = "predictions.db"
 DEAD_LETTER_FILE = "predictions.failed.jsonl"
+JOURNAL_DIR = "predictions.journal"  # answered requests written ahead of the answer, one segment file per process
 MLFLOW_DB_FILE = "mlflow.db"
 MONITOR_DIR = "monitor"
 
@@ -89,6 +90,11 @@ class Workspace:
     def dead_letter(self) -> Path:
         """Answered requests the prediction log could not take, waiting for `retrainer recover-log`."""
         return self.home / DEAD_LETTER_FILE
+
+    @property
+    def prediction_journal(self) -> Path:
+        """The folder of the service's write-ahead journal segments."""
+        return self.home / JOURNAL_DIR
 
     def path(self, relative: str | Path) -> Path:
         """A path of the workspace, given relative to its root (a params folder such as `retrain.inbox_dir`)."""

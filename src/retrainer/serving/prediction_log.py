@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import hashlib
 import logging
 import os
@@ -11,7 +13,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import pandas as pd
 from retrainer.serving.features import float_array
 from retrainer.serving.routing import CHALLENGER, CHAMPION
 
+JOURNAL_SEGMENT_BYTES = 16 << 20  # a segment is closed at this size and deleted once the log holds all of it
 QUEUE_REQUESTS = 64  # requests handed to the writer thread and not written yet, before hand_over blocks
 LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 LAYOUT_VERSION = 2  # PRAGMA user_version: 2 = one row per request (1, unversioned: one row per prediction)
@@ -199,11 +202,132 @@ def _json(value: object) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def append_durably(fd: int, data: bytes, size: int, sync: bool) -> int:
+    """Append `data` to the file open as `fd` (O_APPEND) whose length is `size`; returns the new length.
+
+    All of it or nothing: a failed write (ENOSPC, EIO) is cut back to `size`, so no half line is left behind for
+    the next append to run into. With `sync`, the bytes are on the disk (fsync) when this returns; without, they are
+    in the kernel, which keeps them when the process is killed.
+    """
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
+    return size + len(data)
+
+
 def append_dead_letter(path: Path, entry: Mapping[str, object], error: BaseException) -> None:
-    """Keep a request the log could not take: one JSON line with the error and the request as the log stores it."""
+    """Keep a request the log could not take: one JSON line with the error and the request as the log stores it.
+
+    The line is on the disk (fsynced) when this returns; otherwise it raises OSError and the file is as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as out:
-        out.write(_json({"error": f"{type(error).__name__}: {error}", "request": entry}) + b"\n")
+    line = _json({"error": f"{type(error).__name__}: {error}", "request": entry}) + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        append_durably(fd, line, os.fstat(fd).st_size, sync=True)
+    finally:
+        os.close(fd)
+
+
+class LogUnavailable(RuntimeError):
+    """An answered request could be recorded nowhere (journal full or unwritable): it must not be answered."""
+
+
+class NotKept(RuntimeError):
+    """The log refused a request and the dead-letter file could not take it either (it stays in the journal)."""
+
+
+def journal_line(request: RequestLog) -> bytes:
+    """A request as the journal keeps it: the answers and the validated records (digests and features come later)."""
+    return (
+        _json(
+            {
+                "key": request.key,
+                "time": request.time,
+                "latency_ms": request.latency_ms,
+                "versions": dict(request.versions),
+                "arm": request.arms,
+                "probability": request.probabilities,
+                "label": request.labels,
+                "records": request.records,
+            }
+        )
+        + b"\n"
+    )
+
+
+@dataclass
+class _Segment:
+    path: Path
+    fd: int
+    size: int = 0
+    last_ticket: int = 0
+
+
+class Journal:
+    """Answered requests written ahead of their answer, one JSON line each, in segment files this process holds.
+
+    A line is handed to the kernel (write(2)) before the answer is sent, so a killed process loses none; lines are
+    not fsynced (a power cut can lose the newest, as it can the log's own last commits). Each segment is locked
+    (flock) while its process lives and deleted once the log holds every request in it; a segment nobody holds was
+    left by a process that died, and `replay_journal` writes it into the log.
+    """
+
+    def __init__(self, folder: Path, segment_bytes: int = JOURNAL_SEGMENT_BYTES):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.segment_bytes = folder, segment_bytes
+        self.pinned = False  # a request is only here: keep every segment for the next start to replay
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._open_segment()
+
+    def _open_segment(self) -> None:
+        path = self.folder / f"{os.getpid()}-{time.time_ns()}.jsonl"
+        # Locked under a name `replay_journal` does not read, then renamed: it never finds a segment not yet locked.
+        opening = path.with_name(f".{path.name}.new")
+        fd = os.open(opening, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel when this process dies
+        opening.rename(path)
+        self._segments.append(_Segment(path, fd))
+
+    def append(self, ticket: int, line: bytes) -> None:
+        """Write one request's line (whole, or not at all: OSError)."""
+        with self._lock:
+            if self._segments[-1].size >= self.segment_bytes:
+                self._open_segment()
+            segment = self._segments[-1]
+            segment.size = append_durably(segment.fd, line, segment.size, sync=False)
+            segment.last_ticket = max(segment.last_ticket, ticket)
+
+    def release(self, oldest_owed: int | None) -> None:
+        """Delete the closed segments whose every request the log (or the dead-letter file) now holds."""
+        with self._lock:
+            while len(self._segments) > 1 and not self.pinned:
+                if oldest_owed is not None and oldest_owed <= self._segments[0].last_ticket:
+                    return
+                _remove(self._segments.pop(0))
+
+    def close(self, settled: bool) -> None:
+        """Delete every segment when all their requests are settled (and none is pinned); else leave them to replay."""
+        with self._lock:
+            for segment in self._segments:
+                if settled and not self.pinned:
+                    _remove(segment)
+                else:
+                    os.close(segment.fd)
+            self._segments = []
+
+
+def _remove(segment: _Segment) -> None:
+    segment.path.unlink(missing_ok=True)
+    os.close(segment.fd)
 
 
 @dataclass(frozen=True)
@@ -250,6 +374,81 @@ def recover_dead_letter(log: PredictionLog, dead_letter: Path) -> Recovery:
             out.write(b"".join(kept))
     claimed.unlink()
     return Recovery(written, predictions, already, len(kept), tuple(errors))
+
+
+def replay_journal(
+    log: PredictionLog,
+    folder: Path,
+    dead_letter: Path,
+    features: Callable[[Sequence[Mapping[str, object]]], Mapping[str, object]] | None = None,
+) -> Recovery:
+    """Write into the log the journal segments left by processes that died (a segment a live process holds is skipped).
+
+    `features` rebuilds a request's model inputs from its records (the runtime's FeatureBuilder); without it they are
+    logged without features. A request the log refuses goes to the dead-letter file; a segment is deleted only when
+    each of its requests is in one of the two, else it stays for the next replay and counts as `kept`.
+    """
+    written = predictions = already = kept = 0
+    errors: list[str] = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running service holds it
+            left = 0
+            for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    done = _replay_line(log, orjson.loads(line), dead_letter, features)
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
+                    left += 1
+                    errors.append(f"{path.name} line {number}: {type(exc).__name__}: {exc}")
+                    continue
+                if done is None:
+                    already += 1
+                elif done:
+                    written, predictions = written + 1, predictions + done
+                else:
+                    errors.append(f"{path.name} line {number}: the log refused it, kept in {dead_letter.name}")
+            if left:
+                kept += left
+            else:
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return Recovery(written, predictions, already, kept, tuple(errors))
+
+
+def _replay_line(
+    log: PredictionLog,
+    line: Mapping,
+    dead_letter: Path,
+    features: Callable[[Sequence[Mapping[str, object]]], Mapping[str, object]] | None,
+) -> int | None:
+    """None: already logged; the predictions written; 0: the log refused it and the dead-letter file keeps it."""
+    if log.has_request(line["key"]):
+        return None
+    records = line["records"]
+    request = RequestLog(
+        line["key"],
+        line["time"],
+        line["latency_ms"],
+        line["versions"],
+        line["arm"],
+        line["probability"],
+        line["label"],
+        records,
+        features(records) if features is not None else None,
+    )
+    entry = log.entry(request)
+    try:
+        return log.write_entry(entry)
+    except sqlite3.Error as exc:
+        append_dead_letter(dead_letter, entry, exc)  # raises OSError when it cannot: the segment stays
+        return 0
 
 
 def kept_requests(dead_letter: Path) -> int:
@@ -387,12 +586,17 @@ class LogWriter:
     """Writes answered requests to a PredictionLog, now (`write`) or from a thread of its own (`hand_over`).
 
     Each request gets a ticket when it is scored (`owe`), so that a reader can wait for everything answered before
-    it (`wait_for_owed`). A failed write keeps the rows in the dead-letter file; the thread counts them in `failures`.
+    it (`wait_for_owed`). A request handed over is first written to the journal, before its answer; if the journal
+    cannot take it, `hand_over` raises LogUnavailable and the request must not be answered (counted in `refused`).
+    A failed log write keeps the rows in the dead-letter file (fsynced), or, when that fails too, in the journal;
+    the thread counts them in `failures`.
     """
 
-    def __init__(self, log: PredictionLog, dead_letter: Path):
-        self.log, self.dead_letter = log, dead_letter
-        self.failures = 0
+    def __init__(self, log: PredictionLog, dead_letter: Path, journal: Journal | None = None):
+        self.log, self.dead_letter, self.journal = log, dead_letter, journal
+        self.failures = 0  # answered predictions the log could not take
+        self.refused = 0  # predictions not answered because nothing could record them
+        self.unavailable: str | None = None  # why the journal refused the last request, while it does
         self._settled = threading.Condition()
         self._tickets = 0
         self._owed: set[int] = set()
@@ -407,22 +611,44 @@ class LogWriter:
             self._owed.add(self._tickets)
             return self._tickets
 
+    def _settle(self, ticket: int) -> None:
+        with self._settled:
+            self._owed.discard(ticket)
+            self._settled.notify_all()
+
     def write(self, ticket: int, request: RequestLog) -> None:
-        """Write one request in one transaction; on failure keep its rows in the dead-letter file and raise."""
+        """Write one request in one transaction; on failure keep its rows in the dead-letter file and raise.
+
+        Raises NotKept when the dead-letter file could not take them either.
+        """
         entry = None
         try:
             entry = self.log.entry(request)
             self.log.write_entry(entry)
         except Exception as exc:
-            append_dead_letter(self.dead_letter, entry or _bare_entry(request), exc)
+            try:
+                append_dead_letter(self.dead_letter, entry or _bare_entry(request), exc)
+            except OSError as lost:
+                raise NotKept(f"{type(exc).__name__}: {exc}; {self.dead_letter.name}: {lost}") from exc
             raise
         finally:
-            with self._settled:
-                self._owed.discard(ticket)
-                self._settled.notify_all()
+            self._settle(ticket)
 
     def hand_over(self, ticket: int, request: RequestLog) -> None:
-        """Queue a request for the writer thread (blocking while QUEUE_REQUESTS are waiting)."""
+        """Journal a request, then queue it for the writer thread (blocking while QUEUE_REQUESTS are waiting).
+
+        Raises LogUnavailable, with the reason, when the journal cannot take it.
+        """
+        if self.journal is not None:
+            try:
+                self.journal.append(ticket, journal_line(request))
+            except OSError as exc:
+                self._settle(ticket)
+                self.refused += request.size
+                self.unavailable = f"the prediction log cannot record predictions: {exc}"
+                LOGGER.error("%d predictions refused: %s", request.size, self.unavailable)
+                raise LogUnavailable(self.unavailable) from exc
+            self.unavailable = None
         self._queue.put((ticket, request))
 
     def wait_for_owed(self, timeout: float) -> None:
@@ -431,20 +657,46 @@ class LogWriter:
             latest = self._tickets
             self._settled.wait_for(lambda: not any(t <= latest for t in self._owed), timeout=timeout)
 
+    def _oldest_owed(self) -> int | None:
+        with self._settled:
+            return min(self._owed, default=None)
+
     def _write_queued(self) -> None:
         while (item := self._queue.get()) is not None:
             ticket, request = item
             try:
                 self.write(ticket, request)
-            except Exception:
+            except NotKept as exc:
                 self.failures += request.size
-                LOGGER.exception("%d predictions kept in %s instead of the log", request.size, self.dead_letter)
+                if self.journal is not None:
+                    self.journal.pinned = True
+                LOGGER.error(
+                    "%d answered predictions are neither in the log nor in %s (%s): they stay in the journal %s, "
+                    "written into the log at the next start or by `retrainer recover-log`",
+                    request.size,
+                    self.dead_letter.name,
+                    exc,
+                    self.journal.folder if self.journal is not None else "(none)",
+                )
+            except Exception as exc:
+                self.failures += request.size
+                LOGGER.warning(
+                    "%d predictions kept in %s instead of the log: %s: %s",
+                    request.size,
+                    self.dead_letter,
+                    type(exc).__name__,
+                    exc,
+                )
+            if self.journal is not None:
+                self.journal.release(self._oldest_owed())
 
     def close(self) -> None:
         """Write what is still queued, then stop the thread (the log itself stays open)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        if self.journal is not None:
+            self.journal.close(settled=self._oldest_owed() is None)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,16 @@ from retrainer.io.project import Workspace, home_dir
 from retrainer.serving.features import FeatureBuilder, load_references
 from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_source
 from retrainer.serving.prediction_log import (
+    LOGGER,
     FeedbackOutcome,
+    Journal,
     LogWriter,
     PredictionLog,
+    Recovery,
     RequestLog,
     new_request_key,
     prediction_ids,
+    replay_journal,
 )
 from retrainer.serving.routing import CHALLENGER, CHAMPION, RolloutState, routing_key
 from retrainer.serving.state import load_state, save_state, state_path
@@ -137,9 +141,26 @@ class ServingRuntime:
         self.log = PredictionLog(workspace.prediction_log, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
-        self.log_writer = LogWriter(self.log, workspace.dead_letter)
+        self.workspace = workspace
+        self.recovered = self._replay_journal()
+        self.log_writer = LogWriter(self.log, workspace.dead_letter, Journal(workspace.prediction_journal))
         self._models: dict[str, LoadedModel] = {}
         self.state = self._start_state()
+
+    def _replay_journal(self) -> Recovery:
+        """Log what a service that was killed had answered but not logged (its journal segments)."""
+        recovery = replay_journal(
+            self.log, self.workspace.prediction_journal, self.workspace.dead_letter, self.features.columns
+        )
+        if recovery.written or recovery.kept:
+            LOGGER.warning(
+                "journal of an earlier service: %d requests (%d predictions) written to the log, %d left: %s",
+                recovery.written,
+                recovery.predictions,
+                recovery.kept,
+                "; ".join(recovery.errors[:3]),
+            )
+        return recovery
 
     def _start_state(self) -> RolloutState:
         saved = load_state(self.state_file) or RolloutState()
@@ -169,6 +190,11 @@ class ServingRuntime:
 
     @property
     def ready(self) -> bool:
+        """True when the models are loaded and the last answered request could be recorded."""
+        return self.models_ready and self.log_writer.unavailable is None
+
+    @property
+    def models_ready(self) -> bool:
         """True when the champion (and a weighted challenger) are loaded."""
         state = self.state
         needed = [state.champion_version] + ([state.challenger_version] if state.effective_weight > 0 else [])
@@ -251,13 +277,19 @@ class ServingRuntime:
         self.log_writer.write(scored.ticket, scored.request_log)
 
     def log_later(self, scored: Scored) -> None:
-        """Hand a scored request to the log's writer thread, which commits while the next request is scored."""
+        """Journal a scored request, then hand it to the log's writer thread (it commits while the next request is
+        scored). Raises LogUnavailable when the journal cannot take it: the request must then not be answered."""
         self.log_writer.hand_over(scored.ticket, scored.request_log)
 
     @property
     def log_failures(self) -> int:
-        """Answered predictions the writer thread could not log (kept in the dead-letter file)."""
+        """Answered predictions the writer thread could not log (kept in the dead-letter file or the journal)."""
         return self.log_writer.failures
+
+    @property
+    def log_refused(self) -> int:
+        """Predictions not answered (503) because neither the journal nor the log could record them."""
+        return self.log_writer.refused
 
     def feedback(self, prediction_id: str, label: int) -> FeedbackOutcome:
         """Record the observed label of a logged prediction (one answered a moment ago may still be on its way).

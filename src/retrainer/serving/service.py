@@ -10,13 +10,14 @@ from http import HTTPStatus
 from uuid import UUID
 
 import bentoml
-from bentoml.exceptions import BentoMLException, NotFound
+from bentoml.exceptions import BentoMLException
 from pydantic_core import to_json
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from retrainer.serving.http_guard import RequestGuard, error_response, log_client_errors_as_warnings
 from retrainer.serving.schema import FeedbackRequest, FlightRecord, PredictRequest, PredictResponse, WeightsRequest
 
 GIL_SWITCH_SECONDS = 0.0005
@@ -56,18 +57,23 @@ rollout_app = Starlette(routes=[Route("/rollout", _rollout, methods=["GET"])])
 
 
 @bentoml.asgi_app(rollout_app, path="/")
-@bentoml.service(name="retrainer", workers=1, traffic={"timeout": 60})
+# http.host: the default host of `bentoml serve`, also for a built Bento (BentoML's own default is 0.0.0.0).
+@bentoml.service(name="retrainer", workers=1, traffic={"timeout": 60}, http={"host": "127.0.0.1"})
 class RetrainerService:
     """Scores flights with the champion, and with the challenger for its share of sticky-routed traffic."""
 
     def __init__(self) -> None:
         from retrainer.io.monitoring import LATEST_FILE, monitor_dir
+        from retrainer.io.processes import die_with_parent
         from retrainer.serving.monitor_gauges import MonitorGauges
         from retrainer.serving.runtime import ServingConfig, ServingRuntime
 
         # The request threads share the GIL with the prediction log's thread: a shorter switch interval than the
         # default 5 ms lets a request take it back sooner (+9-18 % rows/s in bench/serving_bench.py).
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
+        if bentoml.server_context.worker_index is not None:  # a server's worker, not an instance made in-process
+            die_with_parent()
+            log_client_errors_as_warnings()
         self.runtime = ServingRuntime(ServingConfig.from_env())
         self.monitor_gauges = MonitorGauges(monitor_dir(self.runtime.config.home) / LATEST_FILE)
 
@@ -84,9 +90,12 @@ class RetrainerService:
             "# TYPE retrainer_challenger_weight gauge\n"
             f"retrainer_challenger_weight{{{labels}}} {state.effective_weight}\n"
             "# HELP retrainer_prediction_log_failures_total Answered predictions the log could not take "
-            "(kept in the dead-letter file)\n"
+            "(kept in the dead-letter file, or in the journal when that failed too)\n"
             "# TYPE retrainer_prediction_log_failures_total counter\n"
             f"retrainer_prediction_log_failures_total {self.runtime.log_failures}\n"
+            "# HELP retrainer_prediction_log_refused_total Predictions answered 503 because nothing could record them\n"
+            "# TYPE retrainer_prediction_log_refused_total counter\n"
+            f"retrainer_prediction_log_refused_total {self.runtime.log_refused}\n"
         )
 
     @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
@@ -94,16 +103,21 @@ class RetrainerService:
         """Score each record; the response carries probability, label, model version, arm and a prediction id.
 
         The body is the PredictResponse schema, written directly: the runtime builds every prediction with the
-        schema's types, and validating thousands of them again would cost more than scoring them. The predictions
-        are logged just after the answer is sent; rows the log cannot take go to the dead-letter file.
+        schema's types, and validating thousands of them again would cost more than scoring them. The request is
+        journaled before the answer and logged just after it; when nothing can record it, the answer is 503.
         """
-        if not self.runtime.ready:
+        if not self.runtime.models_ready:
             ERRORS.labels(arm="none").inc()
-            raise BentoMLException("no champion model is loaded", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
+            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "no champion model is loaded")
+        from retrainer.serving.prediction_log import LogUnavailable
         from retrainer.serving.runtime import ScoringError
 
         try:
             scored = self.runtime.score(records)  # the validated records, as plain dicts
+            self.runtime.log_later(scored)  # journaled now, written to the log while the next request is scored
+        except LogUnavailable as exc:
+            ERRORS.labels(arm="none").inc()
+            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
         except ScoringError as exc:
             ERRORS.labels(arm=exc.arm).inc()
             raise
@@ -114,7 +128,6 @@ class RetrainerService:
             REQUESTS.labels(arm=arm).inc()
             RECORDS.labels(arm=arm).inc(outcome.records)
             LATENCY.labels(arm=arm).observe(outcome.seconds)
-        self.runtime.log_later(scored)  # written by the log thread while the next request is scored
         return Response(to_json({"predictions": scored.predictions}), media_type="application/json")
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
@@ -127,9 +140,9 @@ class RetrainerService:
         try:
             outcome = self.runtime.feedback(str(prediction_id), label)
         except UnknownPrediction:
-            raise NotFound(f"prediction_id {prediction_id} is unknown") from None
+            return error_response(HTTPStatus.NOT_FOUND, f"prediction_id {prediction_id} is unknown")
         except ConflictingFeedback as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from None
+            return error_response(HTTPStatus.CONFLICT, str(exc))
         repeated = outcome is FeedbackOutcome.REPEATED
         return {"prediction_id": str(prediction_id), "label": label, "recorded": True, "already_recorded": repeated}
 
@@ -137,39 +150,57 @@ class RetrainerService:
     def admin_weights(self, challenger_weight: float, ctx: bentoml.Context) -> dict:
         """Set the challenger's share of traffic (bearer token required)."""
         self._authorise(ctx)
-        return self._admin(lambda: self.runtime.set_weight(challenger_weight))
+        return self._admin(lambda: self.runtime.set_weight(challenger_weight), ctx)
 
     @bentoml.api(route="/admin/promote")
     def admin_promote(self, ctx: bentoml.Context) -> dict:
         """Make the challenger the champion, compare-and-set in the registry (bearer token required)."""
         self._authorise(ctx)
-        return self._admin(self.runtime.promote)
+        return self._admin(self.runtime.promote, ctx)
 
     @bentoml.api(route="/admin/rollback")
     def admin_rollback(self, ctx: bentoml.Context) -> dict:
         """Drop the challenger, or restore the champion the last promotion replaced (bearer token required)."""
         self._authorise(ctx)
-        return self._admin(self.runtime.rollback)
+        return self._admin(self.runtime.rollback, ctx)
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, ctx: bentoml.Context) -> dict:
         """Serve the registry's champion and the saved rollout state, after a change made outside the service."""
         self._authorise(ctx)
-        return self._admin(self.runtime.reload)
+        return self._admin(self.runtime.reload, ctx)
 
     def _authorise(self, ctx: bentoml.Context) -> None:
         status = self.runtime.check_token(ctx.request.headers.get("authorization"))
         if status:
             _refuse(status)
 
-    def _admin(self, action) -> dict:
+    def _admin(self, action, ctx: bentoml.Context) -> dict:
+        """The action's new rollout state; a conflict is answered as its own 409 response. (The APIs are annotated
+        `dict`, their 200 body, because BentoML builds the response schema from the annotation; it takes the status
+        of an API with a context from the context.)"""
         from retrainer.serving.runtime import RolloutConflict
 
         try:
             return action().to_dict()
         except RolloutConflict as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from None
+            ctx.response.status_code = HTTPStatus.CONFLICT
+            return error_response(HTTPStatus.CONFLICT, str(exc))
 
     @bentoml.on_shutdown
     def _close(self) -> None:
         self.runtime.close()
+
+
+def _guard_settings() -> tuple:
+    """What RequestGuard needs from the running service: its token check, the body limit and the OpenAPI source."""
+    runtime = bentoml.get_current_service().runtime
+    # openapi_spec is a property that builds the document: only build it when the document is asked for.
+    return runtime.check_token, runtime.config.params.serve.max_request_bytes, _openapi_spec
+
+
+def _openapi_spec() -> dict:
+    return RetrainerService.openapi_spec.asdict()
+
+
+RetrainerService.add_asgi_middleware(RequestGuard, settings=_guard_settings)
