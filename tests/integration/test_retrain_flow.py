@@ -558,3 +558,40 @@ def test_a_replacement_that_is_not_one_is_refused_by_name_and_leaves_nothing_beh
     assert not list((ws / "data" / "batches").glob(f"{batch_id(batch)}.*")), "no stray validation report"
     assert list((ws / "data" / "batches").glob(f"{september}.csv")), "the batch named stays accepted"
     assert not (ws / "data" / "superseded" / september).exists()
+
+
+HOLD_WORKSPACE = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from retrainer.io.locks import workspace_lock\n"
+    "with workspace_lock(Path(sys.argv[1]), 'retrain of batch held-by-test', timeout_s=0):\n"
+    "    print('holding', flush=True)\n"
+    "    time.sleep(600)\n"
+)
+
+
+def test_a_second_run_on_a_busy_workspace_ends_busy_and_a_killed_holder_frees_it(ws, project_root, tmp_path):
+    """Two real processes: one holds the workspace (as a running cycle does), the other's cycle waits, then ends
+    `failed` naming the holder, with nothing accepted; kill -9 of the holder frees the workspace at once."""
+    import signal
+    import subprocess
+    import sys
+
+    lock = ws / ".retrainer" / "workspace.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WORKSPACE, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        old = _set_params(ws, retrain={"lock_timeout_seconds": 2})
+        batch = _sample_batch(project_root, 11, tmp_path, "flights-2013-11.csv", every=12)
+        busy = _run(batch, ws)
+        assert busy["status"] == "failed", busy
+        assert f"workspace busy: held by pid {holder.pid} (retrain of batch held-by-test" in busy["reasons"][0]
+        assert not list((ws / "data" / "batches").glob(f"{batch_id(batch)}.*"))
+        assert _record(ws).get(batch_id(batch))["status"] == "failed", "the next run takes it again"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(b"\x00 not a table\n" * 20)
+    assert _run(garbage, ws)["status"] == "quarantined", "the killed holder's lock was released by the kernel"
+    (ws / "params.yaml").write_text(yaml.safe_dump(old, sort_keys=False))

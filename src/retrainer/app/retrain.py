@@ -39,6 +39,7 @@ from retrainer.io.batches import (
     set_aside,
     withdraw,
 )
+from retrainer.io.locks import workspace_lock
 from retrainer.io.project import Workspace
 from retrainer.io.tables import read_json
 from retrainer.io.tracking import connect
@@ -155,9 +156,12 @@ def retrain_batch(
     through a canary on the service at `canary.service_url`, replaying `canary_traffic` (a raw batch file) if given.
     `replaces` is the id of an accepted batch this file re-delivers (the same period, e.g. a month first delivered cut
     short): it is set aside under data/superseded/ and this batch trains in its place; a quarantined re-delivery is
-    judged again. Raises BatchQuarantined when the batch fails a blocking check, RuntimeError when another live run
-    holds its claim, ValueError for a `replaces` that names no accepted batch of the same period; any other failure
-    takes every batch the cycle accepted back out of training, records the batch `failed` and is raised.
+    judged again. The cycle holds the workspace lock (one cycle writes a workspace at a time; a second waits up to
+    `retrain.lock_timeout_seconds`, then fails with WorkspaceBusy naming the holder, its batch recorded `failed` and
+    taken again by the next run). Raises BatchQuarantined when the batch fails a blocking check, RuntimeError when
+    another live run holds its claim, ValueError for a `replaces` that names no accepted batch of the same period;
+    any other failure takes every batch the cycle accepted back out of training, records the batch `failed` and is
+    raised.
     """
     params = workspace.load_params()
     connect(workspace.root)
@@ -173,7 +177,10 @@ def retrain_batch(
         raise RuntimeError(f"batch {identifier} is being processed by another run (pid {record.owner(identifier)})")
     cycle = Cycle(params, workspace, record, batch, identifier, previous, steps, log, replaces, replaced)
     try:
-        return train_and_decide(cycle, canary_traffic, earlier)
+        with workspace_lock(
+            workspace.workspace_lock, f"retrain of batch {identifier}", params.retrain.lock_timeout_seconds, log.warning
+        ):
+            return train_and_decide(cycle, canary_traffic, earlier)
     except BatchQuarantined:
         raise
     except BaseException as exc:

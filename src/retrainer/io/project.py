@@ -17,6 +17,7 @@ DEFAULT_PSEUDO_KEY = "retrainer-local-development-key"
 HOME_DIR = ".retrainer"
 BATCH_RECORD_FILE = "batches.db"
 REGISTRY_LOCK_FILE = "registry.lock"
+WORKSPACE_LOCK_FILE = "workspace.lock"
 LOG_FILE = "predictions.db"
 DEAD_LETTER_FILE = "predictions.failed.jsonl"
 JOURNAL_DIR = "predictions.journal"  # answered requests written ahead of the answer, one segment file per process
@@ -80,6 +81,11 @@ class Workspace:
     def registry_lock(self) -> Path:
         """The file lock around compare-and-set moves of the champion alias."""
         return self.home / REGISTRY_LOCK_FILE
+
+    @property
+    def workspace_lock(self) -> Path:
+        """The file lock one retrain cycle (or `dvc repro` started by retrainer) holds while it writes the workspace."""
+        return self.home / WORKSPACE_LOCK_FILE
 
     @property
     def prediction_log(self) -> Path:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrainer.io.project import HOME_DIR
+from retrainer.io.project import HOME_DIR, Workspace
 
 PIPELINE_FILES = ("dvc.yaml", "params.yaml")
 LINKED = ("seeds", "src")
@@ -64,6 +64,9 @@ def dvc(root: Path, *args: str, env: dict[str, str] | None = None, echo: Callabl
     return output
 
 
+REPRO_LOCK_TIMEOUT_SECONDS = 1800
+
+
 def reproduce(
     root: Path,
     *targets: str,
@@ -71,12 +74,16 @@ def reproduce(
     env: dict[str, str] | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> ReproResult:
-    """`dvc repro [targets]`; report which stages ran and which were skipped as unchanged."""
+    """`dvc repro [targets]` under the workspace lock (a retrain cycle in progress is waited for, up to 30 minutes);
+    report which stages ran and which were skipped as unchanged."""
     import time
+
+    from retrainer.io.locks import workspace_lock
 
     started = time.perf_counter()
     args = ["repro", *(["--single-item"] if single else []), *targets]
-    output = dvc(root, *args, env=env, echo=echo)
+    with workspace_lock(Workspace.at(root).workspace_lock, "dvc repro", REPRO_LOCK_TIMEOUT_SECONDS, echo):
+        output = dvc(root, *args, env=env, echo=echo)
     return ReproResult(
         ran=re.findall(r"Running stage '([^']+)'", output),
         skipped=re.findall(r"Stage '([^']+)' didn't change", output),
