@@ -151,17 +151,12 @@ def retrain_batch(
 ) -> CycleResult:
     """One retrain cycle for one batch file (and the `earlier` batches gathered before it: one training for all).
 
-    A batch processed before returns its recorded outcome (`already_processed`) unless `force`. A challenger that
-    passes the gate is packaged as a Bento, then promoted directly (`canary.enabled: false`, or no champion yet) or
-    through a canary on the service at `canary.service_url`, replaying `canary_traffic` (a raw batch file) if given.
-    `replaces` is the id of an accepted batch this file re-delivers (the same period, e.g. a month first delivered cut
-    short): it is set aside under data/superseded/ and this batch trains in its place; a quarantined re-delivery is
-    judged again. The cycle holds the workspace lock (one cycle writes a workspace at a time; a second waits up to
-    `retrain.lock_timeout_seconds`, then fails with WorkspaceBusy naming the holder, its batch recorded `failed` and
-    taken again by the next run). Raises BatchQuarantined when the batch fails a blocking check, RuntimeError when
-    another live run holds its claim, ValueError for a `replaces` that names no accepted batch of the same period;
-    any other failure takes every batch the cycle accepted back out of training, records the batch `failed` and is
-    raised.
+    A batch processed before returns its recorded outcome (`already_processed`) unless `force`. A gate pass is
+    packaged, then promoted directly (`canary.enabled: false` or no champion yet) or canaried on the service at
+    `canary.service_url` (replaying `canary_traffic`, a raw batch file, if given). `replaces`: the id of an accepted
+    batch this file re-delivers (same period): set aside under data/superseded/, this batch trains in its place.
+    Holds the workspace lock (see io/locks.py). Raises BatchQuarantined, RuntimeError (a live run holds the claim),
+    ValueError (a bad `replaces`); any other failure undoes the cycle's acceptances (`record_failure`) and re-raises.
     """
     params = workspace.load_params()
     connect(workspace.root)
@@ -170,11 +165,9 @@ def retrain_batch(
     previous = record.get(identifier)
     rejudged = replaces is not None and previous is not None and previous["status"] == CycleStatus.QUARANTINED
     if previous and previous["status"] not in RETRYABLE and not (force or rejudged):
-        log.info("batch %s (%s) was already processed: %s", identifier, batch.name, previous["status"])
-        return recorded(previous).but(already_processed=True)
+        return already_processed(previous, batch, log)
     replaced = check_replacement(record, replaces, identifier, workspace.path(params.data.batches_dir))
-    if not record.claim(identifier, str(batch), force=force or rejudged):
-        raise RuntimeError(f"batch {identifier} is being processed by another run (pid {record.owner(identifier)})")
+    claim(record, identifier, batch, force or rejudged)
     cycle = Cycle(params, workspace, record, batch, identifier, previous, steps, log, replaces, replaced)
     try:
         with workspace_lock(
@@ -186,6 +179,18 @@ def retrain_batch(
     except BaseException as exc:
         record_failure(cycle, exc)
         raise
+
+
+def already_processed(previous: dict, batch: Path, log: logging.Logger | logging.LoggerAdapter) -> CycleResult:
+    """The recorded outcome of a batch processed before, marked as such."""
+    log.info("batch %s (%s) was already processed: %s", previous["batch_id"], batch.name, previous["status"])
+    return recorded(previous).but(already_processed=True)
+
+
+def claim(record: BatchRecord, identifier: str, batch: Path, force: bool) -> None:
+    """Claim the batch for this process; RuntimeError naming the live run that holds it."""
+    if not record.claim(identifier, str(batch), force=force):
+        raise RuntimeError(f"batch {identifier} is being processed by another run (pid {record.owner(identifier)})")
 
 
 def check_replacement(record: BatchRecord, replaces: str | None, identifier: str, batches_dir: Path) -> dict | None:

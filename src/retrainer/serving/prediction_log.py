@@ -388,8 +388,7 @@ def replay_journal(
     logged without features. A request the log refuses goes to the dead-letter file; a segment is deleted only when
     each of its requests is in one of the two, else it stays for the next replay and counts as `kept`.
     """
-    written = predictions = already = kept = 0
-    errors: list[str] = []
+    parts = []
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
         fd = os.open(path, os.O_RDWR)
         try:
@@ -397,29 +396,42 @@ def replay_journal(
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a running service holds it
-            left = 0
-            for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    done = _replay_line(log, orjson.loads(line), dead_letter, features)
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
-                    left += 1
-                    errors.append(f"{path.name} line {number}: {type(exc).__name__}: {exc}")
-                    continue
-                if done is None:
-                    already += 1
-                elif done:
-                    written, predictions = written + 1, predictions + done
-                else:
-                    errors.append(f"{path.name} line {number}: the log refused it, kept in {dead_letter.name}")
-            if left:
-                kept += left
-            else:
-                path.unlink(missing_ok=True)
+            parts.append(_replay_segment(log, path, dead_letter, features))
         finally:
             os.close(fd)
-    return Recovery(written, predictions, already, kept, tuple(errors))
+    return Recovery(
+        *(sum(getattr(part, name) for part in parts) for name in ("written", "predictions", "already_logged", "kept")),
+        tuple(error for part in parts for error in part.errors),
+    )
+
+
+def _replay_segment(
+    log: PredictionLog,
+    path: Path,
+    dead_letter: Path,
+    features: Callable[[Sequence[Mapping[str, object]]], Mapping[str, object]] | None,
+) -> Recovery:
+    """One locked journal segment into the log (see `replay_journal`); deleted when nothing of it is left."""
+    written = predictions = already = left = 0
+    errors: list[str] = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            done = _replay_line(log, orjson.loads(line), dead_letter, features)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
+            left += 1
+            errors.append(f"{path.name} line {number}: {type(exc).__name__}: {exc}")
+            continue
+        if done is None:
+            already += 1
+        elif done:
+            written, predictions = written + 1, predictions + done
+        else:
+            errors.append(f"{path.name} line {number}: the log refused it, kept in {dead_letter.name}")
+    if not left:
+        path.unlink(missing_ok=True)
+    return Recovery(written, predictions, already, left, tuple(errors))
 
 
 def _replay_line(
