@@ -151,10 +151,9 @@ def retrain_batch(
 ) -> CycleResult:
     """One retrain cycle for one batch file (and the `earlier` batches gathered before it: one training for all).
 
-    A batch processed before returns its recorded outcome (`already_processed`) unless `force`. A gate pass is
-    packaged, then promoted directly (`canary.enabled: false` or no champion yet) or canaried on the service at
-    `canary.service_url` (replaying `canary_traffic`, a raw batch file, if given). `replaces`: the id of an accepted
-    batch this file re-delivers (same period): set aside under data/superseded/, this batch trains in its place.
+    A batch processed before returns its recorded outcome unless `force`. A gate pass is packaged, then promoted
+    directly (no canary or no champion) or canaried at `canary.service_url`, replaying `canary_traffic` if given.
+    `replaces`: an accepted batch this file re-delivers (same period), set aside under data/superseded/.
     Holds the workspace lock (see io/locks.py). Raises BatchQuarantined, RuntimeError (a live run holds the claim),
     ValueError (a bad `replaces`); any other failure undoes the cycle's acceptances (`record_failure`) and re-raises.
     """
