@@ -81,13 +81,6 @@ def same_period_batches(params: Params, root: Path, completeness: dict) -> list[
     ]
 
 
-def training_reference(root: Path) -> pd.DataFrame | None:
-    """The training rows new batches are compared with (drift, row share), or None before the first training."""
-    from retrainer.stages import TRAIN
-
-    return pd.read_parquet(root / TRAIN) if (root / TRAIN).exists() else None
-
-
 def get_suite_runner(params: Params) -> steps.SuiteRunner:
     """The GX suite runner for these params, built once per process and configuration."""
     key = params_hash(params)

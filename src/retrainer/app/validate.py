@@ -6,9 +6,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from retrainer.config import Params
 from retrainer.io.project import Workspace
 from retrainer.io.tables import write_json
+from retrainer.stages import TRAIN
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,12 @@ class BatchValidation:
         return [format_entry(f).strip().removeprefix("- ") for f in self.failures]
 
 
+def training_reference(workspace: Workspace) -> pd.DataFrame | None:
+    """The training rows new batches are compared with (drift, row share), or None before the first training."""
+    train = workspace.path(TRAIN)
+    return pd.read_parquet(train) if train.exists() else None
+
+
 def validate_batch(
     path: Path, params: Params, workspace: Workspace, identifier: str | None = None, replaces: str | None = None
 ) -> BatchValidation:
@@ -48,13 +57,13 @@ def validate_batch(
     batch.
     """
     from retrainer.io.batches import is_accepted
-    from retrainer.validation import format_outcome, freshness_floor, training_reference, validate_batch_file
+    from retrainer.validation import format_outcome, freshness_floor, validate_batch_file
 
     started = time.perf_counter()
     batches = workspace.path(params.data.batches_dir)
     accepted = bool(identifier) and is_accepted(batches, identifier)
     until = None if accepted else freshness_floor(params, workspace.root, exclude=[replaces] if replaces else [])
-    reference = training_reference(workspace.root)
+    reference = training_reference(workspace)
     outcome = validate_batch_file(path, params, workspace.root, reference=reference, trained_until=until)
     if identifier and outcome.passed and not accepted:
         write_json(outcome.report, batches / f"{identifier}.validation.json")

@@ -27,6 +27,8 @@ def _iso_text(text: str) -> str:
         try:
             parsed = parse_time_column(pd.DataFrame({"t": [text]}), "t")["t"].iloc[0]
         except ValueError:
+            parsed = pd.NaT
+        if pd.isna(parsed):  # pandas reads "" as missing: a time is required here
             raise ValueError(f"{text!r} is not an ISO 8601 time") from None
         return _json_instant(parsed.to_pydatetime())
 
