@@ -12,11 +12,18 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from retrainer.steps.ingest import parse_time_column
+from retrainer.steps.normalise import (
+    MAX_EXAMPLES,
+    drop_empty_rows,
+    parse_time_values,
+    plural,
+    read_entry,
+    trim_text_columns,
+)
 
 if TYPE_CHECKING:
     from retrainer.config import Params
@@ -28,7 +35,6 @@ SNIFF_BYTES = 64 * 1024
 OTHER_DELIMITERS = (";", "\t", "|")
 # a record of only delimiters, spaces and quoted empty cells: what spreadsheet exports leave below the data
 BARE_RECORD = re.compile(r'[ \t"]*,[, \t"]*')
-MAX_EXAMPLES = 5
 SIGNATURES = (
     (b"\x1f\x8b", "gzip-compressed"),
     (b"PK\x03\x04", "a zip archive (e.g. .xlsx or .zip)"),
@@ -89,21 +95,6 @@ class BatchTable:
     frame: pd.DataFrame
     notes: list[dict] = field(default_factory=list)
     problems: list[dict] = field(default_factory=list)
-
-
-def read_entry(check: str, column: str | None, severity: str, count: int, reason: str, **extra: Any) -> dict:
-    """One note or problem of reading, in the shape of a validation failure/warning entry."""
-    return {
-        "check": check,
-        "expectation": "batch_file_reads_cleanly",
-        "column": column,
-        "severity": severity,
-        "unexpected_count": count,
-        "examples": extra.pop("examples", []),
-        "observed": None,
-        "reason": reason,
-        **extra,
-    }
 
 
 def hash_file(path: Path, length: int = 16) -> str:
@@ -218,7 +209,7 @@ def describe_lines(lines: list[int], last_line: int) -> str:
     at_end = lines == list(range(last_line - len(lines) + 1, last_line + 1))
     where = " at the end of the file" if at_end else ""
     span = f"{lines[0]}-{lines[-1]}" if at_end and len(lines) > 1 else ", ".join(map(str, lines[:MAX_EXAMPLES]))
-    return f"{len(lines)} empty row{'s' if len(lines) > 1 else ''}{where} (line{'s' if len(lines) > 1 else ''} {span})"
+    return f"{plural(len(lines), 'empty row')}{where} (line{'s' if len(lines) > 1 else ''} {span})"
 
 
 def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
@@ -236,7 +227,8 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
         raise BatchParseError(
             "truncated", f"{name}: the last row has {len(last)} fields, the header {len(header)}{ending}"
         )
-    frame = read_csv_text(text, name, missing_cells(header, options))
+    missing = missing_cells(header, options)
+    frame = read_csv_text(text, name, missing)
     if not may_hold_bare_records(frame, rows[-1], options):  # the common case: no line-by-line scan of the text
         return BatchTable(frame)
     text, bare = drop_bare_records(text)
@@ -244,7 +236,7 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
         return BatchTable(frame)
     reason = f"{describe_lines(bare, len(rows) + 1)} of only delimiters: dropped"
     note = read_entry("empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES])
-    return BatchTable(read_csv_text(text, name, missing_cells(header, options)), [note])
+    return BatchTable(read_csv_text(text, name, missing), [note])
 
 
 def may_hold_bare_records(frame: pd.DataFrame, last_line: str, options: ReadOptions) -> bool:
@@ -290,71 +282,3 @@ def read_missing_texts(path: Path, options: ReadOptions, columns: list[str]) -> 
         if len(found):
             counts[column] = {str(k): int(v) for k, v in found.items()}
     return counts
-
-
-def drop_empty_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """The frame without rows whose every cell is missing, and a note counting them (0-based row numbers)."""
-    empty = frame.isna().all(axis=1)
-    if not empty.any():
-        return frame, []
-    rows = [int(i) for i in frame.index[empty]]
-    reason = f"{plural(len(rows), 'row')} with every cell missing: dropped"
-    note = read_entry("empty_rows", None, "warn", len(rows), reason, rows=rows[:MAX_EXAMPLES])
-    return frame.loc[~empty].reset_index(drop=True), [note]
-
-
-def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[dict]]:
-    """Text columns without surrounding whitespace (Python's `str.strip`, as pydantic's `str_strip_whitespace` in the
-    service), one warning per column that had any, with the count and a few original values. A cell of nothing but
-    whitespace is empty once trimmed, and an empty cell is missing."""
-    notes, out = [], frame
-    for column in columns:
-        if column not in frame or not isinstance(frame[column].dtype, pd.StringDtype):
-            continue
-        values = frame[column]
-        stripped = values.str.strip()
-        changed = ((stripped != values) & values.notna()).to_numpy(dtype=bool)
-        if not changed.any():
-            continue
-        out = out.assign(**{column: stripped.mask(stripped == "")})
-        count = int(changed.sum())
-        rows = [int(i) for i in frame.index[changed][:MAX_EXAMPLES]]
-        examples = [shorten(str(v)) for v in values[changed].unique()[:MAX_EXAMPLES]]
-        blank = int((stripped[changed] == "").sum())
-        emptied = f"; {blank} of them only whitespace, now missing" if blank else ""
-        reason = f"{plural(count, 'value')} had surrounding whitespace: trimmed{emptied} (e.g. {', '.join(examples)})"
-        notes.append(read_entry(f"whitespace.{column}", column, "warn", count, reason, rows=rows, examples=examples))
-    return out, notes
-
-
-def shorten(text: str, limit: int = 40) -> str:
-    """A value's repr, cut to `limit` characters (a cell padded with thousands of spaces stays readable)."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else f"{shown[: limit - 12]}...({len(text)} chars)"
-
-
-def plural(count: int, noun: str) -> str:
-    """`1 value`, `3 values`."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def parse_time_values(frame: pd.DataFrame, time_column: str | None) -> tuple[pd.DataFrame, list[dict]]:
-    """The frame with its time column as UTC timestamps (any ISO 8601 spelling); values that do not parse are one
-    blocking problem naming their rows, and the column is left as text for the dtype check."""
-    if not time_column or time_column not in frame.columns:
-        return frame, []
-    try:
-        return parse_time_column(frame, time_column), []
-    except (ValueError, TypeError, OverflowError):
-        pass
-    values = frame[time_column]
-    parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
-    bad = (parsed.isna() & values.notna()).to_numpy(dtype=bool)
-    rows = [int(i) for i in frame.index[bad][:MAX_EXAMPLES]]
-    examples = [str(v) for v in values[bad][:MAX_EXAMPLES]]
-    shown = ", ".join(f"row {r} {v!r}" for r, v in zip(rows, examples, strict=True))
-    reason = f"{int(bad.sum())} values are not ISO 8601 times (e.g. {shown})"
-    entry = read_entry(
-        f"times.{time_column}", time_column, "block", int(bad.sum()), reason, rows=rows, examples=examples
-    )
-    return frame, [entry]

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psutil
-
 from retrainer.io.batch_files import hash_file
+from retrainer.io.processes import owner_alive, this_process
 from retrainer.io.tables import BATCH_SUFFIXES
 from retrainer.outcomes import RETRYABLE, CycleStatus
 
@@ -81,22 +79,6 @@ def restore(archive: Path, identifier: str, batches_dir: Path) -> list[Path]:
     moved = [Path(shutil.move(path, batches_dir / path.name)) for path in sorted(source.iterdir())]
     source.rmdir()
     return moved
-
-
-def this_process() -> tuple[int, float]:
-    """The current process's id and start time: together they name it (a pid alone is reused)."""
-    return os.getpid(), psutil.Process().create_time()
-
-
-def owner_alive(pid: int | None, started: float | None) -> bool:
-    """Whether the process that made a claim still runs (same pid and the same start time, not a zombie)."""
-    if pid is None or started is None:
-        return True  # a claim from before owners were recorded: only its age can retire it
-    try:
-        process = psutil.Process(pid)
-        return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 class BatchRecord:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from retrainer.io.batches import owner_alive, this_process
+from retrainer.io.processes import owner_alive, this_process
 
 
 class WorkspaceBusy(RuntimeError):

@@ -1,5 +1,5 @@
-"""Server subprocesses on loopback: a free port, waiting for readiness, stopping the whole process group, and
-children that die with their parent."""
+"""Processes: server subprocesses on loopback (a free port, waiting for readiness, stopping the whole process group,
+children that die with their parent) and the identity of a process that owns a claim or a lock."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 PARENT_PID_ENV = "RETRAINER_SERVE_PID"  # the pid a server's workers must have as parent (set by `retrainer serve`)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -97,3 +99,19 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
                 return True
             raise
     return False
+
+
+def this_process() -> tuple[int, float]:
+    """The current process's id and start time: together they name it (a pid alone is reused)."""
+    return os.getpid(), psutil.Process().create_time()
+
+
+def owner_alive(pid: int | None, started: float | None) -> bool:
+    """Whether the process that made a claim still runs (same pid and the same start time, not a zombie)."""
+    if pid is None or started is None:
+        return True  # a claim from before owners were recorded: only its age can retire it
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
