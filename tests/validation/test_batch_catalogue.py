@@ -543,8 +543,14 @@ FIELDS = 19  # columns of the raw flights schema
 
 @pytest.mark.parametrize(
     "record",
-    [b"," * (FIELDS - 1), b",".join([b'""'] * 1 + [b""] * (FIELDS - 1)), b",".join([b'""', b'""', b" "] + [b""] * 16)],
-    ids=["bare commas", "one quoted empty cell", "quoted empty cells and a space"],
+    [
+        b"," * (FIELDS - 1),
+        b",".join([b'""'] * 1 + [b""] * (FIELDS - 1)),
+        b",".join([b'""', b'""', b" "] + [b""] * 16),
+        b",,,",
+        b'"",,,',
+    ],
+    ids=["bare commas", "one quoted empty cell", "quoted empty cells and a space", "short", "short and quoted"],
 )
 def test_spreadsheet_rows_of_bare_commas_at_the_end_are_dropped_and_counted(
     record, march, params, suite_runner, tmp_path

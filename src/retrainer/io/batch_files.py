@@ -221,7 +221,9 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
     """
     text = decode_text(data, name)
     header, rows = split_header(text, name)
-    last = next(csv.reader([rows[-1]]), [])
+    # a file cut short shows in its last data record; bare records after it (any width) are dropped below
+    last_data = next((row for row in reversed(rows) if not BARE_RECORD.fullmatch(row)), rows[-1])
+    last = next(csv.reader([last_data]), [])
     if len(last) != len(header):
         ending = "" if text.endswith(("\n", "\r")) else " and no final newline"
         raise BatchParseError(
