@@ -8,6 +8,7 @@ This module uses its own registry home, so the session-wide registry of the othe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -342,3 +343,31 @@ def test_cli_rollback_reports_a_service_it_could_not_tell(canary_server: Server,
         "reason": f"the service at {canary_server.url} was not switched: RETRAINER_ADMIN_TOKEN is not set",
     }
     assert httpx.get(f"{canary_server.url}/rollout", timeout=10).json()["champion_version"] == "2"
+
+
+def test_traffic_the_service_refuses_rolls_back_naming_the_refusal(
+    canary_server: Server, canary_registry: Registry, seed_flights: pd.DataFrame, tmp_path: Path
+):
+    """Replayed rows without a required field: every request is a 400, and the rollback says so (not "traffic
+    source exhausted"), with the field the service named."""
+    name = canary_registry.model_name
+    champion = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()["champion_version"]
+    registry.set_alias(name, registry.CHAMPION, champion)  # earlier tests may have left the two apart
+    challenger = "2" if champion == "1" else "1"
+    registry.set_alias(name, registry.CHALLENGER, challenger)
+    path = tmp_path / "no-carrier.parquet"
+    seed_flights.loc[seed_flights["month"] == 2].iloc[:400].drop(columns=["carrier"]).to_parquet(path, index=False)
+
+    result = _run(canary_server, canary_registry, challenger, champion, str(path))
+
+    assert result["outcome"] == CanaryOutcome.ROLLED_BACK, result
+    reason = result["steps"][0]["decision"]["reasons"][0]
+    refused = r"all \d+ replayed requests failed \(400 x \d+; first: .*records\[0\]\.carrier: Field required"
+    assert re.match(refused, reason), reason
+    assert registry.alias_version(name, registry.CHAMPION) == champion
+
+
+def test_replayed_traffic_carries_no_outcome_column(params: Params, seed_flights: pd.DataFrame):
+    records, labels = _traffic(params, seed_flights, 0, 50)
+    assert not set(params.data.outcome_columns) & set().union(*records)
+    assert set(labels) <= {0, 1, None} and len(labels) == 50
