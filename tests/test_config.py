@@ -70,3 +70,9 @@ def test_monitor_thresholds_are_checked_by_key(tmp_path):
     path = _write(tmp_path, lambda raw: raw["monitor"]["trigger"].update(rearm_level=1.5))
     with pytest.raises(ConfigError, match=r"monitor\.trigger\.rearm_level"):
         load_params(path)
+
+
+def test_a_feature_no_request_can_carry_is_refused(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["features"]["numeric"].append("cabin_pressure"))
+    with pytest.raises(ConfigError, match=r"features: \['cabin_pressure'\] are neither in validate.columns"):
+        load_params(path)

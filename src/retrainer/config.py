@@ -403,6 +403,13 @@ class Params(_WithValidate):
             raise ValueError(f"monitor.drift.exclude: {unknown} are not in features")
         if self.train.model not in self.train.search.space:
             raise ValueError(f"train.search.space: no search space for train.model '{self.train.model}'")
+        joined = {name for ref in self.data.references for name in ref.columns.values()}
+        unmade = sorted(set(self.features.all) - set(self.validate.columns) - joined)
+        if unmade:
+            raise ValueError(
+                f"features: {unmade} are neither in validate.columns (the batch schema) nor joined from "
+                "data.references: the service could not build them from a request"
+            )
         return self
 
 
