@@ -77,9 +77,9 @@ def test_a_valid_record_is_typed_trimmed_and_stripped_of_unknown_fields(loans: P
 @pytest.mark.parametrize(
     ("change", "field", "message"),
     [
-        ({"age": True}, "age", "not bool"),  # JSON true is not the number 1
-        ({"age": "41"}, "age", "not str"),
-        ({"age": 41.5}, "age", "fractional part"),
+        ({"age": True}, "age", "valid integer"),  # JSON true is not the number 1
+        ({"age": "41"}, "age", "valid integer"),
+        ({"age": 41.0}, "age", "valid integer"),
         ({"age": 17}, "age", "greater than or equal to 18"),
         ({"amount": 0}, "amount", "greater than 0"),
         ({"amount": True}, "amount", "valid number"),
@@ -147,3 +147,24 @@ def test_a_routing_field_outside_the_schema_is_a_config_error(loans: Params):
     raw["serve"]["routing_key"] = ["loan_id", "branch"]
     with pytest.raises(ValueError, match=r"serve.routing_key: \['branch'\] are not in validate.columns"):
         Params.model_validate(raw)
+
+
+def test_client_rows_drop_outcomes_and_send_whole_floats_of_integer_columns_as_integers(loans: Params):
+    import pandas as pd
+
+    from retrainer.serving.schema import client_rows
+
+    frame = pd.DataFrame(
+        {
+            "loan_id": [1.0, None, 3.0],  # an integer column pandas holds as floats (a missing cell)
+            "age": [40.0, 41.5, 42.0],  # a fractional value stays as it is, for the schema to refuse
+            "applied_at": pd.to_datetime(["2020-03-02T09:30:00Z"] * 3),
+            "defaulted": [0, 1, 0],
+            "repaid_amount": [1.0, 2.0, 3.0],
+        }
+    )
+    rows = client_rows(frame, loans)
+    assert [r["loan_id"] for r in rows] == [1, None, 3] and isinstance(rows[0]["loan_id"], int)
+    assert [r["age"] for r in rows] == [40.0, 41.5, 42.0]
+    assert not {"defaulted", "repaid_amount"} & set().union(*rows)
+    assert rows[0]["applied_at"].startswith("2020-03-02T09:30:00")

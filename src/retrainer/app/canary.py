@@ -8,7 +8,6 @@ through `retrainer.io.registry`, and the service's admin endpoints through `retr
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -83,10 +82,11 @@ class StepReport:
 def labelled_traffic(raw: pd.DataFrame, params: Params) -> tuple[list[dict], list[int | None]]:
     """Raw-schema rows as a client sends them (without params' outcome columns: the target and the leaking columns)
     and their delayed labels (None where the target is missing)."""
+    from retrainer.serving.schema import client_rows
+
     target = params.data.target
     labels = [None if pd.isna(v) else int(v > target.threshold) for v in raw[target.column]]
-    sent = raw.drop(columns=[c for c in params.data.outcome_columns if c in raw.columns])
-    return json.loads(sent.to_json(orient="records", date_format="iso")), labels
+    return client_rows(raw, params), labels
 
 
 def load_traffic(path: Path, params: Params) -> tuple[list[dict], list[int | None]]:

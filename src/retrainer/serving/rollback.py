@@ -89,16 +89,14 @@ def golden_set_path(home: Path) -> Path:
 def sample_golden_set(params: Params, root: Path) -> list[dict]:
     """`serve.golden_rows` records drawn (seed `train.seed`) from the raw rows training reads, as a client sends
     them: outcome columns removed, checked by the request schema (rows it refuses are not drawn)."""
-    from retrainer.serving.schema import InvalidRecords, record_schema
+    from retrainer.serving.schema import InvalidRecords, client_rows, record_schema
     from retrainer.stages import load_raw
 
     raw = load_raw(params, root)
-    sent = raw.drop(columns=[c for c in params.data.outcome_columns if c in raw.columns])
-    order = np.random.default_rng(params.train.seed).permutation(len(sent))
+    order = np.random.default_rng(params.train.seed).permutation(len(raw))
     schema, chosen, wanted = record_schema(params), [], params.serve.golden_rows
     for first in range(0, len(order), 2 * wanted):  # draw in chunks: dumping every row to JSON would cost seconds
-        chunk = sent.iloc[order[first : first + 2 * wanted]]
-        for row in json.loads(chunk.to_json(orient="records", date_format="iso")):
+        for row in client_rows(raw.iloc[order[first : first + 2 * wanted]], params):
             try:
                 chosen.extend(schema.json_records([row]))
             except InvalidRecords:
@@ -114,14 +112,12 @@ def golden_records(params: Params, root: Path, golden_path: Path | None = None) 
     """(where they come from, the golden records as the service receives them): the records in `golden_path` (a raw
     batch file; InvalidRecords when one does not match the request schema), else the workspace's golden set, drawn
     and stored the first time it is needed."""
-    from retrainer.serving.schema import record_schema
+    from retrainer.serving.schema import client_rows, record_schema
 
     if golden_path is not None:
         from retrainer.io.tables import read_table
 
-        frame = read_table(golden_path)
-        frame = frame.drop(columns=[c for c in params.data.outcome_columns if c in frame.columns])
-        rows = json.loads(frame.to_json(orient="records", date_format="iso"))
+        rows = client_rows(read_table(golden_path), params)
         return str(golden_path), record_schema(params).json_records(rows)
     stored = golden_set_path(home_dir(root))
     if not stored.is_file():
