@@ -70,3 +70,18 @@ def test_monitor_thresholds_are_checked_by_key(tmp_path):
     path = _write(tmp_path, lambda raw: raw["monitor"]["trigger"].update(rearm_level=1.5))
     with pytest.raises(ConfigError, match=r"monitor\.trigger\.rearm_level"):
         load_params(path)
+
+
+def test_dvc_params_must_be_the_chosen_params_file(tmp_path, monkeypatch):
+    from retrainer.config import require_dvc_params
+
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    (tmp_path / "copy.yaml").write_text("a: 1\n")
+    (tmp_path / "other.yaml").write_text("a: 2\n")
+    monkeypatch.delenv("RETRAINER_PARAMS", raising=False)
+    assert require_dvc_params(tmp_path) == (tmp_path / "params.yaml").resolve()
+    monkeypatch.setenv("RETRAINER_PARAMS", str(tmp_path / "copy.yaml"))
+    assert require_dvc_params(tmp_path) == (tmp_path / "copy.yaml").resolve()
+    monkeypatch.setenv("RETRAINER_PARAMS", str(tmp_path / "other.yaml"))
+    with pytest.raises(ConfigError, match=r"DVC reads .*params\.yaml .* not other\.yaml"):
+        require_dvc_params(tmp_path)

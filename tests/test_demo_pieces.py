@@ -111,3 +111,16 @@ def test_a_months_batch_and_traffic_are_cut_on_the_time_column_and_named_after_t
     assert traffic.name == "serve-2019-08.csv" and pd.read_csv(traffic)["id"].tolist() == [4]
     assert batch_month(batch.name, pd.Period("2000-01", "M")) == pd.Period("2019-07", "M")
     assert batch_month("other.csv", pd.Period("2000-01", "M")) == pd.Period("2000-01", "M")
+
+
+def test_a_trailing_month_too_small_to_be_a_batch_is_left_to_the_month_before(tmp_path):
+    from retrainer.demo import data_months
+
+    july = pd.date_range("2019-07-01", "2019-07-31", periods=600, tz="UTC")
+    times = july.append(pd.DatetimeIndex(["2019-08-01T01:00Z", "2019-08-01T02:00Z"]))
+    seed = tmp_path / "seed.parquet"
+    pd.DataFrame({"ts": times}).to_parquet(seed)
+    assert data_months(seed, "ts", "2019-06-01") == [pd.Period("2019-07", "M"), pd.Period("2019-08", "M")]
+    assert data_months(seed, "ts", "2019-06-01", min_rows=500) == [pd.Period("2019-07", "M")]
+    data = DemoData(seed, "ts", "x", pd.Period("2019-07", "M"))
+    assert len(data.month_rows(pd.Period("2019-07", "M"))) == 602

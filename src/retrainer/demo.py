@@ -63,11 +63,18 @@ def month_start(month: pd.Period) -> pd.Timestamp:
     return month.start_time.tz_localize("UTC")
 
 
-def data_months(seed_path: Path, time_column: str, after: str) -> list[pd.Period]:
-    """The calendar months (UTC) in which the seed holds rows at or after `after` (data.bootstrap.end), in order."""
+def data_months(seed_path: Path, time_column: str, after: str, min_rows: int = 1) -> list[pd.Period]:
+    """The calendar months (UTC) in which the seed holds rows at or after `after` (data.bootstrap.end), in order.
+
+    Trailing months with fewer than `min_rows` rows (validate.row_count.min: too few to be a batch) are left to the
+    month before, whose batch keeps every later row (the flights of 31 December evening are 2014 in UTC).
+    """
     times = read_seed(seed_path, time_column)[time_column]
     later = times[times >= pd.Timestamp(after, tz="UTC")]
-    return sorted(later.dt.tz_localize(None).dt.to_period("M").unique())
+    counts = later.dt.tz_localize(None).dt.to_period("M").value_counts().sort_index()
+    while len(counts) > 1 and counts.iloc[-1] < min_rows:
+        counts = counts.iloc[:-1]
+    return list(counts.index)
 
 
 def select_months(spec: str | None, available: list[pd.Period]) -> list[pd.Period]:
@@ -113,7 +120,7 @@ class DemoData:
     def from_params(cls, params: Params, root: Path) -> DemoData:
         """The demo's data as `params` name it (paths relative to `root`)."""
         seed, time_column = root / params.data.batch_source, params.data.time_column
-        months = data_months(seed, time_column, params.data.bootstrap.end)
+        months = data_months(seed, time_column, params.data.bootstrap.end, params.validate.row_count.min)
         name = params.data.name or params.tracking.registered_model
         return cls(seed, time_column, name, months[-1] if months else pd.Period(params.data.bootstrap.end, "M"))
 
@@ -479,8 +486,8 @@ def plan_months(root: Path, params_file: str | None, spec: str | None) -> list[p
     """The months the demo feeds: those `--months` names (`select_months`) among the calendar months the params'
     data.batch_source holds after data.bootstrap.end. Raises ConfigError (params) or ValueError (the months)."""
     params = load_params(params_file or root / "params.yaml")
-    data = params.data
-    return select_months(spec, data_months(root / data.batch_source, data.time_column, data.bootstrap.end))
+    data, min_rows = params.data, params.validate.row_count.min
+    return select_months(spec, data_months(root / data.batch_source, data.time_column, data.bootstrap.end, min_rows))
 
 
 def run_demo(

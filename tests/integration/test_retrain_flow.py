@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
-from retrainer.demo import write_month_batch
+from retrainer.config import load_params
+from retrainer.demo import DemoData
 from retrainer.io import registry
 from retrainer.io.batches import BatchRecord, batch_id
 from retrainer.io.tables import read_json
@@ -30,7 +32,7 @@ CANARY = {
     "max_seconds_per_step": 60,
     "feedback_delay_seconds": 0.2,
 }
-ALL_STAGES = ("validate", "ingest", "split", "train", "evaluate", "register")
+ALL_STAGES = ("validate", "reference@0", "reference@1", "ingest", "split", "train", "evaluate", "register")
 
 
 def _small_params(source: Path, dest: Path) -> Path:
@@ -60,8 +62,9 @@ def _small_params(source: Path, dest: Path) -> Path:
 
 
 def _sample_batch(project_root: Path, month: int, staging: Path, name: str, every: int) -> Path:
-    """Every `every`-th flight of a month, cut line by line from the CSV `write_month_batch` writes."""
-    full = write_month_batch(project_root / "seeds" / "flights.parquet", month, staging / f"full-{month:02d}")
+    """Every `every`-th flight of a month, cut line by line from the CSV batch the demo writes."""
+    seed = DemoData.from_params(load_params(project_root / "params.yaml"), project_root)
+    full = seed.write_batch(pd.Period(year=2013, month=month, freq="M"), staging / f"full-{month:02d}")
     header, *rows = full.read_text().splitlines(keepends=True)
     path = staging / name
     path.write_text(header + "".join(rows[::every]))
