@@ -107,7 +107,7 @@ def main() -> None:
     from retrainer.config import load_params
     from retrainer.serving.features import FeatureBuilder, load_references
     from retrainer.serving.prediction_log import PredictionLog, read_predictions
-    from retrainer.serving.schema import json_records
+    from retrainer.serving.schema import record_schema
 
     params = load_params(ROOT / "params.yaml")
     numeric, categorical = list(params.features.numeric), list(params.features.categorical)
@@ -115,7 +115,7 @@ def main() -> None:
     flights = pd.read_parquet(ROOT / "seeds" / "flights.parquet")
     outcomes = ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]
     february = flights.loc[flights["month"] == 2].drop(columns=outcomes).head(20_000)
-    records = json_records(json.loads(february.to_json(orient="records", date_format="iso")))
+    records = record_schema(params).json_records(json.loads(february.to_json(orient="records", date_format="iso")))
     rng = np.random.default_rng(5)
     folder = Path(tempfile.mkdtemp(prefix="retrainer-log-bench-"))
     try:

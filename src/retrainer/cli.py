@@ -270,7 +270,12 @@ def recover_log() -> None:
 @app.command()
 def rollback(
     golden: Annotated[
-        Path | None, typer.Option("--golden", help="Golden set (raw records; default seeds/golden.csv).")
+        Path | None,
+        typer.Option(
+            "--golden",
+            help="A golden set of your own (raw records, CSV or Parquet). Default: the workspace's, drawn once "
+            "(serve.golden_rows rows, seed train.seed) from the training data at the first promotion.",
+        ),
     ] = None,
     expected: Annotated[
         str | None, typer.Option("--expected", help="Refuse unless the champion is still this version.")

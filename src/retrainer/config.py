@@ -53,6 +53,11 @@ class DataConfig(_Frozen):
     bootstrap: Window
     batches_dir: str = "data/batches"
 
+    @property
+    def outcome_columns(self) -> tuple[str, ...]:
+        """Columns known only after the fact (the target and the leaking columns): never asked of a client."""
+        return tuple(dict.fromkeys((self.target.column, *self.leaking_columns)))
+
 
 class FeaturesConfig(_Frozen):
     numeric: tuple[str, ...] = ()
@@ -167,6 +172,10 @@ class ServeConfig(_Frozen):
     max_request_bytes: int = Field(
         default=8 << 20, ge=1024, description="larger request bodies are refused (413) before they are read"
     )
+    routing_key: tuple[str, ...] = Field(
+        default=(), description="record fields whose values pick the arm (sticky); empty: data.key_columns"
+    )
+    golden_rows: int = Field(default=200, ge=10, description="rows in the golden set `retrainer rollback` replays")
 
 
 class RetrainConfig(_Frozen):
@@ -359,6 +368,10 @@ with warnings.catch_warnings():
             missing = sorted(needed - set(self.validate.columns))
             if missing:
                 raise ValueError(f"validate.columns: lacks {missing} (time column, target or key columns)")
+            serve = getattr(self, "serve", None)
+            routing = sorted(set(serve.routing_key if serve else ()) - set(self.validate.columns))
+            if routing:
+                raise ValueError(f"serve.routing_key: {routing} are not in validate.columns")
             return self
 
 

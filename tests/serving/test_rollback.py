@@ -16,13 +16,15 @@ from retrainer.serving.rollback import (
     NoPreviousChampion,
     RollbackConflict,
     golden_record_path,
+    golden_set_path,
     record_golden_predictions,
     rollback,
+    sample_golden_set,
 )
+from retrainer.serving.schema import InvalidRecords, record_schema
 from retrainer.serving.state import load_state, state_path
 
 ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = ROOT / "seeds" / "golden.csv"
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +64,10 @@ def test_rollback_restores_the_previous_champion_and_verifies(params: Params, ho
     name = params.tracking.registered_model
     _v2_promoted_over_v1(params, home)
     for version in ("1", "2"):
-        path = record_golden_predictions(version, params, ROOT, GOLDEN, overwrite=True)
+        path = record_golden_predictions(version, params, ROOT, overwrite=True)
         assert path == golden_record_path(home, version) and len(json.loads(path.read_text())["rows"]) == 200
 
-    report = rollback(params, ROOT, GOLDEN)
+    report = rollback(params, ROOT)
 
     assert (report.from_version, report.to_version) == ("2", "1")
     assert registry.alias_version(name, registry.CHAMPION) == "1"
@@ -77,31 +79,31 @@ def test_rollback_restores_the_previous_champion_and_verifies(params: Params, ho
 
     # v1 was the first champion: a second rollback has nowhere to go, and says so without moving anything.
     with pytest.raises(NoPreviousChampion, match=r"v1 .* nothing to roll back to"):
-        rollback(params, ROOT, GOLDEN)
+        rollback(params, ROOT)
     assert registry.alias_version(name, registry.CHAMPION) == "1"
 
 
 def test_no_champion_at_all_is_a_clear_error(params: Params, home: Path):
     registry.clear_alias(params.tracking.registered_model, registry.CHAMPION)
     with pytest.raises(NoPreviousChampion, match="has no champion"):
-        rollback(params, ROOT, GOLDEN)
+        rollback(params, ROOT)
 
 
 def test_a_stale_expected_champion_is_refused(params: Params, home: Path):
     _v2_promoted_over_v1(params, home)
     with pytest.raises(RollbackConflict, match="champion is v2, not v7"):
-        rollback(params, ROOT, GOLDEN, expected_champion="7")
+        rollback(params, ROOT, expected_champion="7")
     assert registry.alias_version(params.tracking.registered_model, registry.CHAMPION) == "2"
 
 
 def test_a_tampered_golden_record_fails_verification_naming_the_row(params: Params, home: Path):
     _v2_promoted_over_v1(params, home)
-    path = record_golden_predictions("1", params, ROOT, GOLDEN, overwrite=True)
+    path = record_golden_predictions("1", params, ROOT, overwrite=True)
     payload = json.loads(path.read_text())
     payload["rows"][17]["probability"] += 1e-6
     path.write_text(json.dumps(payload))
 
-    report = rollback(params, ROOT, GOLDEN)
+    report = rollback(params, ROOT)
 
     assert report.to_version == "1" and report.verified is False
     assert len(report.mismatches) == 1 and report.mismatches[0].startswith("row 17 (")
@@ -113,7 +115,38 @@ def test_a_version_without_golden_predictions_is_not_verified(params: Params, ho
     _v2_promoted_over_v1(params, home)
     golden_record_path(home, "1").unlink(missing_ok=True)
 
-    report = rollback(params, ROOT, GOLDEN)
+    report = rollback(params, ROOT)
 
     assert report.to_version == "1" and report.verified is False
     assert "no golden predictions recorded for v1" in report.reason
+
+
+def test_the_golden_set_is_drawn_once_from_the_training_data_as_a_client_sends_it(params: Params, home: Path):
+    """No golden file ships with the project: the set is drawn (seeded) from what training reads, outcome columns
+    removed, stored under the home and reused by every version, so rollback verifies on any dataset."""
+    record_golden_predictions("1", params, ROOT, overwrite=True)
+    stored = golden_set_path(home)
+    records = json.loads(stored.read_text())["records"]
+    assert len(records) == params.serve.golden_rows
+    assert not set(params.data.outcome_columns) & set().union(*records)
+    assert record_schema(params).json_records(records) == records, "every golden record is a valid request"
+    assert sample_golden_set(params, ROOT) == records, "the draw is seeded"
+    assert records != sample_golden_set(
+        params.model_copy(update={"train": params.train.model_copy(update={"seed": params.train.seed + 1})}), ROOT
+    )
+    before = stored.stat().st_mtime_ns
+    record_golden_predictions("2", params, ROOT, overwrite=True)
+    assert stored.stat().st_mtime_ns == before
+    digests = {json.loads(golden_record_path(home, v).read_text())["golden_sha256"] for v in ("1", "2")}
+    assert len(digests) == 1
+
+
+def test_a_golden_file_with_an_invalid_record_is_refused_naming_the_field(
+    params: Params, home: Path, seed_flights: pd.DataFrame, tmp_path: Path
+):
+    rows = seed_flights.head(5).copy()
+    rows.loc[rows.index[2], "month"] = 13
+    path = tmp_path / "golden.parquet"
+    rows.to_parquet(path)
+    with pytest.raises(InvalidRecords, match=r"records\[2\]\.month"):
+        record_golden_predictions("1", params, ROOT, path, overwrite=True)

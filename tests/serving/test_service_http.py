@@ -290,12 +290,18 @@ def test_client_errors_have_the_documented_bodies_and_log_one_line(
     invalid = client.post("/predict", json={"records": [{**raw_records(seed_flights, 1)[0], "month": 13}]})
     assert invalid.status_code == 400
     assert isinstance(invalid.json()["error"], str) and isinstance(invalid.json()["detail"], list)
+    assert invalid.json()["detail"][0]["loc"] == ["records", 0, "month"], invalid.text
+    bad_label = client.post("/feedback", json={"prediction_id": "00000000-0000-4000-8000-000000000000", "label": 2})
+    assert bad_label.status_code == 400  # BentoML's own validation: its exception is logged as one line too
     conflict = client.post("/admin/promote", headers=ADMIN)  # no challenger weighted in: nothing to promote
     assert conflict.status_code == 409 and isinstance(conflict.json()["error"], str), conflict.text
     time.sleep(0.5)
     added = server.log_path.read_text()[len(before) :]
     assert "Traceback" not in added, added[-2000:]
-    assert re.search(r"\[WARNING\].*Exception on /predict \[POST\]: 400 ", added), added[-2000:]
+    assert re.search(r"\[WARNING\].*POST /predict: 400 1 invalid field\(s\): records\[0\]\.month: ", added), added[
+        -2000:
+    ]
+    assert re.search(r"\[WARNING\].*Exception on /feedback \[POST\]: 400 ", added), added[-2000:]
 
 
 def test_the_openapi_document_is_valid_and_the_service_keeps_to_it(server: Server, tmp_path):

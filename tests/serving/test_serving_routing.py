@@ -53,11 +53,19 @@ def test_weights_outside_the_unit_interval_are_refused(weight: float):
         RolloutState("1", "2", weight)
 
 
-def test_routing_key_uses_flight_identity_only():
+def test_routing_key_uses_the_configured_fields_only(params):
+    fields = params.serve.routing_key
+    assert fields == ("carrier", "flight", "time_hour")
     record = {"carrier": "UA", "flight": 1545, "time_hour": "2013-01-01T10:00:00Z", "distance": 1400}
-    assert routing_key(record) == "UA|1545|2013-01-01T10:00:00Z"
-    assert routing_key({**record, "distance": 1}) == routing_key(record)
-    assert routing_key({**record, "flight": 1546}) != routing_key(record)
+    assert routing_key(record, fields) == "UA|1545|2013-01-01T10:00:00Z"
+    assert routing_key({**record, "distance": 1}, fields) == routing_key(record, fields)
+    assert routing_key({**record, "flight": 1546}, fields) != routing_key(record, fields)
+
+
+def test_without_routing_fields_the_whole_record_is_the_key():
+    record = {"b": 2, "a": "x", "t": "2013-01-01T10:00:00Z"}
+    assert routing_key(record, ()) == routing_key(dict(reversed(record.items())), ())
+    assert routing_key({**record, "b": 3}, ()) != routing_key(record, ())
 
 
 def test_without_a_challenger_everything_goes_to_the_champion():

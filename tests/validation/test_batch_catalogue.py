@@ -462,7 +462,7 @@ def test_every_numeric_column_refuses_non_finite_values_naming_the_row(march, pa
 
 
 def test_padded_codes_are_trimmed_once_as_the_service_trims_them(march, params, suite_runner, tmp_path):
-    from retrainer.serving.schema import json_records
+    from retrainer.serving.schema import record_schema
 
     padded = march.assign(
         carrier=" " + march["carrier"], dest=" " + march["dest"], tailnum=march["tailnum"].str.pad(8, side="right")
@@ -479,7 +479,7 @@ def test_padded_codes_are_trimmed_once_as_the_service_trims_them(march, params, 
         assert outcome.frame[column].tolist() == march[column].tolist(), column
     # the service's request schema reads the same padded values as the same codes
     rows = padded.drop(columns=["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]).head(50)
-    served = json_records(json.loads(rows.to_json(orient="records", date_format="iso")))
+    served = record_schema(params).json_records(json.loads(rows.to_json(orient="records", date_format="iso")))
     assert [r["carrier"] for r in served] == outcome.frame["carrier"].head(50).tolist()
     assert [r["tailnum"] for r in served] == outcome.frame["tailnum"].head(50).tolist()
 

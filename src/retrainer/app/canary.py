@@ -30,8 +30,6 @@ from retrainer.serving.client import AdminClient
 from retrainer.serving.replay import ReplayStats, check_loopback, read_arm, replay, scrape_counters
 from retrainer.steps.canary import ArmStats, CanaryDecision, StepProgress, analyse_canary
 
-OUTCOME_COLUMNS = ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")
-
 _log = logging.getLogger(__name__)
 
 
@@ -83,10 +81,11 @@ class StepReport:
 
 
 def labelled_traffic(raw: pd.DataFrame, params: Params) -> tuple[list[dict], list[int | None]]:
-    """Raw-schema rows as a client sends them (no outcome columns) and their delayed labels (None: cancelled)."""
+    """Raw-schema rows as a client sends them (without params' outcome columns: the target and the leaking columns)
+    and their delayed labels (None where the target is missing)."""
     target = params.data.target
     labels = [None if pd.isna(v) else int(v > target.threshold) for v in raw[target.column]]
-    sent = raw.drop(columns=[c for c in OUTCOME_COLUMNS if c in raw.columns])
+    sent = raw.drop(columns=[c for c in params.data.outcome_columns if c in raw.columns])
     return json.loads(sent.to_json(orient="records", date_format="iso")), labels
 
 
@@ -288,6 +287,9 @@ def run_step(run: CanaryRun, step: StepProgress, percent: float) -> tuple[Canary
             return CanaryDecision("rollback", [why, *decision.reasons], decision.numbers), traffic
         chunk = min(source.left, max(10, math.ceil(missing / (percent / 100.0) * 1.2)))
         merge(traffic, replay_chunk(run, chunk, policy.max_seconds_per_step - progress.elapsed_seconds))
+        if traffic.sent and not traffic.succeeded:
+            why = f"all {traffic.sent} replayed requests failed ({traffic.failure_summary()})"
+            return CanaryDecision("rollback", [why, *decision.reasons], decision.numbers), traffic
 
 
 def replay_chunk(run: CanaryRun, chunk: int, seconds_left: float) -> ReplayStats:
@@ -346,6 +348,9 @@ def merge(total: ReplayStats, part: ReplayStats) -> None:
         setattr(total, name, getattr(total, name) + getattr(part, name))
     for arm, n in part.by_arm.items():
         total.by_arm[arm] = total.by_arm.get(arm, 0) + n
+    for kind, n in part.failures.items():
+        total.failures[kind] = total.failures.get(kind, 0) + n
+    total.first_failure = total.first_failure or part.first_failure
     total.stopped = part.stopped
 
 

@@ -164,7 +164,7 @@ class ReferenceLookup:
 
 
 class FeatureBuilder:
-    """Turns raw flight records into the columns (or the frame) a registered pipeline expects."""
+    """Turns raw records into the columns (or the frame) a registered pipeline expects."""
 
     def __init__(self, params: Params, references: Mapping[str, pd.DataFrame], key: bytes | None = None):
         self._data = params.data

@@ -218,3 +218,23 @@ def log_client_errors_as_warnings() -> None:
     logger = logging.getLogger(BENTOML_HTTP_LOGGER)
     if not any(isinstance(f, ClientErrorsAsWarnings) for f in logger.filters):
         logger.addFilter(ClientErrorsAsWarnings())
+
+
+def invalid_response(message: str, errors: list[dict]) -> JSONResponse:
+    """A 400 for a body that does not match the request schema: {"error": message, "detail": pydantic's errors}."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+    return JSONResponse({"error": message, "detail": detail}, status_code=HTTPStatus.BAD_REQUEST)
+
+
+def with_record_schema(spec: dict, record: dict) -> dict:
+    """BentoML's document with the dataset's record schema (built from params at start-up) as the items of
+    `PredictRequest.records`, which BentoML can only declare as free-form objects."""
+    doc = copy.deepcopy(spec)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Record"] = record
+    body = doc.get("paths", {}).get("/predict", {}).get("post", {}).get("requestBody", {})
+    inline = body.get("content", {}).get(JSON_MEDIA_TYPE, {}).get("schema", {})
+    for request in (inline, schemas.get("PredictRequestIODescriptor", {})):
+        if "records" in request.get("properties", {}):
+            request["properties"]["records"]["items"] = {"$ref": "#/components/schemas/Record"}
+    return doc

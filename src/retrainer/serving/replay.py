@@ -30,9 +30,22 @@ class ReplayStats:
     by_arm: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stopped: str = ""
+    failures: dict[str, int] = field(default_factory=dict)  # HTTP status (or error type) -> failed requests
+    first_failure: str = ""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def count_failure(self, kind: str, message: str) -> None:
+        """One failed prediction request: its HTTP status (or error type), and the first one's message."""
+        self.failed += 1
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+        self.first_failure = self.first_failure or message[:300]
+
+    def failure_summary(self) -> str:
+        """`400 x 20; first: records[0].month: Field required`: what the failed requests were answered."""
+        kinds = ", ".join(f"{kind} x {n}" for kind, n in sorted(self.failures.items()))
+        return f"{kinds}; first: {self.first_failure}" if kinds else "no failures"
 
 
 def check_loopback(base_url: str) -> None:
@@ -104,8 +117,11 @@ def _predict(
         response = client.post("/predict", json={"records": batch})
         response.raise_for_status()
         predictions = response.json()["predictions"]
-    except (httpx.HTTPError, KeyError, ValueError):
-        stats.failed += 1
+    except httpx.HTTPStatusError as exc:
+        stats.count_failure(str(exc.response.status_code), _error_text(exc.response))
+        return []
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        stats.count_failure(type(exc).__name__, str(exc))
         return []
     stats.succeeded += 1
     due = time.monotonic() + delay_s
@@ -116,6 +132,14 @@ def _predict(
         for prediction, label in zip(predictions, labels, strict=False)
         if label is not None
     ]
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The service's error message (its {"error": ...} body), else the start of the body."""
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]
 
 
 def _send_due(client: httpx.Client, pending: deque, stats: ReplayStats, now: float) -> None:

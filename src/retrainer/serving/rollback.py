@@ -3,9 +3,13 @@
 The previous champion is read from the champion's version tag `promoted_from` (set by
 retrainer.io.registry.promote_if_current). The alias moves back compare-and-set under the registry lock, the rollout
 state file is rewritten (a restarted service, or one that reloads its state, serves the restored version), and then
-the golden set (seeds/golden.csv: real raw flights) is replayed through the restored model in-process, with the same
-feature building as the service, and compared with the golden predictions recorded for that version
-(RETRAINER_HOME/golden/golden_<version>.json, written by record_golden_predictions after each promotion).
+the golden set is replayed through the restored model in-process, with the same feature building as the service, and
+compared with the golden predictions recorded for that version (RETRAINER_HOME/golden/golden_<version>.json, written
+by record_golden_predictions after each promotion).
+
+The golden set is made once, from data the workspace already holds: `serve.golden_rows` raw rows drawn with the seed
+`train.seed` from what training reads (the bootstrap slice and the accepted batches), outcome columns removed, as the
+service receives them (RETRAINER_HOME/golden/golden_set.json). So rollback verifies on any dataset.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +31,8 @@ from retrainer.io.tables import write_json
 from retrainer.serving.routing import RolloutState
 from retrainer.serving.state import save_state, state_path
 
-GOLDEN_FILE = Path("seeds") / "golden.csv"
 GOLDEN_DIR = "golden"
+GOLDEN_SET = "golden_set.json"
 TOLERANCE = 1e-9
 MAX_NAMED_MISMATCHES = 20
 
@@ -76,13 +81,52 @@ def golden_record_path(home: Path, version: str) -> Path:
     return home / GOLDEN_DIR / f"golden_{version}.json"
 
 
-def golden_records(path: Path) -> list[dict]:
-    """The golden set as the service receives it: each row validated by the request schema, dumped as JSON types."""
-    from retrainer.io.tables import read_table
-    from retrainer.serving.schema import json_records
+def golden_set_path(home: Path) -> Path:
+    """Where the workspace's golden set (the records every version's golden predictions are made on) is kept."""
+    return home / GOLDEN_DIR / GOLDEN_SET
 
-    frame = read_table(path)
-    return json_records(json.loads(frame.to_json(orient="records", date_format="iso")))
+
+def sample_golden_set(params: Params, root: Path) -> list[dict]:
+    """`serve.golden_rows` records drawn (seed `train.seed`) from the raw rows training reads, as a client sends
+    them: outcome columns removed, checked by the request schema (rows it refuses are not drawn)."""
+    from retrainer.serving.schema import InvalidRecords, record_schema
+    from retrainer.stages import load_raw
+
+    raw = load_raw(params, root)
+    sent = raw.drop(columns=[c for c in params.data.outcome_columns if c in raw.columns])
+    order = np.random.default_rng(params.train.seed).permutation(len(sent))
+    schema, chosen, wanted = record_schema(params), [], params.serve.golden_rows
+    for first in range(0, len(order), 2 * wanted):  # draw in chunks: dumping every row to JSON would cost seconds
+        chunk = sent.iloc[order[first : first + 2 * wanted]]
+        for row in json.loads(chunk.to_json(orient="records", date_format="iso")):
+            try:
+                chosen.extend(schema.json_records([row]))
+            except InvalidRecords:
+                continue
+            if len(chosen) == wanted:
+                return chosen
+    if not chosen:
+        raise ValueError("no row of the training data is a valid request record: there is no golden set to draw")
+    return chosen
+
+
+def golden_records(params: Params, root: Path, golden_path: Path | None = None) -> tuple[str, list[dict]]:
+    """(where they come from, the golden records as the service receives them): the records in `golden_path` (a raw
+    batch file; InvalidRecords when one does not match the request schema), else the workspace's golden set, drawn
+    and stored the first time it is needed."""
+    from retrainer.serving.schema import record_schema
+
+    if golden_path is not None:
+        from retrainer.io.tables import read_table
+
+        frame = read_table(golden_path)
+        frame = frame.drop(columns=[c for c in params.data.outcome_columns if c in frame.columns])
+        rows = json.loads(frame.to_json(orient="records", date_format="iso"))
+        return str(golden_path), record_schema(params).json_records(rows)
+    stored = golden_set_path(home_dir(root))
+    if not stored.is_file():
+        write_json({"records": sample_golden_set(params, root)}, stored)
+    return str(stored), json.loads(stored.read_text(encoding="utf-8"))["records"]
 
 
 def _digest(records: list[dict]) -> str:
@@ -90,8 +134,10 @@ def _digest(records: list[dict]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _row_name(index: int, record: dict) -> str:
-    return f"row {index} ({record.get('carrier')} {record.get('flight')} {record.get('time_hour')})"
+def _row_name(index: int, record: dict, params: Params) -> str:
+    """`row 3 (UA 1545 2013-01-01T10:00:00Z)`: the row and its routing key's values (key columns by default)."""
+    fields = params.serve.routing_key or params.data.key_columns or (params.data.time_column,)
+    return f"row {index} ({' '.join(str(record.get(name)) for name in fields)})"
 
 
 def score_golden(pipeline, params: Params, root: Path, records: list[dict]) -> np.ndarray:
@@ -125,8 +171,7 @@ def record_golden_predictions(
     target = golden_record_path(home_dir(root), version)
     if target.is_file() and not overwrite:
         return target
-    golden = Path(golden_path or root / GOLDEN_FILE)
-    records = golden_records(golden)
+    golden, records = golden_records(params, root, golden_path)
     name = params.tracking.registered_model
     model = pipeline if pipeline is not None else registry.load_version(name, version)
     proba = score_golden(model, params, root, records)
@@ -137,7 +182,7 @@ def record_golden_predictions(
         "golden_sha256": _digest(records),
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": [
-            {"row": i, "name": _row_name(i, r), "probability": float(p)}
+            {"row": i, "name": _row_name(i, r, params), "probability": float(p)}
             for i, (r, p) in enumerate(zip(records, proba, strict=True))
         ],
     }
@@ -147,16 +192,16 @@ def record_golden_predictions(
 
 def verify_golden(version: str, pipeline, params: Params, root: Path, golden_path: Path | None = None) -> GoldenCheck:
     """Replay the golden set through `pipeline` and compare with the probabilities recorded for `version`."""
-    return check_golden(version, root, golden_path, lambda records: score_golden(pipeline, params, root, records))
+    score = partial(score_golden, pipeline, params, root)
+    return check_golden(version, params, root, golden_path, score)
 
 
 def check_golden(
-    version: str, root: Path, golden_path: Path | None, score: Callable[[list[dict]], np.ndarray]
+    version: str, params: Params, root: Path, golden_path: Path | None, score: Callable[[list[dict]], np.ndarray]
 ) -> GoldenCheck:
     """Score the golden set with `score` (in-process or over HTTP) and compare with `version`'s recorded predictions."""
     record_file = golden_record_path(home_dir(root), version)
-    golden = Path(golden_path or root / GOLDEN_FILE)
-    records = golden_records(golden)
+    golden, records = golden_records(params, root, golden_path)
     if not record_file.is_file():
         return GoldenCheck(version, False, None, len(records), [], f"no golden predictions recorded for v{version}")
     recorded = json.loads(record_file.read_text(encoding="utf-8"))
@@ -168,7 +213,7 @@ def check_golden(
     diff = np.abs(actual - expected)
     bad = np.flatnonzero(~(diff <= TOLERANCE))  # NaN counts as a mismatch
     mismatches = [
-        f"{_row_name(int(i), records[i])}: recorded {float(expected[i])!r}, now {float(actual[i])!r}, "
+        f"{_row_name(int(i), records[i], params)}: recorded {float(expected[i])!r}, now {float(actual[i])!r}, "
         f"|diff| {diff[i]:.3g}"
         for i in bad[:MAX_NAMED_MISMATCHES]
     ]
@@ -182,7 +227,9 @@ def check_golden(
     return GoldenCheck(version, not len(bad), max_diff, len(records), mismatches, reason)
 
 
-def sync_service(version: str, root: Path, url: str, token: str | None, golden_path: Path | None = None) -> dict:
+def sync_service(
+    version: str, params: Params, root: Path, url: str, token: str | None, golden_path: Path | None = None
+) -> dict:
     """Make a running service serve `version` (POST /admin/reload), then replay the golden set through it over HTTP.
 
     Never raises for an absent or refusing service: what happened is returned for the report.
@@ -204,7 +251,7 @@ def sync_service(version: str, root: Path, url: str, token: str | None, golden_p
         return np.array([p["probability"] for p in predictions])
 
     try:
-        check = check_golden(version, root, golden_path, over_http)
+        check = check_golden(version, params, root, golden_path, over_http)
     except RuntimeError as exc:
         return {"url": url, "reached": True, "verified": False, "reason": str(exc)}
     return {"url": url, "reached": True, "verified": check.verified, "reason": check.reason}
@@ -280,7 +327,7 @@ def rollback(
         mismatches=check.mismatches,
         reason=check.reason,
         state_file=str(state_file),
-        service=sync_service(previous, root, service_url, admin_token, golden_path) if service_url else None,
+        service=sync_service(previous, params, root, service_url, admin_token, golden_path) if service_url else None,
     )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -11,7 +12,6 @@ from typing import Literal
 Arm = Literal["champion", "challenger"]
 CHAMPION: Arm = "champion"
 CHALLENGER: Arm = "challenger"
-ROUTING_FIELDS = ("carrier", "flight", "time_hour")
 
 
 def hash_unit(key: str) -> float:
@@ -31,8 +31,11 @@ def choose_arms(keys: Iterable[str], challenger_weight: float) -> list[Arm]:
     return [CHALLENGER if unit(key) < challenger_weight else CHAMPION for key in keys]
 
 
-def routing_key(record: Mapping[str, object], fields: tuple[str, ...] = ROUTING_FIELDS) -> str:
-    """The key a record is routed by: one flight on one scheduled hour always maps to the same key."""
+def routing_key(record: Mapping[str, object], fields: Sequence[str]) -> str:
+    """The key a record is routed by (params' `serve.routing_key`, else `data.key_columns`): the same values always
+    map to the same key, so a record keeps its arm. With no fields, the whole record (as canonical JSON) is the key."""
+    if not fields:
+        return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
     return "|".join([str(record.get(name, "")) for name in fields])
 
 

@@ -29,6 +29,7 @@ from retrainer.serving.prediction_log import (
     replay_journal,
 )
 from retrainer.serving.routing import CHALLENGER, CHAMPION, RolloutState, routing_key
+from retrainer.serving.schema import record_schema
 from retrainer.serving.state import load_state, save_state, state_path
 
 ROOT_ENV = "RETRAINER_ROOT"
@@ -136,6 +137,8 @@ class ServingRuntime:
         self.config = config
         params = config.params
         self.features = FeatureBuilder(params, load_references(params, config.root))
+        self.schema = record_schema(params)
+        self.routing_fields = params.serve.routing_key or params.data.key_columns
         workspace = Workspace(config.root, config.home)
         self.source = source or open_source(config.root, params.tracking.registered_model, workspace.registry_lock)
         self.log = PredictionLog(workspace.prediction_log, params.features.numeric, params.features.categorical)
@@ -230,7 +233,8 @@ class ServingRuntime:
             state, models = self.state, dict(self._models)
         versions = {CHAMPION: state.champion_version, CHALLENGER: state.challenger_version}
         if state.effective_weight > 0:
-            arms = state.arms_for([routing_key(r) for r in records])
+            fields = self.routing_fields
+            arms = state.arms_for([routing_key(r, fields) for r in records])
         else:  # no key hashes below a zero weight: everything goes to the champion
             arms = [CHAMPION] * len(records)
         columns = self.features.columns(records)

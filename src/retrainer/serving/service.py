@@ -5,8 +5,10 @@ read from the environment when the service starts, never at import: RETRAINER_RO
 working folder), RETRAINER_HOME, RETRAINER_PARAMS, MLFLOW_TRACKING_URI, RETRAINER_PSEUDO_KEY, RETRAINER_ADMIN_TOKEN.
 """
 
+import logging
 import sys
 from http import HTTPStatus
+from typing import Any
 from uuid import UUID
 
 import bentoml
@@ -17,10 +19,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retrainer.serving.http_guard import RequestGuard, error_response, log_client_errors_as_warnings
-from retrainer.serving.schema import FeedbackRequest, FlightRecord, PredictRequest, PredictResponse, WeightsRequest
+from retrainer.serving.http_guard import (
+    RequestGuard,
+    error_response,
+    invalid_response,
+    log_client_errors_as_warnings,
+    with_record_schema,
+)
+from retrainer.serving.schema import FeedbackRequest, PredictRequest, PredictResponse, WeightsRequest
 
 GIL_SWITCH_SECONDS = 0.0005
+LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 
 # bentoml.metrics builds these lazily, inside the server process, in Prometheus multiprocess mode.
 REQUESTS = bentoml.metrics.Counter(
@@ -60,7 +69,7 @@ rollout_app = Starlette(routes=[Route("/rollout", _rollout, methods=["GET"])])
 # http.host: the default host of `bentoml serve`, also for a built Bento (BentoML's own default is 0.0.0.0).
 @bentoml.service(name="retrainer", workers=1, traffic={"timeout": 60}, http={"host": "127.0.0.1"})
 class RetrainerService:
-    """Scores flights with the champion, and with the challenger for its share of sticky-routed traffic."""
+    """Scores records with the champion, and with the challenger for its share of sticky-routed traffic."""
 
     def __init__(self) -> None:
         from retrainer.io.monitoring import LATEST_FILE, monitor_dir
@@ -99,13 +108,22 @@ class RetrainerService:
         )
 
     @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
-    def predict(self, records: list[FlightRecord]) -> Response:
+    def predict(self, records: list[dict[str, Any]]) -> Response:
         """Score each record; the response carries probability, label, model version, arm and a prediction id.
 
-        The body is the PredictResponse schema, written directly: the runtime builds every prediction with the
-        schema's types, and validating thousands of them again would cost more than scoring them. The request is
-        journaled before the answer and logged just after it; when nothing can record it, the answer is 503.
+        Each record is checked against the dataset's record schema (built from params at start-up): a 400 names
+        every invalid field. The body is the PredictResponse schema, written directly: the runtime builds every
+        prediction with the schema's types, and validating thousands of them again would cost more than scoring them.
+        The request is journaled before the answer and logged just after it; when nothing can record it, 503.
         """
+        from retrainer.serving.schema import InvalidRecords
+
+        try:
+            valid = self.runtime.schema.validate(records)
+        except InvalidRecords as exc:
+            ERRORS.labels(arm="none").inc()
+            LOGGER.warning("POST /predict: 400 %s", exc)  # one line: a client's mistake, not a server error
+            return invalid_response(str(exc), exc.errors)
         if not self.runtime.models_ready:
             ERRORS.labels(arm="none").inc()
             return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "no champion model is loaded")
@@ -113,7 +131,7 @@ class RetrainerService:
         from retrainer.serving.runtime import ScoringError
 
         try:
-            scored = self.runtime.score(records)  # the validated records, as plain dicts
+            scored = self.runtime.score(valid)
             self.runtime.log_later(scored)  # journaled now, written to the log while the next request is scored
         except LogUnavailable as exc:
             ERRORS.labels(arm="none").inc()
@@ -200,7 +218,8 @@ def _guard_settings() -> tuple:
 
 
 def _openapi_spec() -> dict:
-    return RetrainerService.openapi_spec.asdict()
+    runtime = bentoml.get_current_service().runtime
+    return with_record_schema(RetrainerService.openapi_spec.asdict(), runtime.schema.json_schema())
 
 
 RetrainerService.add_asgi_middleware(RequestGuard, settings=_guard_settings)
