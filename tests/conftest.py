@@ -36,3 +36,12 @@ def references(params: Params) -> dict[str, pd.DataFrame]:
 def january_sample(seed_flights: pd.DataFrame) -> pd.DataFrame:
     """Every 20th January flight: about 1,350 real rows, cancelled ones included."""
     return seed_flights.loc[seed_flights["month"] == 1].iloc[::20].reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test harness for the whole session (it costs about 15 s); integration and end-to-end tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -100,7 +100,9 @@ def test_months_outside_the_data_are_refused_naming_them(spec, message):
 
 
 def test_a_months_batch_and_traffic_are_cut_on_the_time_column_and_named_after_the_dataset(tmp_path):
-    times = pd.to_datetime(["2019-06-30T23:59:59Z", "2019-07-01T00:00:00Z", "2019-07-31T23:00:00Z", "2019-08-02Z"])
+    times = pd.to_datetime(
+        ["2019-06-30T23:59:59Z", "2019-07-01T00:00:00Z", "2019-07-31T23:00:00Z", "2019-08-02T00:00:00Z"]
+    )
     seed = tmp_path / "loans.parquet"
     pd.DataFrame({"id": [1, 2, 3, 4], "ts": times}).to_parquet(seed)
     data = DemoData(seed, "ts", "car_loan", pd.Period("2019-08", "M"))
