@@ -54,28 +54,15 @@ def small_params(project_root: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ws(project_root, tmp_path_factory, prefect_harness):
+def ws(project_root, tmp_path_factory, prefect_harness, workspace_environment):
     """A fresh workspace on the example's params, with no flights seed in it (its `seeds` link is removed)."""
-    from threadpoolctl import threadpool_limits
-
     from retrainer.io.workspace import create_workspace
 
     tmp = tmp_path_factory.mktemp("second-dataset")
     workspace = create_workspace(project_root, tmp / "ws", small_params(project_root, tmp), git=True)
     (workspace / "seeds").unlink()
-    home = workspace / ".retrainer"
-    with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1):
-        patch.setenv("RETRAINER_HOME", str(home))
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        patch.setenv("RETRAINER_ADMIN_TOKEN", TOKEN)
-        patch.delenv("RETRAINER_PARAMS", raising=False)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with workspace_environment(workspace, TOKEN):
         yield workspace
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 def ws_params(ws: Path) -> Params:
@@ -101,27 +88,6 @@ def batches(ws, tmp_path_factory) -> dict[str, Path]:
         "nov": quarter(data, "2018-11", staging, "car_loan-2018-11.csv"),
         "dec-traffic": quarter(data, "2018-12", staging, "traffic-2018-12.csv"),
     }
-
-
-@pytest.fixture(scope="module")
-def service(ws, tmp_path_factory):
-    """`retrainer serve` on the workspace, started on first use (it needs a champion), stopped with the module."""
-    from retrainer.serving.launch import start_service
-
-    started = []
-
-    def start():
-        if not started:
-            running = start_service(ws, tmp_path_factory.mktemp("service") / "serve.log")
-            raw = yaml.safe_load((ws / "params.yaml").read_text())
-            raw["canary"]["service_url"] = running.url
-            (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-            started.append(running)
-        return started[0]
-
-    yield start
-    for running in started:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +139,10 @@ def test_the_first_batch_makes_the_first_champion(ws, batches, memo):
     assert result["metrics"]["challenger"]["roc_auc"] > 0.9
 
 
-def test_the_service_scores_loans_and_takes_their_labels(ws, batches, service, memo):
+def test_the_service_scores_loans_and_takes_their_labels(ws, batches, workspace_service, memo):
     from retrainer.app.canary import labelled_traffic
 
-    running = service()
+    running = workspace_service(ws)
     params = ws_params(ws)
     records, labels = labelled_traffic(pd.read_csv(batches["nov"]).head(5), params)
     assert "repaid" not in records[0] and "id" in records[0]
@@ -192,10 +158,10 @@ def test_the_service_scores_loans_and_takes_their_labels(ws, batches, service, m
     assert refused.status_code == 400 and "car_value" in refused.text
 
 
-def test_a_gated_challenger_is_canaried_on_the_live_service_and_promoted(ws, batches, service, memo):
+def test_a_gated_challenger_is_canaried_on_the_live_service_and_promoted(ws, batches, workspace_service, memo):
     from flows.retrain import retrain
 
-    running = service()
+    running = workspace_service(ws)
     champion = memo["first"]["champion_version"]
     result = retrain(batch=str(batches["nov"]), root=str(ws), canary_traffic=str(batches["dec-traffic"]))
     memo["promoted"] = result
@@ -231,10 +197,10 @@ def register_broken(ws: Path) -> str:
     ).version
 
 
-def test_a_broken_challenger_is_rolled_back_by_the_canary(ws, batches, service, memo):
+def test_a_broken_challenger_is_rolled_back_by_the_canary(ws, batches, workspace_service, memo):
     from flows.canary import canary
 
-    running = service()
+    running = workspace_service(ws)
     params = ws_params(ws)
     name, champion = params.tracking.registered_model, memo["promoted"]["champion_version"]
     broken = register_broken(ws)
@@ -257,12 +223,12 @@ def test_a_broken_challenger_is_rolled_back_by_the_canary(ws, batches, service, 
     assert registry.alias_version(name, registry.CHALLENGER) is None
 
 
-def test_a_monitoring_pass_judges_the_champions_served_loans(ws, batches, service):
+def test_a_monitoring_pass_judges_the_champions_served_loans(ws, batches, workspace_service):
     from flows.monitor import monitor
     from retrainer.app.canary import load_traffic
     from retrainer.serving.replay import replay
 
-    running = service()
+    running = workspace_service(ws)
     params = ws_params(ws)
     records, labels = load_traffic(batches["dec-traffic"], params)
     served = replay(running.url, records, labels, max_requests=len(records), timeout_s=300, batch_size=100)
@@ -274,10 +240,10 @@ def test_a_monitoring_pass_judges_the_champions_served_loans(ws, batches, servic
     assert result["drift_share"] is not None
 
 
-def test_rollback_restores_the_previous_champion_and_verifies_it(ws, service, memo):
+def test_rollback_restores_the_previous_champion_and_verifies_it(ws, workspace_service, memo):
     from retrainer.serving.rollback import rollback
 
-    running = service()
+    running = workspace_service(ws)
     params = ws_params(ws)
     report = rollback(params, ws, service_url=running.url, admin_token=TOKEN)
     previous = memo["first"]["champion_version"]
