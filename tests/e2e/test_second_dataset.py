@@ -128,15 +128,25 @@ def test_dvc_repro_bootstraps_from_the_params_data_paths_alone(ws):
     assert not any(name.startswith("reference@") for name in lock["stages"])
 
 
+def set_feature_selection(ws: Path, k: int | None) -> None:
+    """Keep only the `k` most informative features (None: all of them) in the next training."""
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    raw["train"]["feature_selection"] = {"enabled": k is not None, "method": "mutual_info", "k": k or 1}
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+
+
 def test_the_first_batch_makes_the_first_champion(ws, batches, memo):
+    """A deliberately weak first champion (its two most informative features only), so the next challenger,
+    trained on all seven, is better for real and the canary has something to promote."""
     from flows.retrain import retrain
 
+    set_feature_selection(ws, 2)
     result = retrain(batch=str(batches["oct"]), root=str(ws))
     memo["first"] = result
     assert result["status"] == "promoted", result["reasons"]
     name = ws_params(ws).tracking.registered_model
     assert registry.alias_version(name, registry.CHAMPION) == result["challenger_version"]
-    assert result["metrics"]["challenger"]["roc_auc"] > 0.9
+    assert result["metrics"]["challenger"]["roc_auc"] > 0.6
 
 
 def test_the_service_scores_loans_and_takes_their_labels(ws, batches, workspace_service, memo):
@@ -163,11 +173,13 @@ def test_a_gated_challenger_is_canaried_on_the_live_service_and_promoted(ws, bat
 
     running = workspace_service(ws)
     champion = memo["first"]["champion_version"]
+    set_feature_selection(ws, None)
     result = retrain(batch=str(batches["nov"]), root=str(ws), canary_traffic=str(batches["dec-traffic"]))
     memo["promoted"] = result
     assert result["gate"]["passed"], result["gate"]["reasons"]
     assert result["status"] == "promoted", result["reasons"]
     assert result["compared_champion"] == champion
+    assert result["metrics"]["challenger"]["roc_auc"] > result["metrics"]["champion"]["roc_auc"]
     steps = result["canary"]["steps"]
     assert [s["weight"] for s in steps] == CANARY["steps"]
     assert all(s["replay"]["failed"] == 0 for s in steps)
