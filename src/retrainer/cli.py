@@ -21,7 +21,12 @@ app = typer.Typer(
 
 ParamsOption = Annotated[
     Path | None,
-    typer.Option("--params", help=f"Params file (default: ${PARAMS_ENV} or ./params.yaml).", show_default=False),
+    typer.Option(
+        "--params",
+        help=f"Params file (default: ${PARAMS_ENV} or ./params.yaml). Commands that run DVC stages (run, stage, "
+        "monitor, deploy) refuse one unlike ./params.yaml, which DVC reads; demo builds a workspace from it.",
+        show_default=False,
+    ),
 ]
 
 
@@ -322,20 +327,23 @@ def package(versions: Annotated[list[str], typer.Argument(help="Registered model
     typer.echo(build_bento(_params().tracking.registered_model, versions, Path.cwd()))
 
 
+MonthsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Months fed one by one after the bootstrap (default: every calendar month data.batch_source holds "
+        "after data.bootstrap.end): YYYY-MM..YYYY-MM, or FIRST-LAST month numbers within the year of the first "
+        "month after the bootstrap (for the flights params, 3-12 is 2013-03..2013-12).",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def demo(
     workdir: Annotated[
         Path, typer.Option(help="Where the demo builds its own workspace; wiped at the start of every run.")
     ] = Path(".retrainer-demo"),
-    months: Annotated[
-        str | None,
-        typer.Option(
-            help="Months fed one by one after the bootstrap (default: every calendar month data.batch_source holds "
-            "after data.bootstrap.end): YYYY-MM..YYYY-MM, or FIRST-LAST month numbers within the year of the first "
-            "month after the bootstrap (for the flights params, 3-12 is 2013-03..2013-12).",
-            show_default=False,
-        ),
-    ] = None,
+    months: MonthsOption = None,
     canary: Annotated[
         bool, typer.Option(help="Canary each gate pass on a live service (replaying the next month); or promote.")
     ] = True,
