@@ -81,7 +81,10 @@ def last_json(stdout: str) -> dict:
 def main() -> None:
     """Measure, print and write the figures."""
     sys.path.insert(0, str(ROOT / "src"))
-    from retrainer.demo import write_month_batch
+    import pandas as pd
+
+    from retrainer.config import load_params
+    from retrainer.demo import DemoData
     from retrainer.io.batches import batch_id
     from retrainer.io.workspace import create_workspace, reproduce
 
@@ -93,7 +96,8 @@ def main() -> None:
         say(f"workspace {base}: dvc repro on Jan..Nov 2013, all months (not timed)")
         bootstrap = reproduce(base, env=workspace_env(base))
         say(f"  ran {bootstrap.ran} in {bootstrap.seconds:.1f} s")
-        december = write_month_batch(ROOT / "seeds" / "flights.parquet", 12, tmpdir / "incoming")
+        seed = DemoData.from_params(load_params(ROOT / "params.yaml"), ROOT)
+        december = seed.write_batch(pd.Period("2013-12", "M"), tmpdir / "incoming")
         identifier = batch_id(december)
 
         plain_ws, flow_ws = tmpdir / "plain", tmpdir / "flow"

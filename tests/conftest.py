@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -36,3 +38,65 @@ def references(params: Params) -> dict[str, pd.DataFrame]:
 def january_sample(seed_flights: pd.DataFrame) -> pd.DataFrame:
     """Every 20th January flight: about 1,350 real rows, cancelled ones included."""
     return seed_flights.loc[seed_flights["month"] == 1].iloc[::20].reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test harness for the whole session (it costs about 15 s); integration and end-to-end tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@contextlib.contextmanager
+def _workspace_environment(workspace: Path, admin_token: str) -> Iterator[Path]:
+    """The environment a test workspace's flows run in: its own home and MLflow store, the admin token, no params
+    override. OpenMP and BLAS are held to one thread in this process (Prefect runs sync flows and tasks in the
+    calling thread): on a 2-core machine shared with other jobs, the HGB search took 58 s with two spinning OpenMP
+    threads and 9 s with one. It changes how fast the flow runs, not what it decides."""
+    import mlflow
+    import sklearn.ensemble  # noqa: F401  (loads OpenMP, so the limit below applies to it)
+    from threadpoolctl import threadpool_limits
+
+    home = workspace / ".retrainer"
+    with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1):
+        patch.setenv("RETRAINER_HOME", str(home))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        patch.setenv("RETRAINER_ADMIN_TOKEN", admin_token)
+        patch.delenv("RETRAINER_PARAMS", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        yield workspace
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="session")
+def workspace_environment():
+    """`with workspace_environment(workspace, token):` the environment a test workspace's flows run in."""
+    return _workspace_environment
+
+
+@pytest.fixture(scope="module")
+def workspace_service(tmp_path_factory):
+    """`workspace_service(ws)`: `retrainer serve` on a workspace, started on first use (it needs a champion), with
+    the workspace's canary.service_url pointed at it; stopped with the module."""
+    import yaml
+
+    from retrainer.serving.launch import start_service
+
+    started = {}
+
+    def start(workspace: Path):
+        if workspace not in started:
+            running = start_service(workspace, tmp_path_factory.mktemp("service") / "serve.log")
+            raw = yaml.safe_load((workspace / "params.yaml").read_text())
+            raw["canary"]["service_url"] = running.url
+            (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+            started[workspace] = running
+        return started[workspace]
+
+    yield start
+    for running in started.values():
+        running.stop()

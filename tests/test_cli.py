@@ -35,3 +35,40 @@ def test_a_timeout_the_user_set_is_kept():
 
     env = {**os.environ, PREFECT_STARTUP_TIMEOUT_ENV: "45"}
     assert float(_timeout_seen(env)) == 45
+
+
+def _retrainer(cwd, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "RETRAINER_PARAMS"}
+    command = [sys.executable, "-m", "retrainer.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_commands_that_run_dvc_stages_refuse_a_params_file_dvc_would_not_read(project_root, tmp_path):
+    """DVC reads params.yaml: `--params OTHER run` used to decide silently on params.yaml."""
+    import shutil
+
+    shutil.copy2(project_root / "params.yaml", tmp_path / "params.yaml")
+    other = tmp_path / "other.yaml"
+    other.write_text((project_root / "examples" / "car_loan" / "params.yaml").read_text())
+    batch = tmp_path / "batch.csv"
+    batch.write_text("id\n1\n")
+    for args in (["stage", "ingest"], ["run", "--batch", str(batch)], ["monitor"]):
+        done = _retrainer(tmp_path, "--params", str(other), *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert (
+            f"--params {other}: this command runs DVC stages, and DVC reads {tmp_path / 'params.yaml'}" in done.stderr
+        )
+        assert f"cp {other} {tmp_path / 'params.yaml'}" in done.stderr
+    assert not (tmp_path / ".retrainer").exists()
+
+
+def test_a_params_file_with_the_same_content_as_params_yaml_is_honoured(project_root, tmp_path):
+    import shutil
+
+    shutil.copy2(project_root / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy2(project_root / "params.yaml", tmp_path / "same.yaml")
+    done = _retrainer(tmp_path, "--params", str(tmp_path / "same.yaml"), "stage", "reference@nowhere")
+    assert done.returncode == 2
+    assert "no reference table 'nowhere' in data.references (weather, planes)" in done.stderr

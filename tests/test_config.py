@@ -76,3 +76,18 @@ def test_a_feature_no_request_can_carry_is_refused(tmp_path):
     path = _write(tmp_path, lambda raw: raw["features"]["numeric"].append("cabin_pressure"))
     with pytest.raises(ConfigError, match=r"features: \['cabin_pressure'\] are neither in validate.columns"):
         load_params(path)
+
+
+def test_dvc_params_must_be_the_chosen_params_file(tmp_path, monkeypatch):
+    from retrainer.config import require_dvc_params
+
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    (tmp_path / "copy.yaml").write_text("a: 1\n")
+    (tmp_path / "other.yaml").write_text("a: 2\n")
+    monkeypatch.delenv("RETRAINER_PARAMS", raising=False)
+    assert require_dvc_params(tmp_path) == (tmp_path / "params.yaml").resolve()
+    monkeypatch.setenv("RETRAINER_PARAMS", str(tmp_path / "copy.yaml"))
+    assert require_dvc_params(tmp_path) == (tmp_path / "copy.yaml").resolve()
+    monkeypatch.setenv("RETRAINER_PARAMS", str(tmp_path / "other.yaml"))
+    with pytest.raises(ConfigError, match=r"DVC reads .*params\.yaml .* not other\.yaml"):
+        require_dvc_params(tmp_path)

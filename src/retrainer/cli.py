@@ -21,7 +21,12 @@ app = typer.Typer(
 
 ParamsOption = Annotated[
     Path | None,
-    typer.Option("--params", help=f"Params file (default: ${PARAMS_ENV} or ./params.yaml).", show_default=False),
+    typer.Option(
+        "--params",
+        help=f"Params file (default: ${PARAMS_ENV} or ./params.yaml). Commands that run DVC stages (run, stage, "
+        "monitor, deploy) refuse one unlike ./params.yaml, which DVC reads; demo builds a workspace from it.",
+        show_default=False,
+    ),
 ]
 
 
@@ -33,8 +38,13 @@ def main(params: ParamsOption = None) -> None:
     allow_slow_prefect_start()
 
 
-def _params():
+def _params(runs_dvc: bool = False):
+    """The params (with `runs_dvc`: only when DVC's stages read the same file); a bad one exits 2 naming the key."""
+    from retrainer.config import require_dvc_params
+
     try:
+        if runs_dvc:
+            require_dvc_params(Path.cwd())
         return load_params()
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
@@ -43,15 +53,19 @@ def _params():
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="validate | ingest | split | train | evaluate | register")],
+    name: Annotated[
+        str, typer.Argument(help="validate | reference@NAME | ingest | split | train | evaluate | register")
+    ],
 ) -> None:
     """Run one pipeline stage in the current folder (this is what `dvc repro` calls)."""
-    from retrainer.stages import STAGES, run_stage
+    from retrainer.stages import run_stage
 
-    if name not in STAGES:
-        typer.secho(f"error: unknown stage '{name}'; choose from {', '.join(STAGES)}", fg="red", err=True)
-        raise typer.Exit(2)
-    result = run_stage(name, _params(), Path.cwd())
+    params = _params(runs_dvc=True)
+    try:
+        result = run_stage(name, params, Path.cwd())
+    except KeyError as exc:
+        typer.secho(f"error: {exc.args[0]}", fg="red", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{name}: done " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, dict | list)))
 
 
@@ -96,7 +110,7 @@ def run(
         if path is not None and not path.is_file():
             typer.secho(f"error: {name} file not found: {path}", fg="red", err=True)
             raise typer.Exit(2)
-    _params()
+    _params(runs_dvc=True)
     result = run_cycle(batch, Path.cwd(), force=force, canary_traffic=canary_traffic, replaces=replaces)
     _print_json(result.to_dict()) if as_json else typer.echo(format_cycle(result))
     if result.status == CycleStatus.QUARANTINED:
@@ -157,7 +171,7 @@ def deploy() -> None:
 
     from retrainer.flow_runs import DRAIN_INBOX, MONITOR, load_flow
 
-    params = _params()
+    params = _params(runs_dvc=True)
     drain_inbox, monitor_flow = load_flow(DRAIN_INBOX), load_flow(MONITOR)
     typer.echo(
         f"serving deployment '{params.retrain.deployment}' (cron '{params.retrain.schedule_cron}'), "
@@ -187,7 +201,7 @@ def monitor(
     from retrainer.flow_runs import MONITOR, load_flow
     from retrainer.outcomes import MonitorStatus
 
-    _params()
+    _params(runs_dvc=True)  # a pass may start a retrain
     result = MonitorResult.from_dict(load_flow(MONITOR)(root=str(Path.cwd())))
     _print_json(result.to_dict()) if as_json else typer.echo(format_result(result))
     if result.status != MonitorStatus.OK:
@@ -313,12 +327,23 @@ def package(versions: Annotated[list[str], typer.Argument(help="Registered model
     typer.echo(build_bento(_params().tracking.registered_model, versions, Path.cwd()))
 
 
+MonthsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Months fed one by one after the bootstrap (default: every calendar month data.batch_source holds "
+        "after data.bootstrap.end): YYYY-MM..YYYY-MM, or FIRST-LAST month numbers within the year of the first "
+        "month after the bootstrap (for the flights params, 3-12 is 2013-03..2013-12).",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def demo(
     workdir: Annotated[
         Path, typer.Option(help="Where the demo builds its own workspace; wiped at the start of every run.")
     ] = Path(".retrainer-demo"),
-    months: Annotated[str, typer.Option(help="Months fed one by one after the bootstrap, as FIRST-LAST.")] = "3-12",
+    months: MonthsOption = None,
     canary: Annotated[
         bool, typer.Option(help="Canary each gate pass on a live service (replaying the next month); or promote.")
     ] = True,
@@ -327,14 +352,14 @@ def demo(
         typer.Option(help="drift: serve each month and let the monitor decide when to retrain; monthly: every batch."),
     ] = "drift",
 ) -> None:
-    """The main job on embedded defaults: bootstrap a model, then retrain month by month on real 2013 flights."""
-    from retrainer.demo import run_demo
+    """The main job on embedded defaults: bootstrap a model with `dvc repro`, then retrain month by month on the
+    dataset the params name (params.yaml: real 2013 flights; `--params examples/car_loan/params.yaml`: car loans)."""
+    from retrainer.demo import plan_months, run_demo
 
-    first, _, last = months.partition("-")
     try:
-        span = range(int(first), int(last or first) + 1)
-    except ValueError:
-        typer.secho(f"error: --months must look like 3-12, got '{months}'", fg="red", err=True)
+        span = plan_months(Path.cwd(), os.environ.get(PARAMS_ENV), months)
+    except (ConfigError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     if trigger not in ("drift", "monthly"):
         typer.secho(f"error: --trigger must be drift or monthly, got '{trigger}'", fg="red", err=True)
@@ -346,7 +371,7 @@ def demo(
     run_demo(
         Path.cwd(),
         workdir.resolve(),
-        list(span),
+        span,
         params_file=os.environ.get(PARAMS_ENV),
         canary=canary,
         trigger=trigger,

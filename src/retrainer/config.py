@@ -42,6 +42,7 @@ class Window(_Frozen):
 
 
 class DataConfig(_Frozen):
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$", description="names batch files")
     batch_source: str
     references: tuple[Reference, ...] = ()
     time_column: str
@@ -416,6 +417,26 @@ class Params(_WithValidate):
 def resolve_params_path(explicit: str | Path | None = None, root: Path | None = None) -> Path:
     """The params file: explicit argument, else $RETRAINER_PARAMS, else params.yaml in `root` (default: ./)."""
     return Path(explicit or os.environ.get(PARAMS_ENV) or (root or Path()) / "params.yaml")
+
+
+DVC_PARAMS = "params.yaml"
+
+
+def require_dvc_params(root: Path) -> Path:
+    """The params file, when DVC's stages will read it too; else ConfigError naming both files and the fix.
+
+    dvc.yaml takes its data paths and tracked params from `root/params.yaml` (DVC cannot be pointed elsewhere), so a
+    command that runs DVC stages with another --params file would silently decide on params.yaml. A file with the
+    same content is the same choice and is accepted.
+    """
+    chosen, dvc_file = resolve_params_path(root=root).resolve(), (root / DVC_PARAMS).resolve()
+    if chosen == dvc_file or (chosen.is_file() and dvc_file.is_file() and chosen.read_bytes() == dvc_file.read_bytes()):
+        return chosen
+    raise ConfigError(
+        f"--params {chosen}: this command runs DVC stages, and DVC reads {dvc_file} (dvc.yaml's paths and params), "
+        f"not {chosen.name}. Copy it there (cp {chosen} {dvc_file}) and run without --params/{PARAMS_ENV}, "
+        f"or try it in a workspace of its own (retrainer --params {chosen} demo)."
+    )
 
 
 def load_params(path: str | Path | None = None) -> Params:

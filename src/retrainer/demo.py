@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,32 +51,109 @@ def _stream(line: str) -> None:
 
 
 @cache
-def read_seed(seed_path: Path) -> pd.DataFrame:
-    """The seed flights, read once per demo (every month and traffic sample is cut from them)."""
-    return pd.read_parquet(seed_path)
+def read_seed(seed_path: Path, time_column: str) -> pd.DataFrame:
+    """The seed table, read once per demo (every month and traffic sample is cut from it), its time column UTC."""
+    from retrainer.steps.ingest import parse_time_column
+
+    return parse_time_column(pd.read_parquet(seed_path), time_column)
 
 
-def month_flights(seed_path: Path, month: int) -> pd.DataFrame:
-    """One month of the seed flights, cut on the UTC time column as the bootstrap window is, so no flight falls
-    between the two; the last month of the year keeps everything after its start."""
-    flights = read_seed(seed_path)
-    start = pd.Timestamp(year=2013, month=month, day=1, tz="UTC")
-    in_month = flights["time_hour"] >= start
-    if month < 12:
-        in_month &= flights["time_hour"] < start + pd.DateOffset(months=1)
-    return flights.loc[in_month]
+def month_start(month: pd.Period) -> pd.Timestamp:
+    """The first instant (UTC) of a calendar month."""
+    return month.start_time.tz_localize("UTC")
 
 
-def write_raw_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Flights as a data provider delivers them: CSV in the raw schema, times as UTC ISO text."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.assign(time_hour=frame["time_hour"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(path, index=False)
-    return path
+def data_months(seed_path: Path, time_column: str, after: str, min_rows: int = 1) -> list[pd.Period]:
+    """The calendar months (UTC) in which the seed holds rows at or after `after` (data.bootstrap.end), in order.
+
+    Trailing months with fewer than `min_rows` rows (validate.row_count.min: too few to be a batch) are left to the
+    month before, whose batch keeps every later row (the flights of 31 December evening are 2014 in UTC).
+    """
+    times = read_seed(seed_path, time_column)[time_column]
+    later = times[times >= pd.Timestamp(after, tz="UTC")]
+    counts = later.dt.tz_localize(None).dt.to_period("M").value_counts().sort_index()
+    while len(counts) > 1 and counts.iloc[-1] < min_rows:
+        counts = counts.iloc[:-1]
+    return list(counts.index)
 
 
-def write_month_batch(seed_path: Path, month: int, inbox: Path) -> Path:
-    """One month of the seed flights as a CSV batch in the raw schema, as a data provider would deliver it."""
-    return write_raw_csv(month_flights(seed_path, month), inbox / f"flights-2013-{month:02d}.csv")
+def select_months(spec: str | None, available: list[pd.Period]) -> list[pd.Period]:
+    """The months `--months` asks for, among the data's months after the bootstrap (`available`, non-empty).
+
+    None: all of them. `YYYY-MM..YYYY-MM` (or one `YYYY-MM`): that span. `FIRST-LAST` (or one number): month
+    numbers within the year of the first available month. Raises ValueError naming what is wrong.
+    """
+    if not available:
+        raise ValueError("the seed holds no rows after data.bootstrap.end: there are no months to feed")
+    if spec is None:
+        return list(available)
+    try:
+        if ".." in spec or re.fullmatch(r"\d{4}-\d{1,2}", spec):
+            first, _, last = spec.partition("..")
+            wanted = list(pd.period_range(pd.Period(first, "M"), pd.Period(last or first, "M"), freq="M"))
+        else:
+            first, _, last = spec.partition("-")
+            numbers = range(int(first), int(last or first) + 1)
+            wanted = [pd.Period(year=available[0].year, month=m, freq="M") for m in numbers]
+    except ValueError:
+        raise ValueError(f"--months must look like 3-12 or 2013-03..2013-12, got '{spec}'") from None
+    if not wanted:
+        raise ValueError(f"--months {spec}: names no month (is the first after the last?)")
+    missing = [str(m) for m in wanted if m not in available]
+    if missing:
+        span = f"{available[0]}..{available[-1]}"
+        raise ValueError(f"--months {spec}: {', '.join(missing)} not among the data's months {span}")
+    return list(wanted)
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Where the demo cuts its monthly batches and traffic from: the seed (data.batch_source), its time column, the
+    dataset's name for file names, and the data's last month (which keeps every row after its start)."""
+
+    seed: Path
+    time_column: str
+    name: str
+    last: pd.Period
+
+    @classmethod
+    def from_params(cls, params: Params, root: Path) -> DemoData:
+        """The demo's data as `params` name it (paths relative to `root`)."""
+        seed, time_column = root / params.data.batch_source, params.data.time_column
+        months = data_months(seed, time_column, params.data.bootstrap.end, params.validate.row_count.min)
+        name = params.data.name or params.tracking.registered_model
+        return cls(seed, time_column, name, months[-1] if months else pd.Period(params.data.bootstrap.end, "M"))
+
+    def month_rows(self, month: pd.Period) -> pd.DataFrame:
+        """One calendar month of the seed, cut on the UTC time column as the bootstrap window is, so no row falls
+        between the two; the data's last month keeps everything after its start."""
+        rows = read_seed(self.seed, self.time_column)
+        in_month = rows[self.time_column] >= month_start(month)
+        if month < self.last:
+            in_month &= rows[self.time_column] < month_start(month + 1)
+        return rows.loc[in_month]
+
+    def write_csv(self, frame: pd.DataFrame, path: Path) -> Path:
+        """Rows as a data provider delivers them: CSV in the raw schema, times as UTC ISO text."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        times = frame[self.time_column].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        frame.assign(**{self.time_column: times}).to_csv(path, index=False)
+        return path
+
+    def write_batch(self, month: pd.Period, inbox: Path) -> Path:
+        """One month of the seed as a CSV batch named `<name>-YYYY-MM.csv`, as a data provider would deliver it."""
+        return self.write_csv(self.month_rows(month), inbox / f"{self.name}-{month}.csv")
+
+    def write_traffic(self, month: pd.Period, folder: Path, purpose: str, rows: int | None = None) -> Path:
+        """A seeded random sample of a month's rows, with outcomes, as client traffic (`purpose`: serve or canary).
+
+        Sampled rather than taken in order: the first few hundred rows of a month are its first hours (for flights,
+        the early-morning departures, when delays are rare) and would not look like that month's traffic.
+        """
+        frame = self.month_rows(month)
+        seed = month.month * 1000 + sum(map(ord, purpose))
+        sample = frame.sample(n=min(rows or TRAFFIC_ROWS, len(frame)), random_state=seed)
+        return self.write_csv(sample, folder / f"{purpose}-{month}.csv")
 
 
 # The production canary (params.yaml) waits 60 s and 200 challenger requests per step, from 10 % up; the demo keeps
@@ -94,17 +172,6 @@ DEMO_CANARY = {
 TRAFFIC_ROWS = 3000
 
 
-def write_traffic(seed_path: Path, month: int, folder: Path, purpose: str, rows: int = TRAFFIC_ROWS) -> Path:
-    """A seeded random sample of a month's flights, with outcomes, as client traffic (`purpose`: serve or canary).
-
-    Sampled rather than taken in order: the first few hundred flights of a month are the early-morning departures
-    of its first day, when delays are rare, and would not look like that month's traffic.
-    """
-    flights = month_flights(seed_path, month)
-    sample = flights.sample(n=min(rows, len(flights)), random_state=month * 1000 + sum(map(ord, purpose)))
-    return write_raw_csv(sample, folder / f"{purpose}-2013-{month:02d}.csv")
-
-
 # The monitor judges one month of served traffic at a time: the newest TRAFFIC_ROWS predictions of the champion.
 DEMO_MONITOR = {"window": {"max_predictions": TRAFFIC_ROWS}}
 
@@ -120,9 +187,9 @@ def set_section(workdir: Path, section: str, settings: dict) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def month_end(month: int) -> datetime:
+def month_end(month: pd.Period) -> datetime:
     """The simulated clock of a monitoring pass: the end of the month whose traffic was just served."""
-    return datetime(2013 + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    return month_start(month + 1).to_pydatetime()
 
 
 def serve_month(url: str, traffic: Path, params: Params) -> dict:
@@ -159,14 +226,14 @@ def _improvement(result: CycleResult) -> dict:
     return {}
 
 
-def month_row(month: int, result: CycleResult, seconds: float) -> list[str]:
+def month_row(month: pd.Period, result: CycleResult, seconds: float) -> list[str]:
     """One line of the demo table."""
     challenger = (result.metrics.get("challenger") or {}).get("roc_auc")
     champion = (result.metrics.get("champion") or {}).get("roc_auc")
     ci = _improvement(result)
     ci_text = f"[{ci['ci_low']:+.3f}, {ci['ci_high']:+.3f}]" if ci.get("ci_low") is not None else "-"
     return [
-        f"2013-{month:02d}",
+        str(month),
         f"{read_rows(result):,}" if read_rows(result) else "-",
         f"v{result.challenger_version or '-'}",
         f"{challenger:.3f}" if challenger is not None else "-",
@@ -216,6 +283,7 @@ class Demo:
     results: list[CycleResult] = field(default_factory=list)
     passes: list[MonitorResult] = field(default_factory=list)
     service: RunningService | None = None
+    data: DemoData | None = None
 
     @property
     def workspace(self) -> Workspace:
@@ -223,9 +291,15 @@ class Demo:
         return Workspace(self.workdir, self.workdir / HOME_DIR)
 
     @property
-    def seed(self) -> Path:
-        """The seed flights every batch and traffic sample is cut from."""
-        return self.root / "seeds" / "flights.parquet"
+    def source(self) -> DemoData:
+        """The seed every batch and traffic sample is cut from, as the workspace's params name it."""
+        if self.data is None:
+            self.data = DemoData.from_params(load_params(self.workspace.params_file), self.workdir)
+        return self.data
+
+    def next_month(self, month: pd.Period) -> pd.Period:
+        """The month whose traffic canaries a retrain on `month`: the next one, or itself when it is the last."""
+        return min(month + 1, self.source.last)
 
     def note(self, text: str, style: str = "dim") -> None:
         """A line under the table's current row."""
@@ -235,9 +309,9 @@ class Demo:
         """While a flow runs, what libraries print to stderr (MLflow's registration lines) goes to logs/flows.log."""
         return contextlib.redirect_stderr(AppendingFile(self.workspace.home / "logs" / "flows.log"))
 
-    def traffic(self, month: int, purpose: str) -> Path:
+    def traffic(self, month: pd.Period, purpose: str) -> Path:
         """A month's client traffic sample (`purpose`: serve or canary), written under data/traffic."""
-        return write_traffic(self.seed, month, self.workdir / "data" / "traffic", purpose)
+        return self.source.write_traffic(month, self.workdir / "data" / "traffic", purpose)
 
 
 def demo_environment(home: Path) -> dict[str, str]:
@@ -283,29 +357,35 @@ def set_up(demo: Demo, params_file: str | None) -> None:
     os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)
 
 
-def print_plan(demo: Demo, months: list[int]) -> None:
+def print_plan(demo: Demo, months: list[pd.Period]) -> None:
     """What the months will do, and the table's header."""
     demo.console.print(
         f"[bold]2. monthly batches[/bold]: {len(months)} months. "
         + (
-            "Each month the service scores that month's flights (labels follow as feedback), the batch lands in "
+            "Each month the service scores that month's records (labels follow as feedback), the batch lands in "
             "the inbox, and the monitor decides whether drift or decay calls for a retrain; "
             if demo.drift
             else "Each month's batch goes straight through the retrain flow; "
         )
         + "a retrain validates, trains, gates and packages, then "
-        + ("canaries on the live service with the next month's flights." if demo.canary else "promotes on the gate.")
+        + ("canaries on the live service with the next month's records." if demo.canary else "promotes on the gate.")
     )
     demo.console.print("   " + " ".join(h.ljust(w) for h, w in zip(HEADER, WIDTHS, strict=True)), style="bold")
 
 
-def print_cycle(demo: Demo, month: int, result: CycleResult, seconds: float) -> None:
+def batch_month(batch: str | None, default: pd.Period) -> pd.Period:
+    """The month a demo batch file (`<name>-YYYY-MM.csv`) holds; `default` for any other name."""
+    found = re.search(r"(\d{4}-\d{2})$", Path(batch or "").stem)
+    return pd.Period(found.group(1), "M") if found else default
+
+
+def print_cycle(demo: Demo, month: pd.Period, result: CycleResult, seconds: float) -> None:
     """A retrain's row in the table, its first reason, and its canary steps."""
-    row = month_row(int(Path(result.batch or "-00").stem[-2:]), result, seconds)
+    row = month_row(batch_month(result.batch, month), result, seconds)
     demo.console.print("   " + " ".join(c.ljust(w) for c, w in zip(row[:9], WIDTHS, strict=True)), highlight=False)
     demo.note(row[9])
-    if month == 12 and result.canary:
-        demo.note("(no later month: the canary replayed December's own flights)")
+    if month == demo.source.last and result.canary:
+        demo.note(f"(no later month: the canary replayed {month}'s own records)")
     for line in canary_lines(result.canary):
         demo.note(line, style="cyan")
     demo.results.append(result)
@@ -322,29 +402,29 @@ def start_service_once(demo: Demo) -> None:
     demo.console.print(f"   service up at {demo.service.url}, serving champion v{champion}")
 
 
-def retrain_month(demo: Demo, batch: Path, month: int) -> None:
-    """Retrain on the month's batch at once (the retrain flow), canaried on the next month's flights if served."""
-    traffic = demo.traffic(min(month + 1, 12), "canary") if demo.service else None
+def retrain_month(demo: Demo, batch: Path, month: pd.Period) -> None:
+    """Retrain on the month's batch at once (the retrain flow), canaried on the next month's records if served."""
+    traffic = demo.traffic(demo.next_month(month), "canary") if demo.service else None
     started = time.perf_counter()
     with demo.console.status(f"retraining on {batch.name} ..."), demo.library_output():
         result = run_cycle(batch, demo.workdir, canary_traffic=traffic)
     print_cycle(demo, month, result, time.perf_counter() - started)
 
 
-def serve_and_monitor(demo: Demo, month: int) -> None:
-    """Serve the month's flights to the champion, then run the monitor flow, which may retrain on the inbox."""
+def serve_and_monitor(demo: Demo, month: pd.Period) -> None:
+    """Serve the month's records to the champion, then run the monitor flow, which may retrain on the inbox."""
     params = load_params(demo.workspace.params_file)
     champion = demo.results[-1].champion_version
-    with demo.console.status(f"2013-{month:02d}: serving the month's flights to the champion ..."):
+    with demo.console.status(f"{month}: serving the month's records to the champion ..."):
         served = serve_month(demo.service.url, demo.traffic(month, "serve"), params)
     demo.console.print(
-        f"   2013-{month:02d}  served {sum(served['by_arm'].values()):,} flights to champion v{champion}, "
+        f"   {month}  served {sum(served['by_arm'].values()):,} records to champion v{champion}, "
         f"{served['feedback_sent']:,} labels came back; monitoring ...",
         highlight=False,
     )
-    traffic = demo.traffic(min(month + 1, 12), "canary")
+    traffic = demo.traffic(demo.next_month(month), "canary")
     with (
-        demo.console.status(f"2013-{month:02d}: monitoring (the monitor flow; it may retrain) ..."),
+        demo.console.status(f"{month}: monitoring (the monitor flow; it may retrain) ..."),
         demo.library_output(),
     ):
         run = load_flow(MONITOR)(root=str(demo.workdir), now=month_end(month), canary_traffic=str(traffic))
@@ -356,7 +436,7 @@ def serve_and_monitor(demo: Demo, month: int) -> None:
     demo.passes.append(outcome)
 
 
-def print_fired_retrain(demo: Demo, month: int, started: dict) -> None:
+def print_fired_retrain(demo: Demo, month: pd.Period, started: dict) -> None:
     """The retrain a monitoring pass fired: the batches it took, then its row (read back from the batch record)."""
     entry = BatchRecord(demo.workspace.batch_record).get(started.get("batch_id") or "")
     if entry is None:  # the retrain failed before it claimed a batch
@@ -364,15 +444,15 @@ def print_fired_retrain(demo: Demo, month: int, started: dict) -> None:
         return
     result = recorded(entry)
     batches = [*(i["batch"] for i in result.included or []), result.batch]
-    names = ", ".join(Path(name).stem.removeprefix("flights-") for name in batches)
+    names = ", ".join(Path(name).stem.removeprefix(f"{demo.source.name}-") for name in batches)
     demo.note(f"the monitor fired: one retrain on the waiting batches ({names})", style="yellow")
     seconds = datetime.fromisoformat(entry["finished_at"]) - datetime.fromisoformat(entry["claimed_at"])
     print_cycle(demo, month, result, seconds.total_seconds())
 
 
-def run_month(demo: Demo, month: int) -> None:
+def run_month(demo: Demo, month: pd.Period) -> None:
     """One month: its batch lands in the inbox; then a retrain at once, or serving and a monitoring pass."""
-    batch = write_month_batch(demo.seed, month, demo.workdir / "data" / "incoming")
+    batch = demo.source.write_batch(month, demo.workdir / "data" / "incoming")
     start_service_once(demo)
     if demo.drift and demo.service:
         serve_and_monitor(demo, month)
@@ -402,20 +482,29 @@ def print_summary(demo: Demo) -> None:
     demo.console.print(f"  cd {demo.workdir} && retrainer status && retrainer lineage {final}")
 
 
+def plan_months(root: Path, params_file: str | None, spec: str | None) -> list[pd.Period]:
+    """The months the demo feeds: those `--months` names (`select_months`) among the calendar months the params'
+    data.batch_source holds after data.bootstrap.end. Raises ConfigError (params) or ValueError (the months)."""
+    params = load_params(params_file or root / "params.yaml")
+    data, min_rows = params.data, params.validate.row_count.min
+    return select_months(spec, data_months(root / data.batch_source, data.time_column, data.bootstrap.end, min_rows))
+
+
 def run_demo(
     root: Path,
     workdir: Path,
-    months: list[int],
+    months: list[pd.Period],
     params_file: str | None = None,
     canary: bool = True,
     trigger: str = "drift",
 ) -> list[CycleResult]:
     """Bootstrap a model with `dvc repro`, then feed the following months one by one; return every retrain's result.
 
-    The first month makes the first champion and the service starts with it. With `trigger="drift"`, each later
-    month's flights are served (with labels as feedback) and a monitor flow run decides whether to retrain on the
-    batches waiting in the inbox; with "monthly", every batch is retrained at once. With `canary`, a gate pass is
-    canaried on the service with the next month's flights as traffic; without, it promotes directly.
+    The dataset is the one `params_file` (default: root/params.yaml) names. The first month makes the first champion
+    and the service starts with it. With `trigger="drift"`, each later month's records are served (with labels as
+    feedback) and a monitor flow run decides whether to retrain on the batches waiting in the inbox; with "monthly",
+    every batch is retrained at once. With `canary`, a gate pass is canaried on the service with the next month's
+    records as traffic; without, it promotes directly.
     """
     from rich.console import Console
 

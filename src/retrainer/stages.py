@@ -9,10 +9,12 @@ from pathlib import Path
 import joblib
 import pandas as pd
 
-from retrainer.config import Params, params_hash
+from retrainer.config import Params, Reference, params_hash
 from retrainer.io.tables import list_batches, read_json, read_table, write_joblib, write_json, write_parquet
 
 VALIDATION_SUMMARY = Path("data/validated/summary.json")
+REFERENCES_DIR = Path("data/references")
+REFERENCE = "reference"
 DATASET = Path("data/interim/dataset.parquet")
 INGEST_REPORT = Path("data/interim/ingest_report.json")
 TRAIN = Path("data/processed/train.parquet")
@@ -84,6 +86,21 @@ def validate(params: Params, root: Path) -> dict:
     summary = {"batches": batches, "validated": len(batches)}
     write_json(summary, root / VALIDATION_SUMMARY)
     return {"validated": len(batches)}
+
+
+def reference(params: Params, root: Path, ref: Reference) -> dict:
+    """Fingerprint one reference table (its file's MD5, rows, the join keys ingest finds) into data/references/,
+    so ingest reruns when the table changes. Raises FileNotFoundError or KeyError naming the file or columns."""
+    from retrainer.steps.ingest import reference_rows
+
+    path = root / ref.path
+    if not path.is_file():
+        raise FileNotFoundError(f"data.references '{ref.name}': file not found: {ref.path}")
+    table = read_table(path)
+    report = {"name": ref.name, "path": ref.path, "md5": file_md5(path), "rows": len(table)}
+    report["keys"] = len(reference_rows(table, ref))
+    write_json(report, root / REFERENCES_DIR / f"{ref.name}.json")
+    return report
 
 
 def ingest(params: Params, root: Path) -> dict:
@@ -275,15 +292,35 @@ STAGES: dict[str, Callable[[Params, Path], dict]] = {
 }
 
 
+def pipeline_stages(params: Params) -> list[str]:
+    """The dvc.yaml stage names in run order: a reference table's stage is DVC's foreach name, reference@<index>."""
+    references = [f"{REFERENCE}@{index}" for index in range(len(params.data.references))]
+    return ["validate", *references, *(name for name in STAGES if name != "validate")]
+
+
+def find_reference(params: Params, key: str) -> Reference:
+    """The reference table a `reference@KEY` stage names: KEY is its name (dvc.yaml's cmd) or index (DVC's name)."""
+    references = params.data.references
+    for ref in references:
+        if ref.name == key:
+            return ref
+    if key.isdigit() and int(key) < len(references):
+        return references[int(key)]
+    raise KeyError(f"no reference table '{key}' in data.references ({', '.join(r.name for r in references) or 'none'})")
+
+
 def run_stage(name: str, params: Params, root: Path) -> dict:
-    """Run one stage by name with one OpenMP/BLAS thread per process.
+    """Run one stage by name (`reference@NAME` for a reference table) with one OpenMP/BLAS thread per process.
 
     At these data sizes a second thread gains a few percent on a quiet machine and loses several-fold on a busy
     one (an idle Prefect server, a service, the other core's work); the flow and `dvc repro` both come here.
     """
     from threadpoolctl import threadpool_limits
 
+    kind, _, key = name.partition("@")
+    if kind == REFERENCE and key:
+        return reference(params, root, find_reference(params, key))
     if name not in STAGES:
-        raise KeyError(f"unknown stage '{name}'; choose from {', '.join(STAGES)}")
+        raise KeyError(f"unknown stage '{name}'; choose from {', '.join(STAGES)}, {REFERENCE}@NAME")
     with threadpool_limits(limits=1):
         return STAGES[name](params, root)

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
 from retrainer.io.tables import read_json
-from retrainer.io.workspace import create_workspace, reproduce
+from retrainer.io.workspace import create_workspace, dvc, reproduce
 from retrainer.stages import PROFILE, REGISTRATION
 
 pytestmark = pytest.mark.integration
-ALL_STAGES = {"validate", "ingest", "split", "train", "evaluate", "register"}
+ALL_STAGES = {"validate", "reference@0", "reference@1", "ingest", "split", "train", "evaluate", "register"}
 
 
 def small_params(source: Path, dest: Path) -> Path:
@@ -99,3 +102,34 @@ def test_changing_a_training_param_reruns_only_the_stages_that_read_it(workspace
     assert set(rerun.ran) == {"train", "evaluate", "register"}
     assert {"validate", "ingest", "split"} <= set(rerun.skipped)
     assert int(read_json(ws / REGISTRATION)["version"]) == int(before) + 1
+
+
+def _changed(ws: Path, env: dict) -> dict:
+    """`dvc status --json`: stage name -> what changed ({} when everything is up to date)."""
+    return json.loads(dvc(ws, "status", "--json", env=env).strip().splitlines()[-1])
+
+
+def test_the_data_dependencies_come_from_params(workspace, project_root):
+    ws, env, _ = workspace
+    own = ws / "own"
+    own.mkdir()
+    shutil.copy2(project_root / "seeds" / "planes.parquet", own / "planes.parquet")
+    _set_params(ws, lambda raw: raw["data"]["references"][1].update(path="own/planes.parquet"))
+    assert "reference@1" in _changed(ws, env)
+    rerun = reproduce(ws, env=env)
+    assert "reference@1" in rerun.ran and "reference@0" in rerun.skipped
+    assert _changed(ws, env) == {}
+
+    planes = pd.read_parquet(own / "planes.parquet")
+    planes.assign(seats=planes["seats"] + 1).to_parquet(own / "planes.parquet")
+    changed = _changed(ws, env)
+    assert list(changed) == ["reference@1"]
+    assert {"changed deps": {"own/planes.parquet": "modified"}} in changed["reference@1"]
+    rerun = reproduce(ws, env=env)
+    assert {"reference@1", "ingest"} <= set(rerun.ran)
+
+    shutil.copy2(project_root / "seeds" / "flights.parquet", own / "flights.parquet")
+    _set_params(ws, lambda raw: raw["data"].update(batch_source="own/flights.parquet"))
+    changed = _changed(ws, env)
+    assert list(changed) == ["ingest"]
+    assert changed["ingest"][0]["changed deps"]["own/flights.parquet"] == "modified"  # DVC's word for a new path

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from retrainer.config import Params
-from retrainer.demo import write_month_batch
+from retrainer.demo import DemoData
 from retrainer.io import monitoring as store
 from retrainer.io import registry
 from retrainer.io.project import Workspace
@@ -126,7 +126,9 @@ def test_served_features_are_logged_with_each_prediction(runtime, home, seed_fli
 def test_march_drifts_on_weather_but_does_not_alarm_or_retrain(home, workspace, params, retrains, project_root):
     from retrainer.app.monitor import monitor_pass
 
-    write_month_batch(project_root / "seeds" / "flights.parquet", 3, workspace / params.retrain.inbox_dir)
+    DemoData.from_params(params, project_root).write_batch(
+        pd.Period("2013-03", "M"), workspace / params.retrain.inbox_dir
+    )
     result = monitor_pass(_window_of(params, ROWS_PER_MONTH), Workspace.at(workspace), retrains, now=START).to_dict()
 
     assert result["status"] == "ok" and result["rows"] == ROWS_PER_MONTH and result["labelled"] == ROWS_PER_MONTH
@@ -147,7 +149,9 @@ def test_september_alarms_and_fires_one_retrain_after_two_passes(
 
     serve_month(runtime, seed_flights, 9)
     shutil.rmtree(workspace / params.retrain.inbox_dir)
-    write_month_batch(project_root / "seeds" / "flights.parquet", 9, workspace / params.retrain.inbox_dir)
+    DemoData.from_params(params, project_root).write_batch(
+        pd.Period("2013-09", "M"), workspace / params.retrain.inbox_dir
+    )
     september = _window_of(params, ROWS_PER_MONTH)
 
     first = monitor_pass(september, Workspace.at(workspace), retrains, now=START + timedelta(hours=1)).to_dict()

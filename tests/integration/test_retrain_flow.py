@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
-from retrainer.demo import write_month_batch
+from retrainer.config import load_params
+from retrainer.demo import DemoData
 from retrainer.io import registry
 from retrainer.io.batches import BatchRecord, batch_id
 from retrainer.io.tables import read_json
@@ -30,7 +32,7 @@ CANARY = {
     "max_seconds_per_step": 60,
     "feedback_delay_seconds": 0.2,
 }
-ALL_STAGES = ("validate", "ingest", "split", "train", "evaluate", "register")
+ALL_STAGES = ("validate", "reference@0", "reference@1", "ingest", "split", "train", "evaluate", "register")
 
 
 def _small_params(source: Path, dest: Path) -> Path:
@@ -60,8 +62,9 @@ def _small_params(source: Path, dest: Path) -> Path:
 
 
 def _sample_batch(project_root: Path, month: int, staging: Path, name: str, every: int) -> Path:
-    """Every `every`-th flight of a month, cut line by line from the CSV `write_month_batch` writes."""
-    full = write_month_batch(project_root / "seeds" / "flights.parquet", month, staging / f"full-{month:02d}")
+    """Every `every`-th flight of a month, cut line by line from the CSV batch the demo writes."""
+    seed = DemoData.from_params(load_params(project_root / "params.yaml"), project_root)
+    full = seed.write_batch(pd.Period(year=2013, month=month, freq="M"), staging / f"full-{month:02d}")
     header, *rows = full.read_text().splitlines(keepends=True)
     path = staging / name
     path.write_text(header + "".join(rows[::every]))
@@ -69,32 +72,14 @@ def _sample_batch(project_root: Path, month: int, staging: Path, name: str, ever
 
 
 @pytest.fixture(scope="module")
-def ws(project_root, tmp_path_factory, prefect_harness):
-    """A fresh workspace with its own MLflow store and run record; no bootstrap model, no champion.
-
-    OpenMP and BLAS are held to one thread in this process (Prefect runs sync flows and tasks in the
-    calling thread): on a 2-core machine shared with other jobs, the HGB search took 58 s with two spinning
-    OpenMP threads and 9 s with one. It changes how fast the flow runs, not what it decides.
-    """
-    import mlflow
-    import sklearn.ensemble  # noqa: F401  (loads OpenMP, so the limit below applies to it)
-    from threadpoolctl import threadpool_limits
-
+def ws(project_root, tmp_path_factory, prefect_harness, workspace_environment):
+    """A fresh workspace with its own MLflow store and run record; no bootstrap model, no champion."""
     from retrainer.io.workspace import create_workspace
 
     tmp = tmp_path_factory.mktemp("retrain-flow")
     workspace = create_workspace(project_root, tmp / "ws", _small_params(project_root, tmp))
-    home = workspace / ".retrainer"
-    with pytest.MonkeyPatch.context() as patch, threadpool_limits(limits=1):
-        patch.setenv("RETRAINER_HOME", str(home))
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        patch.setenv("RETRAINER_ADMIN_TOKEN", TOKEN)
-        patch.delenv("RETRAINER_PARAMS", raising=False)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with workspace_environment(workspace, TOKEN):
         yield workspace
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 @pytest.fixture(scope="module")
@@ -116,24 +101,9 @@ def batches(project_root, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def service(ws, tmp_path_factory):
+def service(ws, workspace_service):
     """`retrainer serve` on the workspace, started on first use (it needs a champion), stopped with the module."""
-    from retrainer.serving.launch import start_service
-
-    started = []
-
-    def start():
-        if not started:
-            running = start_service(ws, tmp_path_factory.mktemp("service") / "serve.log")
-            raw = yaml.safe_load((ws / "params.yaml").read_text())
-            raw["canary"]["service_url"] = running.url
-            (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-            started.append(running)
-        return started[0]
-
-    yield start
-    for running in started:
-        running.stop()
+    return lambda: workspace_service(ws)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from retrainer.app.promotion import (
 )
 from retrainer.app.results import CycleResult
 from retrainer.app.validate import BatchValidation, validate_batch
-from retrainer.config import Params
+from retrainer.config import Params, require_dvc_params
 from retrainer.cycle import GATE_JSON, finite, gather_and_decide, write_gate_report
 from retrainer.io import registry
 from retrainer.io.batches import (
@@ -45,7 +45,7 @@ from retrainer.io.tables import read_json
 from retrainer.io.tracking import connect
 from retrainer.io.workspace import commit_stage, stage_changed
 from retrainer.outcomes import RETRYABLE, CanaryOutcome, CycleStatus
-from retrainer.stages import REGISTRATION, STAGES, run_stage
+from retrainer.stages import REGISTRATION, pipeline_stages, run_stage
 
 _log = logging.getLogger(__name__)
 
@@ -155,8 +155,10 @@ def retrain_batch(
     directly (no canary or no champion) or canaried at `canary.service_url`, replaying `canary_traffic` if given.
     `replaces`: an accepted batch this file re-delivers (same period), set aside under data/superseded/.
     Holds the workspace lock (see io/locks.py). Raises BatchQuarantined, RuntimeError (a live run holds the claim),
-    ValueError (a bad `replaces`); any other failure undoes the cycle's acceptances (`record_failure`) and re-raises.
+    ValueError (a bad `replaces`), ConfigError (params other than the params.yaml DVC reads, before anything is
+    claimed); any other failure undoes the cycle's acceptances (`record_failure`) and re-raises.
     """
+    require_dvc_params(workspace.root)
     params = workspace.load_params()
     connect(workspace.root)
     record, batch = BatchRecord(workspace.batch_record), Path(batch).resolve()
@@ -248,7 +250,7 @@ def train_and_decide(cycle: Cycle, canary_traffic: Path | None, earlier: Sequenc
     if not validation.passed:
         quarantine(cycle, validation)
     accept_in_cycle(cycle, validation)
-    stages = [steps.run_stage(params, workspace, name) for name in STAGES]
+    stages = [steps.run_stage(params, workspace, name) for name in pipeline_stages(params)]
     registration = read_json(workspace.path(REGISTRATION))
     reused = reuse_decision(cycle, stages, registration["version"])
     if reused is not None:

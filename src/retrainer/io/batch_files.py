@@ -60,7 +60,7 @@ class ReadOptions:
 
     `missing_text` / `missing_number` are the exact CSV cell texts read as missing in text / numeric columns (pandas'
     `keep_default_na=False` with explicit `na_values`): by default only an empty cell is missing in a text column, so
-    a carrier coded `NA` stays the text `NA`, as it does in Parquet.
+    a category coded `NA` stays the text `NA`, as it does in Parquet.
     """
 
     max_file_mb: float

@@ -18,6 +18,7 @@ from retrainer.io.project import HOME_DIR, Workspace
 
 PIPELINE_FILES = ("dvc.yaml", "params.yaml")
 LINKED = ("seeds", "src")
+EMPTY_FOLDERS = ("data/batches", "data/references")  # in git with a .gitkeep; data/references is a dvc.yaml dep
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,14 @@ def reproduce(
     echo: Callable[[str], None] | None = None,
 ) -> ReproResult:
     """`dvc repro [targets]` under the workspace lock (a retrain cycle in progress is waited for, up to 30 minutes);
-    report which stages ran and which were skipped as unchanged."""
+    report which stages ran and which were skipped as unchanged. Raises ConfigError when the chosen params file is
+    not the workspace's params.yaml that DVC reads (see `require_dvc_params`)."""
     import time
 
+    from retrainer.config import require_dvc_params
     from retrainer.io.locks import workspace_lock
 
+    require_dvc_params(root)
     started = time.perf_counter()
     args = ["repro", *(["--single-item"] if single else []), *targets]
     with workspace_lock(Workspace.at(root).workspace_lock, "dvc repro", REPRO_LOCK_TIMEOUT_SECONDS, echo):
@@ -92,8 +96,30 @@ def reproduce(
     )
 
 
+def data_paths(params_file: Path) -> list[str]:
+    """The data files a params file names (data.batch_source, each data.references[*].path), relative to the root."""
+    from retrainer.config import load_params
+
+    data = load_params(params_file).data
+    return [data.batch_source, *(ref.path for ref in data.references)]
+
+
+def link_data_files(source: Path, dest: Path, paths: list[str]) -> None:
+    """Symlink each named data file of `source` into `dest` at the same relative path (unless a linked folder
+    already holds it). Raises FileNotFoundError naming a file that is not there."""
+    for relative in paths:
+        target = dest / relative
+        if target.exists():
+            continue
+        if not (source / relative).is_file():
+            raise FileNotFoundError(f"params name a data file that is not in {source}: {relative}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to((source / relative).resolve())
+
+
 def create_workspace(source: Path, dest: Path, params_file: Path | None = None, git: bool = False) -> Path:
-    """A fresh DVC workspace at `dest` (wiped first) sharing the source's seeds and code, with its own state.
+    """A fresh DVC workspace at `dest` (wiped first) sharing the source's seeds, code and the data files its params
+    name (batch source, reference tables), with its own state.
 
     With `git`, the workspace is also a git repository with one commit, as a user's clone would be.
     """
@@ -106,8 +132,10 @@ def create_workspace(source: Path, dest: Path, params_file: Path | None = None, 
         shutil.copy2(params_file, dest / "params.yaml")
     for name in LINKED:
         (dest / name).symlink_to((source / name).resolve(), target_is_directory=True)
-    (dest / "data" / "batches").mkdir(parents=True)
-    (dest / "data" / "batches" / ".gitkeep").touch()
+    link_data_files(source, dest, data_paths(dest / "params.yaml"))
+    for folder in EMPTY_FOLDERS:
+        (dest / folder).mkdir(parents=True, exist_ok=True)
+        (dest / folder / ".gitkeep").touch()
     if git:
         for args in (
             ["init", "-q"],

@@ -8,10 +8,10 @@ import tempfile
 from importlib.metadata import version as installed
 from pathlib import Path
 
-from retrainer.config import load_params, resolve_params_path
+from retrainer.config import Params, load_params, resolve_params_path
 from retrainer.io import registry
 from retrainer.io.project import home_dir
-from retrainer.serving.models import bento_model_tag, write_manifest
+from retrainer.serving.models import MANIFEST, bento_model_tag, write_manifest
 
 SERVICE = "retrainer.serving.service:RetrainerService"
 BENTO_NAME = "retrainer"
@@ -70,17 +70,46 @@ def import_versions(model_name: str, versions: list[str]) -> list[str]:
     return tags
 
 
+CODE_AND_CONFIG = ("retrainer/**/*.py", "params.yaml", MANIFEST)
+
+
+def bento_data_files(params: Params) -> list[str]:
+    """The data files the service reads, as the params name them (relative to the project root): each reference
+    table joined at request time (data.references[*].path). The batch source is not read by the service."""
+    return sorted({ref.path for ref in params.data.references})
+
+
+def build_options(params: Params, model_name: str, versions: list[str], model_tags: list[str]) -> dict:
+    """The keyword arguments of `bentoml.bentos.build` (not the service and context): the files to include (code,
+    params, manifest and the data files the params name), the models, the labels and the offline Python config."""
+    return {
+        "name": BENTO_NAME,
+        "include": [*CODE_AND_CONFIG, *bento_data_files(params)],
+        "models": model_tags,
+        "labels": {"mlflow_model": model_name, "versions": "-".join(versions)},
+        "python": {"packages": [f"{name}=={installed(name)}" for name in RUNTIME_PACKAGES], "lock_packages": False},
+    }
+
+
+def stage_data_files(root: Path, directory: Path, paths: list[str]) -> None:
+    """Copy each data file (relative to `root`) to the same relative path under the build context `directory`.
+    Raises FileNotFoundError naming a file the params name that is not there."""
+    for relative in paths:
+        if not (root / relative).is_file():
+            raise FileNotFoundError(f"the params name a data file the Bento needs that is not there: {root / relative}")
+        target = directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / relative, target)
+
+
 def _stage_context(root: Path, params_file: Path, directory: Path, model_name: str, versions: list[str]) -> None:
-    """The build context: the library, the params, the reference tables and the model manifest."""
+    """The build context: the library, the params, the data files they name and the model manifest."""
     params = load_params(params_file)
     shutil.copytree(
         Path(__file__).resolve().parents[1], directory / "retrainer", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copy2(params_file, directory / "params.yaml")
-    for ref in params.data.references:
-        target = directory / ref.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / ref.path, target)
+    stage_data_files(root, directory, bento_data_files(params))
     champion = registry.alias_version(model_name, registry.CHAMPION)
     challenger = registry.alias_version(model_name, registry.CHALLENGER)
     write_manifest(
@@ -103,21 +132,11 @@ def build_bento(model_name: str, versions: list[str], root: Path) -> str:
     import bentoml
 
     model_tags = import_versions(model_name, versions)
+    params_file = resolve_params_path(root=root)
+    options = build_options(load_params(params_file), model_name, versions, model_tags)
     with tempfile.TemporaryDirectory(prefix="bento-ctx-", dir=home_dir(root)) as staging:
-        context = Path(staging)
-        _stage_context(root, resolve_params_path(root=root), context, model_name, versions)
-        bento = bentoml.bentos.build(
-            SERVICE,
-            name=BENTO_NAME,
-            build_ctx=str(context),
-            include=["retrainer/**/*.py", "params.yaml", "retrainer_bento.json", "seeds/**", "data/**"],
-            models=model_tags,
-            labels={"mlflow_model": model_name, "versions": "-".join(versions)},
-            python={
-                "packages": [f"{name}=={installed(name)}" for name in RUNTIME_PACKAGES],
-                "lock_packages": False,
-            },
-        )
+        _stage_context(root, params_file, Path(staging), model_name, versions)
+        bento = bentoml.bentos.build(SERVICE, build_ctx=staging, **options)
     tag = str(bento.tag)
     for version in versions:
         registry.tag_version(model_name, version, {"bento_tag": tag})
