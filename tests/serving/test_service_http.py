@@ -292,10 +292,13 @@ def test_client_errors_have_the_documented_bodies_and_log_one_line(
     assert isinstance(invalid.json()["error"], str) and isinstance(invalid.json()["detail"], list)
     conflict = client.post("/admin/promote", headers=ADMIN)  # no challenger weighted in: nothing to promote
     assert conflict.status_code == 409 and isinstance(conflict.json()["error"], str), conflict.text
-    time.sleep(0.5)
+    warning = r"\[WARNING\].*Exception on /predict \[POST\]: 400 "
+    deadline = time.monotonic() + 60  # the server writes its log asynchronously: wait for the line, not a fixed time
+    while not re.search(warning, server.log_path.read_text()[len(before) :]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     added = server.log_path.read_text()[len(before) :]
     assert "Traceback" not in added, added[-2000:]
-    assert re.search(r"\[WARNING\].*Exception on /predict \[POST\]: 400 ", added), added[-2000:]
+    assert re.search(warning, added), added[-2000:]
 
 
 def test_the_openapi_document_is_valid_and_the_service_keeps_to_it(server: Server, tmp_path):
