@@ -208,10 +208,13 @@ BEGIN_AND_DIE = (
 
 
 def _workspace(tmp_path: Path, params):
-    """A workspace whose params name this module's registered model."""
+    """A workspace whose params name this module's registered model and a service URL where nothing listens."""
+    from retrainer.io.processes import free_port
     from retrainer.io.project import Workspace
 
-    named = params.model_copy(update={"tracking": params.tracking.model_copy(update={"registered_model": MODEL})})
+    nowhere = params.canary.model_copy(update={"service_url": f"http://127.0.0.1:{free_port()}"})
+    tracking = params.tracking.model_copy(update={"registered_model": MODEL})
+    named = params.model_copy(update={"tracking": tracking, "canary": nowhere})
     return Workspace(tmp_path, tmp_path / "home"), named
 
 
@@ -264,3 +267,38 @@ def test_a_live_runs_promotion_and_challenger_are_left_alone_and_a_dead_runs_cha
     assert line == "challenger alias on v2 cleared: no live run owns it (the run that set it died)"
     assert registry.alias_version(MODEL, registry.CHALLENGER) is None
     assert registry.alias_version(MODEL, registry.CHAMPION) == "1"
+
+
+def test_the_champion_is_never_judged_against_itself(tracking, tmp_path, params):
+    """The recovery run of the issue: its challenger is already the champion (promoted by a run that died). A retried
+    promotion counts as done (promoted, not `rejected ... already the champion`), and the lineage of a cycle that
+    did not promote it keeps the champion's verdict and parent instead of tagging it `rejected` against itself."""
+    import mlflow
+
+    from retrainer.app.promotion import promote_challenger, record_lineage
+    from retrainer.app.results import CycleResult
+    from retrainer.outcomes import CycleStatus
+
+    workspace, named = _workspace(tmp_path, params)
+    _reset_champion("1")
+    assert registry.promote_if_current(MODEL, "2", "1", workspace.registry_lock).promoted
+    registry.tag_version(MODEL, "2", {"gate_status": "promoted", "parent_champion": "1"})
+
+    again = promote_challenger(named, workspace, {"challenger_version": "2", "reasons": ["gate passed"]}, "1")
+    assert again.status == CycleStatus.PROMOTED, again.reasons
+    assert registry.alias_version(MODEL, registry.CHAMPION) == "2"
+
+    run_id = mlflow.MlflowClient().get_model_version(MODEL, "2").run_id
+    rerun = CycleResult(
+        CycleStatus.REJECTED,
+        ["v2 is already the champion"],
+        batch_id="b2",
+        challenger_version="2",
+        compared_champion="2",
+        gate={"passed": True},
+        registration={"run_id": run_id},
+        validation={"warnings": []},
+    )
+    record_lineage(named, rerun)
+    tags = registry.version_tags(MODEL, "2")
+    assert (tags["gate_status"], tags["parent_champion"]) == ("promoted", "1"), tags
