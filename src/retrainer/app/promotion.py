@@ -136,15 +136,18 @@ def recover_promotion(
     with journal.lock():
         if (entry := journal.read()) is None or entry.owner_alive:
             return None
-        if registry.alias_version(entry.model, registry.CHAMPION) != entry.to_version:
+        champion = registry.alias_version(entry.model, registry.CHAMPION)
+        if champion != entry.to_version:
             if registry.alias_version(entry.model, registry.CHALLENGER) == entry.to_version:
                 registry.clear_alias(entry.model, registry.CHALLENGER)
             journal.close(entry.to_version)
-            return f"interrupted promotion of {entry.describe()} undone: the champion alias never moved"
-        complete_promotion(params, workspace, entry if entry.done(Phase.ALIAS) else journal.advance(entry, Phase.ALIAS))
+            return f"interrupted promotion of {entry.describe()} undone: the champion alias is on v{champion}"
+        moved = entry if entry.done(Phase.ALIAS) else journal.advance(entry, Phase.ALIAS)
+        said = complete_promotion(params, workspace, moved, log)
         record_recovered(workspace, entry)
         journal.close(entry.to_version)
-    return f"interrupted promotion of {entry.describe()} finished: tags, golden predictions, service, batch record"
+    service = f"; service: {said[0]}" if said else ""
+    return f"interrupted promotion of {entry.describe()} finished: tags, golden predictions, batch record{service}"
 
 
 def record_recovered(workspace: Workspace, entry: PromotionEntry) -> None:
