@@ -158,7 +158,9 @@ def retrain_batch(
     A batch processed before returns its recorded outcome unless `force`. A gate pass is packaged, then promoted
     directly (no canary or no champion) or canaried at `canary.service_url`, replaying `canary_traffic` if given.
     `replaces`: an accepted batch this file re-delivers (same period), set aside under data/superseded/.
-    Holds the workspace lock (see io/locks.py). Raises BatchQuarantined, RuntimeError (a live run holds the claim),
+    First finishes or undoes what a dead run left half done (`recover_interrupted`: a journalled promotion, an orphan
+    challenger alias). Holds the workspace lock (see io/locks.py); a wait for it is said in the batch's reasons.
+    Raises BatchQuarantined, RuntimeError (a live run holds the claim),
     ValueError (a bad `replaces`); any other failure undoes the cycle's acceptances (`record_failure`) and re-raises.
     """
     params = workspace.load_params()
