@@ -138,16 +138,37 @@ def recover_promotion(
             return None
         champion = registry.alias_version(entry.model, registry.CHAMPION)
         if champion != entry.to_version:
+            withdrawn = withdraw_from_service(params, entry.to_version)
             if registry.alias_version(entry.model, registry.CHALLENGER) == entry.to_version:
                 registry.clear_alias(entry.model, registry.CHALLENGER)
             journal.close(entry.to_version)
-            return f"interrupted promotion of {entry.describe()} undone: the champion alias is on v{champion}"
+            undone = f"interrupted promotion of {entry.describe()} undone: the champion alias is on v{champion}"
+            return f"{undone}; {withdrawn}" if withdrawn else undone
         moved = entry if entry.done(Phase.ALIAS) else journal.advance(entry, Phase.ALIAS)
         said = complete_promotion(params, workspace, moved, log)
         record_recovered(workspace, entry)
         journal.close(entry.to_version)
     service = f"; service: {said[0]}" if said else ""
     return f"interrupted promotion of {entry.describe()} finished: tags, golden predictions, batch record{service}"
+
+
+def withdraw_from_service(params: Params, version: str) -> str | None:
+    """Give `version` no more traffic at canary.service_url when it is that service's weighted challenger (the
+    canary of a run that died); a line saying so, or None (no service, no admin token, or not its challenger)."""
+    from retrainer.serving.client import AdminClient
+    from retrainer.serving.runtime import TOKEN_ENV
+
+    if not (token := os.environ.get(TOKEN_ENV)):
+        return None
+    try:
+        with AdminClient(params.canary.service_url, token) as admin:
+            state = admin.rollout()
+            if state.get("challenger_version") != version or not state.get("challenger_weight"):
+                return None
+            status, after = admin.set_weight(0.0)
+    except RuntimeError:
+        return None  # no service answers: a service started later serves the champion alone
+    return f"the service's traffic share for v{version} set to 0 ({status} {after})"
 
 
 def record_recovered(workspace: Workspace, entry: PromotionEntry) -> None:
