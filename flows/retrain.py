@@ -38,9 +38,11 @@ def validate(
 
 
 @task(task_run_name="promote", **RETRIED)
-def promote(params: Params, workspace: Workspace, gate: dict, expected_champion: str | None) -> Verdict:
-    """Compare-and-set promotion of a gate pass, logged to the run (see `promote_challenger`)."""
-    return promotion.promote_challenger(params, workspace, gate, expected_champion, get_run_logger())
+def promote(
+    params: Params, workspace: Workspace, gate: dict, expected_champion: str | None, batch_id: str | None = None
+) -> Verdict:
+    """Compare-and-set promotion of a gate pass, journalled and logged to the run (see `promote_challenger`)."""
+    return promotion.promote_challenger(params, workspace, gate, expected_champion, get_run_logger(), batch_id)
 
 
 def canary_subflow(plan: CanaryPlan) -> CanaryResult:

@@ -42,10 +42,14 @@ def january_sample(seed_flights: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One Prefect test harness for the whole session (it costs about 15 s); integration and end-to-end tests."""
+    """One Prefect test harness for the whole session (it costs about 15 s); integration and end-to-end tests.
+
+    The test server migrates a fresh SQLite database at start: about 15 s on a quiet machine, minutes at load 10-20.
+    The bound only catches a server that never starts.
+    """
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_test_harness(server_startup_timeout=600):
         yield
 
 

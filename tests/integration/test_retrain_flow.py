@@ -565,3 +565,153 @@ def test_a_second_run_on_a_busy_workspace_ends_busy_and_a_killed_holder_frees_it
     garbage.write_bytes(b"\x00 not a table\n" * 20)
     assert _run(garbage, ws)["status"] == "quarantined", "the killed holder's lock was released by the kernel"
     (ws / "params.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+
+
+def _retrainer_run(ws: Path, batch: Path, log: Path, **env: str):
+    """`python -m retrainer.cli run --batch FILE --json` as a real process on the workspace, using this session's
+    Prefect test server (so it starts no temporary server of its own); stdout and stderr go to `log`."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    environment = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "OMP_NUM_THREADS": "1", **env}
+    command = [sys.executable, "-m", "retrainer.cli", "run", "--batch", str(batch), "--json"]
+    with log.open("wb") as out:
+        return subprocess.Popen(command, cwd=ws, env=environment, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    """Poll `condition` until it is true; fail naming `what` after `timeout_s` seconds (generous: a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {what}"
+        time.sleep(0.2)
+
+
+def _lock_holder_pid(ws: Path) -> int | None:
+    from retrainer.io.locks import lock_holder
+
+    holder = lock_holder(ws / ".retrainer" / "workspace.lock")
+    return holder["pid"] if holder else None
+
+
+@pytest.fixture
+def lenient_gate(ws):
+    """Every challenger that trains passes the gate and is promoted directly (no canary): the tests below are about
+    what happens around a promotion, not about the gate (the worse-challenger test left a one-feature model)."""
+    old = _set_params(
+        ws,
+        train={"feature_selection": {"enabled": False}},
+        gate={
+            "improvement": {"policy": "must_not_be_worse", "margin": 1.0},
+            "max_regression": {"roc_auc": 1.0, "pr_auc": 1.0},
+            "slices": {"max_drop": 1.0},
+        },
+        canary={"enabled": False},
+    )
+    yield
+    (ws / "params.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+
+
+def test_two_real_runs_at_once_train_one_after_the_other_and_the_earlier_month_is_not_stale(
+    ws, project_root, tmp_path, lenient_gate
+):
+    """Two real `retrainer run` processes on one workspace with a champion, on two consecutive months. November is
+    started first and October as soon as November holds the workspace lock (the way to be sure they overlap on a
+    loaded machine): October waits, then trains. No corrupt file, one promotion per champion compared against,
+    each version's lineage names its own batch and data, and October's record says it waited for November.
+    October is not quarantined as stale although November was trained first (the freshness race)."""
+    import subprocess
+    import sys
+
+    import joblib
+
+    from retrainer.stages import MODEL as MODEL_FILE
+
+    october = _sample_batch(project_root, 10, tmp_path, "flights-2013-10-run.csv", every=10)
+    november = _sample_batch(project_root, 11, tmp_path, "flights-2013-11-run.csv", every=10)
+    before = _versions()
+    later = _retrainer_run(ws, november, tmp_path / "november.log")
+    _wait_for(lambda: _lock_holder_pid(ws) == later.pid or later.poll() is not None, 300, "November holds the lock")
+    earlier = _retrainer_run(ws, october, tmp_path / "october.log")
+    assert earlier.wait(timeout=900) == 0, (tmp_path / "october.log").read_text()[-3000:]
+    assert later.wait(timeout=900) == 0, (tmp_path / "november.log").read_text()[-3000:]
+
+    record = _record(ws)
+    nov, octo = record.get(batch_id(november)), record.get(batch_id(october))
+    assert nov["status"] == "promoted", nov["result"]["reasons"]
+    assert octo["status"] == "promoted", octo["result"]["reasons"]
+    assert any(f"workspace busy: held by pid {later.pid} (retrain of batch" in r for r in octo["result"]["reasons"])
+    assert any("waited" in r for r in octo["result"]["reasons"]), octo["result"]["reasons"]
+    assert not any("workspace busy" in r for r in nov["result"]["reasons"]), "November never waited"
+
+    new = _versions() - before
+    assert new == {nov["result"]["challenger_version"], octo["result"]["challenger_version"]}
+    parents = [registry.version_tags(MODEL, v).get("promoted_from") for v in sorted(new, key=int)]
+    assert len(set(parents)) == len(parents), f"two promotions over the same champion: {parents}"
+    assert octo["result"]["compared_champion"] == nov["result"]["challenger_version"]
+    for entry, batch in ((nov, november), (octo, october)):
+        tags = registry.version_tags(MODEL, entry["result"]["challenger_version"])
+        assert tags["batch_id"] == batch_id(batch)
+    first, second = (registry.version_tags(MODEL, entry["result"]["challenger_version"]) for entry in (nov, octo))
+    assert first["data_md5"] != second["data_md5"], "each version names the data it was trained on"
+    assert second["data_md5"] == file_md5(ws / TRAIN), "the last training's data is the workspace's"
+    assert "features" in joblib.load(ws / MODEL_FILE), "models/model.pkl is whole"
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "status", "--json"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "changed outs" not in status.stdout and "deleted" not in status.stdout, status.stdout
+
+
+def test_a_run_killed_right_after_the_champion_alias_moved_is_finished_by_the_next_run(
+    ws, project_root, tmp_path, lenient_gate, service
+):
+    """A real `retrainer run` kills itself with SIGKILL right after moving the champion alias, before it journals
+    that (RETRAINER_CRASH_AFTER_PHASE=alias: the one way to stop a real process at that exact point). The registry
+    then names the new champion with none of its promotion tags, and the running service still serves the old one.
+    `retrainer status` finishes the promotion: tags, golden predictions, the service told (it serves the new
+    champion), the batch recorded `promoted`; a rerun of the batch returns that outcome and never tags the
+    champion `rejected` against itself."""
+    import signal
+
+    from retrainer.app.status import format_status, project_status
+    from retrainer.io.project import Workspace
+    from retrainer.serving.rollback import golden_record_path
+
+    running = service()
+    champion = registry.alias_version(MODEL, registry.CHAMPION)
+    assert httpx.get(f"{running.url}/rollout", timeout=10).json()["champion_version"] == champion
+    december = _sample_batch(project_root, 12, tmp_path, "flights-2013-12-run.csv", every=10)
+    killed = _retrainer_run(ws, december, tmp_path / "killed.log", RETRAINER_CRASH_AFTER_PHASE="alias")
+    assert killed.wait(timeout=900) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+
+    new = registry.alias_version(MODEL, registry.CHAMPION)
+    assert new != champion, "the alias moved before the kill"
+    assert "gate_status" not in registry.version_tags(MODEL, new), "killed before any promotion tag"
+    assert (ws / ".retrainer" / "promotion.json").is_file()
+    assert _record(ws).get(batch_id(december))["status"] == "interrupted"
+    assert httpx.get(f"{running.url}/rollout", timeout=10).json()["champion_version"] == champion, "not told yet"
+
+    workspace = Workspace.at(ws)
+    report = project_status(workspace.load_params(), ws)
+    assert len(report["repaired"]) == 1 and "finished" in report["repaired"][0], report["repaired"]
+    assert f"v{new} over v{champion}" in format_status(report)
+    tags = registry.version_tags(MODEL, new)
+    assert (tags["gate_status"], tags["parent_champion"], tags["promoted_from"]) == ("promoted", champion, champion)
+    assert tags["batch_id"] == batch_id(december)
+    assert golden_record_path(workspace.home, new).is_file(), "golden predictions recorded"
+    assert httpx.get(f"{running.url}/rollout", timeout=10).json()["champion_version"] == new, "the service switched"
+    assert _record(ws).get(batch_id(december))["status"] == "promoted"
+    assert not (ws / ".retrainer" / "promotion.json").exists()
+
+    rerun = _run(december, ws)
+    assert rerun["status"] == "promoted" and rerun["already_processed"] is True, rerun
+    assert registry.alias_version(MODEL, registry.CHAMPION) == new
+    after = registry.version_tags(MODEL, new)
+    assert after["gate_status"] == "promoted" and after["parent_champion"] == champion, after

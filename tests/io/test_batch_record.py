@@ -247,3 +247,18 @@ def test_accept_copies_byte_for_byte_under_the_batch_id(tmp_path):
     dest = accept(source, tmp_path / "batches", batch_id(source))
     assert dest == tmp_path / "batches" / f"{batch_id(source)}.csv"
     assert dest.read_bytes() == source.read_bytes()
+
+
+def test_batches_that_arrive_together_are_concurrent_and_a_retry_keeps_its_first_arrival(record):
+    """October and November arrive together; November is done first. For October's freshness November is concurrent
+    (it was not done when October arrived), also when October's first try failed (busy) and it is retried later.
+    A batch that arrives after November is done is not concurrent with it."""
+    assert record.claim("oct", "oct.csv") and record.claim("nov", "nov.csv")
+    assert record.concurrent_with("nov") == ["oct"] and record.concurrent_with("oct") == ["nov"]
+    record.finish("oct", CycleStatus.FAILED, {"reasons": ["workspace busy"]})
+    record.finish("nov", CycleStatus.PROMOTED, {})
+    assert record.claim("dec", "dec.csv")
+    assert record.concurrent_with("dec") == [], "October's and November's outcomes were recorded before it arrived"
+    assert record.claim("oct", "oct.csv"), "a failed batch is taken again"
+    assert record.concurrent_with("oct") == ["dec", "nov"]
+    assert record.concurrent_with("never-claimed") == []

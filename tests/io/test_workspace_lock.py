@@ -66,7 +66,5 @@ def test_kill_9_of_the_holder_frees_the_workspace_at_once(tmp_path):
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     assert lock_holder(lock) is None, "a dead holder is not reported as holding"
-    started = time.monotonic()
-    with workspace_lock(lock, "retrain of batch b2", timeout_s=0):
-        pass
-    assert time.monotonic() - started < 1.0
+    with workspace_lock(lock, "retrain of batch b2", timeout_s=0):  # no wait at all: WorkspaceBusy if still held
+        assert lock_holder(lock)["purpose"] == "retrain of batch b2"

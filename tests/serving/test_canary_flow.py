@@ -371,3 +371,54 @@ def test_replayed_traffic_carries_no_outcome_column(params: Params, seed_flights
     records, labels = _traffic(params, seed_flights, 0, 50)
     assert not set(params.data.outcome_columns) & set().union(*records)
     assert set(labels) <= {0, 1, None} and len(labels) == 50
+
+
+CANARY_AND_DIE = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from retrainer.io.promotion_journal import Phase, PromotionEntry, PromotionJournal, crash_point\n"
+    "_, journal, model, champion, challenger = sys.argv\n"
+    "PromotionJournal(Path(journal)).begin(PromotionEntry(model, champion, challenger, 'b1', ()))\n"
+    "crash_point(Phase.INTENT)\n"
+)
+
+
+def test_a_run_killed_during_its_canary_is_undone_and_the_service_stops_sending_it_traffic(
+    canary_server: Server, canary_registry: Registry, params: Params, tmp_path: Path
+):
+    """The service gives a challenger half the traffic (a canary under way) and the run that journalled the
+    promotion is SIGKILLed (a real process, stopped by RETRAINER_CRASH_AFTER_PHASE=intent) before the alias moved.
+    The next run's recovery undoes it: the service's share for the challenger is 0, its alias is gone, the champion
+    is untouched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from retrainer.app.promotion import recover_promotion
+    from retrainer.io.project import Workspace
+
+    name = canary_registry.model_name
+    champion = registry.alias_version(name, registry.CHAMPION)
+    challenger = "1" if champion != "1" else "2"
+    registry.set_alias(name, registry.CHALLENGER, challenger)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    reloaded = httpx.post(f"{canary_server.url}/admin/reload", json={}, headers=headers, timeout=120)
+    assert reloaded.status_code == 200 and reloaded.json()["champion_version"] == champion, reloaded.text
+    weighted = httpx.post(
+        f"{canary_server.url}/admin/weights", json={"challenger_weight": 0.5}, headers=headers, timeout=60
+    )
+    assert weighted.status_code == 200 and weighted.json()["challenger_version"] == challenger, weighted.text
+
+    workspace = Workspace(ROOT, tmp_path)
+    env = {**os.environ, "RETRAINER_CRASH_AFTER_PHASE": "intent"}
+    command = [sys.executable, "-c", CANARY_AND_DIE, str(workspace.promotion_journal), name, champion, challenger]
+    assert subprocess.run(command, env=env, timeout=300).returncode == -signal.SIGKILL
+
+    pointed = params.model_copy(update={"canary": params.canary.model_copy(update={"service_url": canary_server.url})})
+    line = recover_promotion(pointed, workspace)
+    assert line is not None and "undone" in line and f"traffic share for v{challenger} set to 0" in line, line
+    rollout = httpx.get(f"{canary_server.url}/rollout", timeout=10).json()
+    assert rollout["challenger_weight"] == 0 and rollout["champion_version"] == champion, rollout
+    assert registry.alias_version(name, registry.CHALLENGER) is None
+    assert registry.alias_version(name, registry.CHAMPION) == champion

@@ -125,3 +125,29 @@ def test_recovery_writes_what_the_dead_letter_file_kept_once_the_log_takes_write
     window = read_window(tmp_path / LOG_FILE, "1", "", 100, params.features.numeric, params.features.categorical)
     assert window.features["carrier"].tolist() == list(scored.request_log.features["carrier"])
     assert recover_dead_letter(runtime.log, dead_letter) == Recovery(), "nothing left to do"
+
+
+def test_the_service_serves_the_registrys_champion_on_start_and_on_reload(
+    registry_home: Registry, params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed_flights
+):
+    """The saved rollout state says v2 while the registry's champion is v1 (a rollback done while the service was
+    down): the service starts on v1. A promotion made elsewhere (the alias moves to v2) is adopted when the service
+    is asked (`reload`, what POST /admin/reload and a finished promotion call), never silently ignored."""
+    from retrainer.io import registry
+    from retrainer.serving.routing import RolloutState
+    from retrainer.serving.state import save_state, state_path
+
+    for key, value in registry_home.env.items():
+        monkeypatch.setenv(key, value)
+    assert registry.alias_version(registry_home.model_name, registry.CHAMPION) == "1"
+    save_state(RolloutState(champion_version="2"), state_path(tmp_path))
+    served = ServingRuntime(ServingConfig(root=ROOT, home=tmp_path, params=params, admin_token=None))
+    try:
+        assert served.state.champion_version == "1"
+        assert {p["model_version"] for p in served.predict(raw_records(seed_flights, 3)).predictions} == {"1"}
+        registry.set_alias(registry_home.model_name, registry.CHAMPION, "2")
+        assert served.reload().champion_version == "2"
+        assert {p["model_version"] for p in served.predict(raw_records(seed_flights, 3)).predictions} == {"2"}
+    finally:
+        registry.set_alias(registry_home.model_name, registry.CHAMPION, "1")
+        served.close()

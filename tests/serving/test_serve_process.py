@@ -86,7 +86,7 @@ def test_bentoml_serve_without_a_host_listens_on_loopback_only(registry_home: Re
             start_new_session=True,
         )
     try:
-        wait_until_ready(proc, f"http://127.0.0.1:{port}/readyz", log_path, 120)
+        wait_until_ready(proc, f"http://127.0.0.1:{port}/readyz", log_path, 300)
         listening = {
             c.laddr.ip
             for c in psutil.net_connections(kind="tcp")

@@ -17,11 +17,13 @@ from pathlib import Path
 from retrainer.app.canary import CanaryPlan, CanaryResult, run_canary
 from retrainer.app.promotion import (
     Verdict,
+    close_promotion,
+    complete_promotion,
     mark_challenger,
     package_bento,
     promote_challenger,
-    record_golden,
     record_lineage,
+    recover_interrupted,
     reject_challenger,
 )
 from retrainer.app.results import CycleResult
@@ -41,6 +43,7 @@ from retrainer.io.batches import (
 )
 from retrainer.io.locks import workspace_lock
 from retrainer.io.project import Workspace
+from retrainer.io.promotion_journal import Phase, PromotionEntry, PromotionJournal
 from retrainer.io.tables import read_json
 from retrainer.io.tracking import connect
 from retrainer.io.workspace import commit_stage, stage_changed
@@ -93,7 +96,7 @@ class RetrainSteps:
     gate: Callable[[Params, Workspace], dict] = gate_challenger
     reject: Callable[[Params, dict], Verdict] = reject_challenger
     package: Callable[[Workspace, list[str]], str] = package_bento
-    promote: Callable[[Params, Workspace, dict, str | None], Verdict] = promote_challenger
+    promote: Callable[..., Verdict] = promote_challenger  # (params, workspace, gate, expected, batch_id=)
     canary: Callable[[CanaryPlan], CanaryResult] = run_canary
     record_lineage: Callable[[Params, CycleResult], None] = record_lineage
     publish: Callable[[Workspace, CycleResult], None] = publish_nothing
@@ -121,6 +124,7 @@ class Cycle:
     taken: list[str] = dataclasses.field(default_factory=list)
     included: list[CycleResult] = dataclasses.field(default_factory=list)
     set_aside: list[str] = dataclasses.field(default_factory=list)
+    waited: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def batches_dir(self) -> Path:
@@ -154,13 +158,16 @@ def retrain_batch(
     A batch processed before returns its recorded outcome unless `force`. A gate pass is packaged, then promoted
     directly (no canary or no champion) or canaried at `canary.service_url`, replaying `canary_traffic` if given.
     `replaces`: an accepted batch this file re-delivers (same period), set aside under data/superseded/.
-    Holds the workspace lock (see io/locks.py). Raises BatchQuarantined, RuntimeError (a live run holds the claim),
-    ValueError (a bad `replaces`), ConfigError (params other than the params.yaml DVC reads, before anything is
-    claimed); any other failure undoes the cycle's acceptances (`record_failure`) and re-raises.
+    First finishes or undoes what a dead run left half done (`recover_interrupted`: a journalled promotion, an orphan
+    challenger alias). Holds the workspace lock (see io/locks.py); a wait for it is said in the batch's reasons.
+    Raises BatchQuarantined, RuntimeError (a live run holds the claim), ValueError (a bad `replaces`), ConfigError
+    (params other than the params.yaml DVC reads, before anything is claimed); any other failure undoes the cycle's
+    acceptances (`record_failure`) and re-raises.
     """
     require_dvc_params(workspace.root)
     params = workspace.load_params()
     connect(workspace.root)
+    recover_interrupted(params, workspace, log)
     record, batch = BatchRecord(workspace.batch_record), Path(batch).resolve()
     identifier = batch_id(batch)
     previous = record.get(identifier)
@@ -171,15 +178,20 @@ def retrain_batch(
     claim(record, identifier, batch, force or rejudged)
     cycle = Cycle(params, workspace, record, batch, identifier, previous, steps, log, replaces, replaced)
     try:
-        with workspace_lock(
-            workspace.workspace_lock, f"retrain of batch {identifier}", params.retrain.lock_timeout_seconds, log.warning
-        ):
+        purpose, timeout = f"retrain of batch {identifier}", params.retrain.lock_timeout_seconds
+        with workspace_lock(workspace.workspace_lock, purpose, timeout, lambda line: waited(cycle, line)):
             return train_and_decide(cycle, canary_traffic, earlier)
     except BatchQuarantined:
         raise
     except BaseException as exc:
         record_failure(cycle, exc)
         raise
+
+
+def waited(cycle: Cycle, line: str) -> None:
+    """The workspace was busy when the cycle began: say so in the log and, later, in the batch's reasons."""
+    cycle.log.warning(line)
+    cycle.waited.append(line.replace("waiting up to", "waited (at most"))
 
 
 def already_processed(previous: dict, batch: Path, log: logging.Logger | logging.LoggerAdapter) -> CycleResult:
@@ -291,7 +303,9 @@ def accept_in_cycle(cycle: Cycle, validation: BatchValidation) -> None:
 
 
 def finish(cycle: Cycle, result: CycleResult) -> CycleResult:
-    """Tag the challenger's lineage, publish the result, record it for the batch."""
+    """Tag the challenger's lineage, publish the result, record it for the batch, close its promotion journal."""
+    if cycle.waited:
+        result = result.but(reasons=[*result.reasons, *(f"{line})" for line in cycle.waited)])
     cycle.steps.record_lineage(cycle.params, result)
     cycle.steps.publish(cycle.workspace, result)
     if cycle.replaces is not None:
@@ -302,6 +316,7 @@ def finish(cycle: Cycle, result: CycleResult) -> CycleResult:
         }
         cycle.record.finish(cycle.replaces, CycleStatus.SUPERSEDED, superseded)
     cycle.record.finish(cycle.identifier, result.status, result.to_dict())
+    close_promotion(cycle.workspace, result.challenger_version)
     cycle.log.info("batch %s: %s (%s)", cycle.identifier, result.status.upper(), "; ".join(result.reasons))
     return result
 
@@ -349,7 +364,7 @@ def roll_out(cycle: Cycle, gate: dict, expected: str | None, canary_traffic: Pat
     if params.canary.enabled and expected:
         verdict = canary_challenger(cycle, gate["challenger_version"], expected, canary_traffic)
     else:
-        verdict = steps.promote(params, cycle.workspace, gate, expected)
+        verdict = steps.promote(params, cycle.workspace, gate, expected, batch_id=cycle.identifier)
     return dataclasses.replace(verdict, bento_tag=bento_tag)
 
 
@@ -365,10 +380,14 @@ def canary_challenger(cycle: Cycle, version: str, expected: str, traffic: Path |
         root=workspace.root,
         home=workspace.home,
     )
+    journal = PromotionJournal(workspace.promotion_journal)
+    entry = journal.begin(PromotionEntry(plan.model_name, expected, version, cycle.identifier, ()))
     outcome = cycle.steps.canary(plan)
     statuses = {CanaryOutcome.PROMOTED: CycleStatus.PROMOTED, CanaryOutcome.ROLLED_BACK: CycleStatus.ROLLED_BACK}
     if outcome.outcome == CanaryOutcome.PROMOTED:
-        record_golden(params, workspace, version, expected, cycle.log)
+        complete_promotion(params, workspace, journal.advance(entry, Phase.ALIAS), cycle.log)
+    else:
+        journal.close(version)
     reasons = [f"canary {outcome.outcome}", *outcome.reasons]
     return Verdict(statuses.get(outcome.outcome, CycleStatus.REJECTED), reasons, canary=outcome.to_dict())
 

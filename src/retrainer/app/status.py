@@ -32,14 +32,20 @@ def _version_summary(name: str, version: str | None) -> dict | None:
 
 
 def project_status(params: Params, root: Path) -> dict:
-    """Champion, challenger, the last processed batches, and answered requests the prediction log could not take."""
+    """Champion, challenger, the last processed batches, and answered requests the prediction log could not take.
+
+    First finishes (or undoes) what a dead run left half done (`recover_interrupted`); `repaired` says what.
+    """
+    from retrainer.app.promotion import recover_interrupted
     from retrainer.serving.prediction_log import kept_requests
 
     connect(root)
     name, workspace = params.tracking.registered_model, Workspace.at(root)
+    repaired = recover_interrupted(params, workspace)
     runs = BatchRecord(workspace.batch_record).recent(10)
     return {
         "model": name,
+        "repaired": repaired,
         "unlogged_requests": kept_requests(workspace.dead_letter),
         "champion": _version_summary(name, registry.alias_version(name, registry.CHAMPION)),
         "challenger": _version_summary(name, registry.alias_version(name, registry.CHALLENGER)),
@@ -58,7 +64,7 @@ def project_status(params: Params, root: Path) -> dict:
 
 def format_status(report: dict) -> str:
     """A human view of project_status."""
-    lines = [f"model {report['model']}"]
+    lines = [f"repaired: {line}" for line in report.get("repaired", [])] + [f"model {report['model']}"]
     for role in ("champion", "challenger"):
         entry = report[role]
         if entry is None:

@@ -46,15 +46,29 @@ def training_reference(workspace: Workspace) -> pd.DataFrame | None:
     return pd.read_parquet(train) if train.exists() else None
 
 
+def concurrent_batches(workspace: Workspace, identifier: str | None) -> list[str]:
+    """Batches that arrived together with batch `identifier` or after it (see `BatchRecord.concurrent_with`).
+
+    The rule, kept simple: an accepted batch counts for a batch's freshness only if its outcome was recorded before
+    that batch was first claimed. The cost: two different files of one period that arrive together are not stale
+    against each other, so both can be accepted (a re-delivery is caught when it comes after the first is done).
+    """
+    from retrainer.io.batches import BatchRecord
+
+    return BatchRecord(workspace.batch_record).concurrent_with(identifier) if identifier else []
+
+
 def validate_batch(
     path: Path, params: Params, workspace: Workspace, identifier: str | None = None, replaces: str | None = None
 ) -> BatchValidation:
     """Run the GX suite and the drift checks on a batch file; a blocking failure quarantines it byte-for-byte.
 
     Freshness is judged against the data already accepted for training, less the batch this one `replaces` (a
-    re-delivery of its period). With `identifier` (a cycle's batch), a batch accepted before is not checked for
-    time overlap with the training data it is already part of, and a passing report is kept next to the accepted
-    batch.
+    re-delivery of its period), and less the batches concurrent with this one (`concurrent_batches`): a batch is
+    stale only against data whose batch was done before it arrived, so when two months arrive together and the later
+    one wins the workspace lock, the earlier one is not stale for it. With `identifier` (a cycle's batch), a batch
+    accepted before is not checked for time overlap with the training data it is already part of, and a passing
+    report is kept next to the accepted batch.
     """
     from retrainer.io.batches import is_accepted
     from retrainer.validation import format_outcome, freshness_floor, validate_batch_file
@@ -62,7 +76,8 @@ def validate_batch(
     started = time.perf_counter()
     batches = workspace.path(params.data.batches_dir)
     accepted = bool(identifier) and is_accepted(batches, identifier)
-    until = None if accepted else freshness_floor(params, workspace.root, exclude=[replaces] if replaces else [])
+    skipped = [*([replaces] if replaces else []), *concurrent_batches(workspace, identifier)]
+    until = None if accepted else freshness_floor(params, workspace.root, exclude=skipped)
     reference = training_reference(workspace)
     outcome = validate_batch_file(path, params, workspace.root, reference=reference, trained_until=until)
     if identifier and outcome.passed and not accepted:

@@ -18,6 +18,8 @@ CLAIMED = "running"
 # a claim whose owner still runs after this long is taken to belong to a hung run; a dead owner's claim is stale at once
 STALE_CLAIM = timedelta(hours=6)
 _COLUMNS = ("batch_id", "source", "status", "result", "claimed_at", "finished_at", "owner_pid", "owner_started")
+# columns added after the first layout, with their SQL types: an older record gains them when opened
+_ADDED = (("owner_pid", "INTEGER"), ("owner_started", "REAL"), ("first_claimed_at", "TEXT"))
 
 
 def batch_id(path: Path) -> str:
@@ -94,11 +96,12 @@ class BatchRecord:
         with closing(self._connect()) as db, db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, source TEXT, status TEXT,"
-                " result TEXT, claimed_at TEXT, finished_at TEXT, owner_pid INTEGER, owner_started REAL)"
+                " result TEXT, claimed_at TEXT, finished_at TEXT, owner_pid INTEGER, owner_started REAL,"
+                " first_claimed_at TEXT)"
             )
             present = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
-            for column, kind in (("owner_pid", "INTEGER"), ("owner_started", "REAL")):
-                if column not in present:  # a record written before claims had owners
+            for column, kind in _ADDED:
+                if column not in present:  # a record written before claims had owners, or a first claim time
                     db.execute(f"ALTER TABLE batches ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
@@ -121,10 +124,11 @@ class BatchRecord:
                 )
                 if live_claim or (status not in (CLAIMED, CycleStatus.FAILED) and not force):
                     return False
+            first = db.execute("SELECT first_claimed_at FROM batches WHERE batch_id = ?", (identifier,)).fetchone()
             db.execute(
-                "INSERT OR REPLACE INTO batches (batch_id, source, status, claimed_at, owner_pid, owner_started)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (identifier, source, CLAIMED, now, *this_process()),
+                "INSERT OR REPLACE INTO batches (batch_id, source, status, claimed_at, owner_pid, owner_started,"
+                " first_claimed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (identifier, source, CLAIMED, now, *this_process(), (first and first[0]) or now),
             )
         return True
 
@@ -146,6 +150,23 @@ class BatchRecord:
         with closing(self._connect()) as db:
             row = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM batches WHERE batch_id = ?", (identifier,)).fetchone()
         return None if row is None else _as_dict(row)
+
+    def concurrent_with(self, identifier: str) -> list[str]:
+        """Ids of the other batches whose outcome was not yet recorded when this batch was first claimed (still
+        running then, or claimed after it): batches that arrived together with it, or later. Empty for a batch
+        never claimed. A retry keeps the first claim's time, so a batch that lost the workspace lock stays concurrent
+        with the batch that won it."""
+        with closing(self._connect()) as db:
+            row = db.execute(
+                "SELECT COALESCE(first_claimed_at, claimed_at) FROM batches WHERE batch_id = ?", (identifier,)
+            ).fetchone()
+            if row is None or row[0] is None:
+                return []
+            rows = db.execute(
+                "SELECT batch_id FROM batches WHERE batch_id != ? AND (finished_at IS NULL OR finished_at > ?)",
+                (identifier, row[0]),
+            ).fetchall()
+        return sorted(r[0] for r in rows)
 
     def recent(self, limit: int = 10) -> list[dict]:
         """The latest processed batches, newest first."""

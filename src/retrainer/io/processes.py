@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-PARENT_PID_ENV = "RETRAINER_SERVE_PID"  # the pid a server's workers must have as parent (set by `retrainer serve`)
+PARENT_PID_ENV = "RETRAINER_SERVE_PID"  # the parent pid a child tied to it must see (`retrainer serve`, `run_tied`)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -72,6 +72,25 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     expected = os.environ.get(PARENT_PID_ENV)
     if expected and os.getppid() != int(expected):
         os.kill(os.getpid(), sig)  # `retrainer serve` died before the request was made
+
+
+# Runs a module as `python -m` would, after asking the kernel to kill this process when its parent dies.
+_TIED_BOOT = (
+    "import runpy, signal, sys\n"
+    "from retrainer.io.processes import die_with_parent\n"
+    "die_with_parent(signal.SIGKILL)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+)
+
+
+def run_tied(module_args: list[str], cwd: Path, timeout_s: float) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE ARGS...` (`module_args`), capturing its output as text, in a child the kernel kills
+    (SIGKILL) if this process dies, kill -9 included: no orphan keeps working for a dead run. Raises
+    subprocess.TimeoutExpired after `timeout_s` seconds."""
+    env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
+    command = [sys.executable, "-c", _TIED_BOOT, *module_args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
 
 
 def port_holders(port: int, host: str = "127.0.0.1") -> list[str]:

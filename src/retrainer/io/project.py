@@ -20,6 +20,7 @@ REGISTRY_LOCK_FILE = "registry.lock"
 WORKSPACE_LOCK_FILE = "workspace.lock"
 LOG_FILE = "predictions.db"
 DEAD_LETTER_FILE = "predictions.failed.jsonl"
+PROMOTION_JOURNAL_FILE = "promotion.json"  # the promotion under way, if any (io/promotion_journal.py)
 JOURNAL_DIR = "predictions.journal"  # answered requests written ahead of the answer, one segment file per process
 MLFLOW_DB_FILE = "mlflow.db"
 MONITOR_DIR = "monitor"
@@ -86,6 +87,11 @@ class Workspace:
     def workspace_lock(self) -> Path:
         """The file lock one retrain cycle (or `dvc repro` started by retrainer) holds while it writes the workspace."""
         return self.home / WORKSPACE_LOCK_FILE
+
+    @property
+    def promotion_journal(self) -> Path:
+        """The journal of the promotion under way: what moves from which version to which, and how far it got."""
+        return self.home / PROMOTION_JOURNAL_FILE
 
     @property
     def prediction_log(self) -> Path:
