@@ -157,13 +157,11 @@ def retrain_batch(
 
     A batch processed before returns its recorded outcome unless `force`. A gate pass is packaged, then promoted
     directly (no canary or no champion) or canaried at `canary.service_url`, replaying `canary_traffic` if given.
-    `replaces`: an accepted batch this file re-delivers (same period), set aside under data/superseded/.
-    First finishes or undoes what a dead run left half done (`recover_interrupted`: a journalled promotion, an orphan
-    challenger alias). Holds the workspace lock (see io/locks.py); a wait for it is said in the batch's reasons.
-    Raises BatchQuarantined, RuntimeError (a live run holds the claim), ValueError (a bad `replaces`), ConfigError
-    (params other than the params.yaml DVC reads, before anything is claimed); any other failure undoes the cycle's
-    acceptances (`record_failure`) and re-raises.
-    """
+    `replaces`: an accepted batch this file re-delivers (same period), set aside under data/superseded/. Repairs
+    first what a dead run left (`recover_interrupted`); holds the workspace lock (io/locks.py; a wait is in the
+    reasons). Raises BatchQuarantined, RuntimeError (a live run holds the claim), ValueError (a bad `replaces`),
+    ConfigError (params other than the params.yaml DVC reads, before anything is claimed); any other failure undoes
+    the cycle's acceptances (`record_failure`) and re-raises."""
     require_dvc_params(workspace.root)
     params = workspace.load_params()
     connect(workspace.root)
@@ -177,8 +175,8 @@ def retrain_batch(
     replaced = check_replacement(record, replaces, identifier, workspace.path(params.data.batches_dir))
     claim(record, identifier, batch, force or rejudged)
     cycle = Cycle(params, workspace, record, batch, identifier, previous, steps, log, replaces, replaced)
+    purpose, timeout = f"retrain of batch {identifier}", params.retrain.lock_timeout_seconds
     try:
-        purpose, timeout = f"retrain of batch {identifier}", params.retrain.lock_timeout_seconds
         with workspace_lock(workspace.workspace_lock, purpose, timeout, lambda line: waited(cycle, line)):
             return train_and_decide(cycle, canary_traffic, earlier)
     except BatchQuarantined:
