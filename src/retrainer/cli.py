@@ -272,16 +272,15 @@ def recover_log() -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
+GOLDEN_HELP = (
+    "A golden set of your own (raw records, CSV or Parquet). Default: the workspace's, drawn once "
+    "(serve.golden_rows rows, seed train.seed) from the training data at the first promotion."
+)
+
+
 @app.command()
 def rollback(
-    golden: Annotated[
-        Path | None,
-        typer.Option(
-            "--golden",
-            help="A golden set of your own (raw records, CSV or Parquet). Default: the workspace's, drawn once "
-            "(serve.golden_rows rows, seed train.seed) from the training data at the first promotion.",
-        ),
-    ] = None,
+    golden: Annotated[Path | None, typer.Option("--golden", help=GOLDEN_HELP)] = None,
     expected: Annotated[
         str | None, typer.Option("--expected", help="Refuse unless the champion is still this version.")
     ] = None,

@@ -157,11 +157,10 @@ def retrain_batch(
 
     A batch processed before returns its recorded outcome unless `force`. A gate pass is packaged, then promoted
     directly (no canary or no champion) or canaried at `canary.service_url`, replaying `canary_traffic` if given.
-    `replaces`: an accepted batch this file re-delivers (same period), set aside under data/superseded/. Repairs
-    first what a dead run left (`recover_interrupted`); holds the workspace lock (io/locks.py; a wait is in the
-    reasons). Raises BatchQuarantined, RuntimeError (a live run holds the claim), ValueError (a bad `replaces`),
-    ConfigError (params other than the params.yaml DVC reads, before anything is claimed); any other failure undoes
-    the cycle's acceptances (`record_failure`) and re-raises."""
+    `replaces`: an accepted batch this file re-delivers, set aside under data/superseded/. Repairs first what a dead
+    run left (`recover_interrupted`); holds the workspace lock (io/locks.py). Raises BatchQuarantined, RuntimeError
+    (a live run holds the claim), ValueError (bad `replaces`), ConfigError (params DVC does not read); any other
+    failure undoes the cycle's acceptances (`record_failure`) and re-raises."""
     require_dvc_params(workspace.root)
     params = workspace.load_params()
     connect(workspace.root)
