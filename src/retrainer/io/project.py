@@ -114,8 +114,11 @@ class Workspace:
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else SQLite under the home."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_dir(root) / MLFLOW_DB_FILE}"
+    """MLFLOW_TRACKING_URI if set, else the team database ($RETRAINER_DATABASE_URL), else SQLite under the home."""
+    from retrainer.io.backend import database_url
+
+    explicit = os.environ.get("MLFLOW_TRACKING_URI") or database_url()
+    return explicit or f"sqlite:///{home_dir(root) / MLFLOW_DB_FILE}"
 
 
 def artifact_location(root: Path | None = None) -> str:

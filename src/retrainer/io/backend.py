@@ -1,0 +1,117 @@
+"""Where shared state lives: embedded (SQLite files and file locks under `.retrainer/`) or a team's PostgreSQL.
+
+One setting chooses: `RETRAINER_DATABASE_URL` (e.g. `postgresql://user@db-host:5432/retrainer`). Unset, nothing
+changes from the embedded default. Set, the MLflow store (tracking + registry) lives in that database unless
+MLFLOW_TRACKING_URI says otherwise, and the registry's compare-and-set runs under a PostgreSQL advisory lock, which
+every host that reaches the database shares (a file lock only serialises processes of one host).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+DATABASE_ENV = "RETRAINER_DATABASE_URL"
+REGISTRY_LOCK_TIMEOUT_S = 120
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The configured database did not answer; the message names its host, port and database, never a password."""
+
+
+class BackendConfigError(ValueError):
+    """The database setting names a backend this adapter does not support."""
+
+
+def database_url() -> str | None:
+    """$RETRAINER_DATABASE_URL (a `postgresql://` or `postgresql+driver://` URL), or None for the embedded default.
+
+    Raises BackendConfigError for another scheme: the embedded default needs no setting.
+    """
+    url = os.environ.get(DATABASE_ENV) or None
+    if url is not None and not url.startswith("postgresql"):
+        raise BackendConfigError(f"{DATABASE_ENV} must be a postgresql:// URL (unset it for the embedded SQLite)")
+    return url
+
+
+def describe_url(url: str) -> str:
+    """`postgresql://db-host:5432/retrainer` from a database URL, without user or password."""
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    return f"{parsed.get_backend_name()}://{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+@functools.cache
+def engine_for(url: str):
+    """One SQLAlchemy engine per database URL for this process (pre-pinged, so a restarted server is reconnected).
+
+    Raises DatabaseUnreachable when the driver is not installed (psycopg2: the `team` extra).
+    """
+    import sqlalchemy as sa
+
+    try:
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    except ModuleNotFoundError as exc:
+        raise DatabaseUnreachable(
+            f"{DATABASE_ENV} names {describe_url(url)} but its driver is missing ({exc.name}): "
+            "install the team extra (pip install -e '.[team]')"
+        ) from exc
+
+
+@contextmanager
+def connect_database(url: str) -> Iterator[object]:
+    """A SQLAlchemy connection in a transaction on `url`, committed at the end of the block.
+
+    Raises DatabaseUnreachable naming host, port and database when the server cannot be reached.
+    """
+    import sqlalchemy as sa
+
+    try:
+        connection = engine_for(url).connect()
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnreachable(f"database {describe_url(url)} ({DATABASE_ENV}) unreachable: {reason}") from exc
+    with connection, connection.begin():
+        yield connection
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for `name` (the same on every host and Python run)."""
+    digest = hashlib.blake2b(f"retrainer:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def advisory_lock(url: str, name: str, timeout_s: float = REGISTRY_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold PostgreSQL's transaction-level advisory lock for `name` during the block.
+
+    The server releases it when the transaction ends or the holder's connection dies (kill -9 included). Raises
+    sqlalchemy's OperationalError (lock_timeout) when another holder keeps it longer than `timeout_s` seconds.
+    """
+    import sqlalchemy as sa
+
+    with connect_database(url) as connection:
+        connection.execute(sa.text(f"SET LOCAL lock_timeout = '{int(timeout_s * 1000)}ms'"))
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(name)})
+        yield
+
+
+@contextmanager
+def registry_lock(lock_path: Path, model_name: str, timeout_s: float = REGISTRY_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """The lock around a compare-and-set move of `model_name`'s aliases: the advisory lock of the configured
+    database (shared by every host), else the workspace's file lock `lock_path` (one host)."""
+    url = database_url()
+    if url is not None:
+        with advisory_lock(url, f"registry:{model_name}", timeout_s):
+            yield
+        return
+    from filelock import FileLock
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path), timeout=timeout_s):
+        yield
