@@ -115,3 +115,42 @@ def registry_lock(lock_path: Path, model_name: str, timeout_s: float = REGISTRY_
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_path), timeout=timeout_s):
         yield
+
+
+# The object store (S3 or an S3-compatible server). Keys come only from the standard AWS environment variables.
+ARTIFACT_ROOT_ENV = "RETRAINER_ARTIFACT_ROOT"  # e.g. s3://team-bucket/mlflow: artifact root of new experiments
+DVC_REMOTE_ENV = "RETRAINER_DVC_REMOTE"  # e.g. s3://team-bucket/dvc: default DVC remote of workspaces we create
+S3_ENDPOINT_ENV = "RETRAINER_S3_ENDPOINT_URL"  # e.g. http://store-host:8333 for a non-AWS S3 server
+DVC_REMOTE_NAME = "team"
+
+
+def artifact_root() -> str | None:
+    """$RETRAINER_ARTIFACT_ROOT, or None for the project-local artifact folder."""
+    return os.environ.get(ARTIFACT_ROOT_ENV) or None
+
+
+def s3_endpoint() -> str | None:
+    """$RETRAINER_S3_ENDPOINT_URL, else MLflow's own MLFLOW_S3_ENDPOINT_URL, else None (AWS itself)."""
+    return os.environ.get(S3_ENDPOINT_ENV) or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+
+
+def export_s3_endpoint() -> None:
+    """Give the object store's endpoint to MLflow (MLFLOW_S3_ENDPOINT_URL) unless it has one already."""
+    endpoint = s3_endpoint()
+    if endpoint:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
+
+
+def dvc_remote() -> str | None:
+    """$RETRAINER_DVC_REMOTE, or None for the workspace-local DVC remote folder."""
+    return os.environ.get(DVC_REMOTE_ENV) or None
+
+
+def dvc_remote_commands(url: str) -> list[list[str]]:
+    """The `dvc` argument lists that make `url` the default remote (with the S3 endpoint, if any). No keys: DVC
+    reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment."""
+    commands = [["remote", "add", "--force", "--default", DVC_REMOTE_NAME, url]]
+    endpoint = s3_endpoint()
+    if endpoint and url.startswith("s3://"):
+        commands.append(["remote", "modify", DVC_REMOTE_NAME, "endpointurl", endpoint])
+    return commands

@@ -122,8 +122,10 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 def artifact_location(root: Path | None = None) -> str:
-    """Artifact root for experiments created against the default store."""
-    return (home_dir(root) / "mlartifacts").as_uri()
+    """Artifact root for new experiments: $RETRAINER_ARTIFACT_ROOT (e.g. `s3://bucket/mlflow`), else under the home."""
+    from retrainer.io.backend import artifact_root
+
+    return artifact_root() or (home_dir(root) / "mlartifacts").as_uri()
 
 
 def pseudonymisation_key() -> bytes:

@@ -28,9 +28,13 @@ class Registration:
 
 
 def connect(root: Path | None = None) -> str:
-    """Point MLflow at the project's store (or MLFLOW_TRACKING_URI) and return the URI."""
+    """Point MLflow at the project's store (MLFLOW_TRACKING_URI, else RETRAINER_DATABASE_URL, else SQLite under the
+    home) and the object store's endpoint, if one is configured; return the tracking URI."""
     import mlflow
 
+    from retrainer.io.backend import export_s3_endpoint
+
+    export_s3_endpoint()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri(root)
