@@ -132,3 +132,36 @@ def test_an_unreachable_database_is_named_by_host_and_port():
     message = str(caught.value)
     assert f"postgresql://127.0.0.1:{port}/team" in message and DATABASE_ENV in message
     assert "s3cret" not in message
+
+
+def test_a_rollback_on_one_machine_moves_the_shared_champion_and_rollout_state_the_other_reads(
+    shared_registry, tmp_path
+):
+    from retrainer.io.project import Workspace
+    from retrainer.serving.rollback import restore_previous
+    from retrainer.serving.state import load_state, state_path
+
+    machine_a = Workspace.at(tmp_path / "machine-a", tmp_path / "machine-a" / ".retrainer")
+    machine_b = Workspace.at(tmp_path / "machine-b", tmp_path / "machine-b" / ".retrainer")
+    for workspace in (machine_a, machine_b):
+        workspace.home.mkdir(parents=True)
+    assert registry.promote_if_current(MODEL, "2", "1", machine_a.registry_lock).promoted
+    assert load_state(state_path(machine_b.home)) is None
+
+    assert restore_previous(MODEL, machine_b, expected_champion="2") == ("2", "1")
+    assert registry.alias_version(MODEL, registry.CHAMPION) == "1"
+    seen_by_a = load_state(state_path(machine_a.home))
+    assert seen_by_a is not None and seen_by_a.champion_version == "1" and seen_by_a.challenger_version is None
+    assert not any((w.home / "rollout.json").exists() for w in (machine_a, machine_b)), "state is in the database"
+
+
+def test_the_monitors_trigger_state_is_shared_through_the_database(fresh_database, tmp_path, monkeypatch):
+    from retrainer.io.monitoring import load_trigger_state, save_trigger_state
+    from retrainer.steps.trigger import TriggerState
+
+    monkeypatch.setenv(DATABASE_ENV, fresh_database)
+    assert load_trigger_state(tmp_path / "a") == TriggerState()
+    fired = TriggerState(armed=False, consecutive=3, last_fired="2026-11-30T12:00:00+00:00", champion_version="2")
+    save_trigger_state(tmp_path / "a", fired)
+    assert load_trigger_state(tmp_path / "b") == fired
+    assert not (tmp_path / "a").exists(), "no file under the first home"

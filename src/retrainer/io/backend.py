@@ -154,3 +154,80 @@ def dvc_remote_commands(url: str) -> list[list[str]]:
     if endpoint and url.startswith("s3://"):
         commands.append(["remote", "modify", DVC_REMOTE_NAME, "endpointurl", endpoint])
     return commands
+
+
+def _documents_table():
+    """The `retrainer_documents` table: small JSON state documents by name (rollout state, trigger state)."""
+    import sqlalchemy as sa
+
+    metadata = sa.MetaData()
+    return sa.Table(
+        "retrainer_documents",
+        metadata,
+        sa.Column("name", sa.String(200), primary_key=True),
+        sa.Column("payload", sa.JSON, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    )
+
+
+@functools.cache
+def documents(url: str):
+    """The documents table on `url`, created there if missing (once per process)."""
+    table = _documents_table()
+    with connect_database(url) as connection:
+        table.metadata.create_all(connection, checkfirst=True)
+    return table
+
+
+def read_document(url: str, name: str) -> dict | None:
+    """The JSON document `name` in the database at `url`, or None when none was written yet."""
+    import sqlalchemy as sa
+
+    table = documents(url)
+    with connect_database(url) as connection:
+        row = connection.execute(sa.select(table.c.payload).where(table.c.name == name)).first()
+    return None if row is None else row[0]
+
+
+def write_document(url: str, name: str, payload: dict) -> None:
+    """Insert or replace the JSON document `name` in one statement (atomic: readers see the old or the new one)."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import insert
+
+    table = documents(url)
+    upsert = insert(table).values(name=name, payload=payload)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[table.c.name], set_={"payload": upsert.excluded.payload, "updated_at": sa.func.now()}
+    )
+    with connect_database(url) as connection:
+        connection.execute(upsert)
+
+
+def read_state(path: Path) -> dict | None:
+    """A small state document: with RETRAINER_DATABASE_URL the database's document named `path.name`, else the JSON
+    file `path`; None when none was saved yet. Raises ValueError when the file is not a JSON object."""
+    import json
+
+    url = database_url()
+    if url is not None:
+        return read_document(url, path.name)
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return payload
+
+
+def write_state(path: Path, payload: dict) -> None:
+    """Save a state document where `read_state` reads it: one upsert, or an atomic, fsynced file replace."""
+    from retrainer.io.tables import write_json
+
+    url = database_url()
+    if url is not None:
+        write_document(url, path.name, payload)
+        return
+    write_json(payload, path)
