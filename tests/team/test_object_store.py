@@ -64,10 +64,16 @@ def test_a_model_registered_with_artifacts_in_the_object_store_loads_back(team_e
     frame["y"] = (frame["a"] + 0.3 * frame["b"] > 0).astype(int)
     model = LogisticRegression().fit(frame[["a", "b"]], frame["y"])
     registration = log_training_run(
-        experiment="team-store", model_name=MODEL, model=model, features=["a", "b"],
-        train_frame=frame, tags={"data_version": "d1"}, metrics={"auc": 0.9}, reports={"gate": {"passed": True}},
+        experiment="team-store",
+        model_name=MODEL,
+        model=model,
+        features=["a", "b"],
+        train_frame=frame,
+        tags={"data_version": "d1"},
+        metrics={"auc": 0.9},
+        reports={"gate": {"passed": True}},
         root=tmp_path,
-    )  # fmt: skip
+    )
     assert registration.tracking_uri.startswith("postgresql://")
     stored = _keys(team_environment, bucket, "mlflow/")
     assert any(key.endswith("MLmodel") for key in stored), stored

@@ -163,11 +163,22 @@ def weed_binary() -> Path:
 def _weed_command(folder: Path, keys: Path, s3_port: int) -> list[str]:
     ports = {name: free_low_port() for name in ("master", "volume", "filer")}
     return [
-        str(weed_binary()), "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-        "-volume.max=0", "-master.volumeSizeLimitMB=64", "-s3", f"-s3.port={s3_port}", f"-s3.config={keys}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
-    ]  # fmt: skip
+        str(weed_binary()),
+        "server",
+        f"-dir={folder}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        "-volume.max=0",
+        "-master.volumeSizeLimitMB=64",
+        "-s3",
+        f"-s3.port={s3_port}",
+        f"-s3.config={keys}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
 
 
 def start_seaweedfs(folder: Path, access_key: str, secret_key: str, timeout_s: float = 300) -> S3Server:
@@ -177,8 +188,11 @@ def start_seaweedfs(folder: Path, access_key: str, secret_key: str, timeout_s: f
     """
     folder.mkdir(parents=True, exist_ok=True)
     keys = folder / "s3.json"
-    identity = {"name": "retrainer", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
+    identity = {
+        "name": "retrainer",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
     keys.write_text(json.dumps({"identities": [identity]}))
     s3_port = free_low_port()
     log = folder / "weed.log"
@@ -194,9 +208,12 @@ def s3_client(endpoint: str, access_key: str | None = None, secret_key: str | No
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-    )  # fmt: skip
+    )
 
 
 def _wait_for_s3(server: S3Server, timeout_s: float) -> None:
