@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean team-up team-down
 
 install: $(STAMP)
 
@@ -22,6 +22,13 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# The local team stack (PostgreSQL, SeaweedFS, Prefect server on PostgreSQL, a process-pool worker), loopback only.
+team-up: install
+	$(BIN)/retrainer team up
+
+team-down: install
+	$(BIN)/retrainer team down
 
 lint: install
 	$(BIN)/ruff check .

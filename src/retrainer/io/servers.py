@@ -96,7 +96,8 @@ class PostgresServer:
 
 
 def start_postgres(folder: Path, port: int | None = None, timeout_s: float = 300) -> PostgresServer:
-    """initdb a cluster in `folder/data` (owned by the server user) and start it on loopback; wait until it accepts.
+    """initdb a cluster in `folder/data` (owned by the server user; an existing one is reused) and start it on
+    loopback; wait until it accepts.
 
     Raises ServerError with the tool's message when initdb or pg_ctl fails (its log is `folder/postgres.log`).
     """
@@ -105,9 +106,9 @@ def start_postgres(folder: Path, port: int | None = None, timeout_s: float = 300
     data = folder / "data"
     if os.geteuid() == 0:
         shutil.chown(folder, user=PG_USER)
-    _run(
-        _as_server_user([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", PG_USER]), "initdb", timeout_s
-    )
+    if not (data / "PG_VERSION").is_file():  # a cluster left by an earlier start is started again as it is
+        initdb = [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", PG_USER]
+        _run(_as_server_user(initdb), "initdb", timeout_s)
     port = port or free_low_port()
     options = f"-h 127.0.0.1 -p {port} -k {folder}"
     log = folder / "postgres.log"
@@ -117,12 +118,15 @@ def start_postgres(folder: Path, port: int | None = None, timeout_s: float = 300
 
 
 def create_database(server_url: str, name: str) -> str:
-    """Create database `name` on the server at `server_url` (any database URL of it); returns the new one's URL."""
+    """Create database `name` (unless it exists) on the server at `server_url` (any database URL of it); returns its
+    URL."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with engine.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        exists = connection.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+        if exists is None:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     return str(sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False))
 
 
@@ -197,7 +201,8 @@ def start_seaweedfs(folder: Path, access_key: str, secret_key: str, timeout_s: f
     s3_port = free_low_port()
     log = folder / "weed.log"
     with log.open("ab") as sink:
-        process = subprocess.Popen(_weed_command(folder, keys, s3_port), stdout=sink, stderr=subprocess.STDOUT)
+        command = _weed_command(folder, keys, s3_port)  # a session of its own: a Ctrl-C meant for the caller spares it
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     server = S3Server(process, s3_port, access_key, secret_key, log)
     _wait_for_s3(server, timeout_s)
     return server
