@@ -54,7 +54,7 @@ def _spawn(folder: Path, name: str, command: list[str], env: dict[str, str]) -> 
     return process
 
 
-def _prefect_database(server: servers.PostgresServer) -> str:
+def prefect_database(server: servers.PostgresServer) -> str:
     """A `prefect` database with the pg_trgm extension Prefect's migrations need; its asyncpg URL."""
     import sqlalchemy as sa
 
@@ -116,7 +116,7 @@ def team_up(home: Path) -> TeamStack:
         "AWS_ACCESS_KEY_ID": keys[0],
         "AWS_SECRET_ACCESS_KEY": keys[1],
         "AWS_DEFAULT_REGION": "us-east-1",
-        "PREFECT_API_URL": start_prefect(folder, _prefect_database(postgres)),
+        "PREFECT_API_URL": start_prefect(folder, prefect_database(postgres)),
     }
     start_worker(folder, settings)
     stack = TeamStack(folder, settings)
