@@ -134,6 +134,17 @@ def test_an_unreachable_database_is_named_by_host_and_port():
     assert "s3cret" not in message
 
 
+def test_pointing_mlflow_at_an_unreachable_team_database_fails_at_once_naming_it(monkeypatch, tmp_path):
+    from retrainer.io.processes import free_port
+    from retrainer.io.tracking import connect
+
+    port = free_port()
+    monkeypatch.setenv(DATABASE_ENV, f"postgresql://postgres@127.0.0.1:{port}/retrainer")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(DatabaseUnreachable, match=f"127.0.0.1:{port}/retrainer"):
+        connect(tmp_path)
+
+
 def test_a_rollback_on_one_machine_moves_the_shared_champion_and_rollout_state_the_other_reads(
     shared_registry, tmp_path
 ):

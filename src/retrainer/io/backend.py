@@ -80,6 +80,12 @@ def connect_database(url: str) -> Iterator[object]:
         yield connection
 
 
+def check_database(url: str) -> None:
+    """Open and close one connection to `url`; raises DatabaseUnreachable naming host, port and database."""
+    with connect_database(url):
+        pass
+
+
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for `name` (the same on every host and Python run)."""
     digest = hashlib.blake2b(f"retrainer:{name}".encode(), digest_size=8).digest()
