@@ -145,11 +145,11 @@ class S3Server:
         """The S3 endpoint URL (MLFLOW_S3_ENDPOINT_URL, DVC's `endpointurl`)."""
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 30 s)."""
+    def stop(self, grace_s: float = 30) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after `grace_s` seconds (a graceful stop took 25 s here)."""
         self.process.terminate()
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=30)
