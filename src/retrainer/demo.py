@@ -23,7 +23,7 @@ from retrainer.app.results import CycleResult, canary_lines
 from retrainer.app.retrain import recorded
 from retrainer.config import PARAMS_ENV, Params, load_params
 from retrainer.flow_runs import MONITOR, load_flow, run_cycle
-from retrainer.io.batches import BatchRecord
+from retrainer.io.batch_record_pg import open_batch_record
 from retrainer.io.monitoring import DECISIONS_FILE, monitor_dir
 from retrainer.io.project import (
     HOME_DIR,
@@ -438,7 +438,7 @@ def serve_and_monitor(demo: Demo, month: pd.Period) -> None:
 
 def print_fired_retrain(demo: Demo, month: pd.Period, started: dict) -> None:
     """The retrain a monitoring pass fired: the batches it took, then its row (read back from the batch record)."""
-    entry = BatchRecord(demo.workspace.batch_record).get(started.get("batch_id") or "")
+    entry = open_batch_record(demo.workspace.batch_record).get(started.get("batch_id") or "")
     if entry is None:  # the retrain failed before it claimed a batch
         print_cycle(demo, month, CycleResult(CycleStatus.FAILED, [started["reason"]]), 0.0)
         return

@@ -69,3 +69,29 @@ def current_champion(root: Path) -> str | None:
         return registry.alias_version(Workspace.at(root).load_params().tracking.registered_model, registry.CHAMPION)
     except (ConfigError, MlflowException, OSError):
         return None
+
+
+def flows_source() -> Path:
+    """The folder that holds the `flows` package (found without importing it): a work-pool deployment's source."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("flows")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("the `flows` package is not installed (pip install -e .)")
+    return Path(spec.origin).parent.parent
+
+
+def deploy_to_pool(root: Path, pool: str, schedules: dict[str, tuple[str, str]]) -> list[str]:
+    """Register deployments on work pool `pool`, run by its workers on the workspace `root`.
+
+    `schedules` maps a flow entrypoint ("module:function", e.g. DRAIN_INBOX) to (deployment name, cron). Returns the
+    deployment ids. Needs PREFECT_API_URL pointing at a server whose workers can read `root` and the project.
+    """
+    from prefect import Flow
+
+    ids = []
+    for entrypoint, (name, cron) in schedules.items():
+        module, function = entrypoint.split(":")
+        source = Flow.from_source(source=str(flows_source()), entrypoint=f"{module.replace('.', '/')}.py:{function}")
+        ids.append(str(source.deploy(name=name, work_pool_name=pool, cron=cron, parameters={"root": str(root)})))
+    return ids

@@ -216,12 +216,12 @@ def decide(
     """
     from filelock import FileLock
 
-    from retrainer.io.batches import BatchRecord
+    from retrainer.io.batch_record_pg import open_batch_record
 
     home = workspace.home
     store.monitor_dir(home).mkdir(parents=True, exist_ok=True)
     with FileLock(str(store.monitor_dir(home) / "trigger.lock"), timeout=60):
-        inbox, record = workspace.path(params.retrain.inbox_dir), BatchRecord(workspace.batch_record)
+        inbox, record = workspace.path(params.retrain.inbox_dir), open_batch_record(workspace.batch_record)
         pending = store.count_pending(inbox, record, params.data.target.column)
         decision = decide_trigger(
             alarm=assessment["alarm"],

@@ -10,7 +10,7 @@ from pathlib import Path
 from retrainer.app.results import CycleResult
 from retrainer.config import Params
 from retrainer.io import registry
-from retrainer.io.batches import BatchRecord
+from retrainer.io.batch_record_pg import open_batch_record
 from retrainer.io.locks import WorkspaceBusy, workspace_lock
 from retrainer.io.processes import run_tied
 from retrainer.io.project import Workspace
@@ -173,7 +173,7 @@ def withdraw_from_service(params: Params, version: str) -> str | None:
 
 def record_recovered(workspace: Workspace, entry: PromotionEntry) -> None:
     """Record the batch of a promotion finished by a later run as `promoted` (unless its own run recorded it)."""
-    record = BatchRecord(workspace.batch_record)
+    record = open_batch_record(workspace.batch_record)
     existing = record.get(entry.batch_id) if entry.batch_id else None
     if existing is None or existing["status"] not in RETRYABLE:
         return

@@ -31,6 +31,7 @@ from retrainer.app.validate import BatchValidation, validate_batch
 from retrainer.config import Params, require_dvc_params
 from retrainer.cycle import GATE_JSON, finite, gather_and_decide, write_gate_report
 from retrainer.io import registry
+from retrainer.io.batch_record_pg import open_batch_record
 from retrainer.io.batches import (
     BatchRecord,
     accept,
@@ -165,7 +166,7 @@ def retrain_batch(
     params = workspace.load_params()
     connect(workspace.root)
     recover_interrupted(params, workspace, log)
-    record, batch = BatchRecord(workspace.batch_record), Path(batch).resolve()
+    record, batch = open_batch_record(workspace.batch_record), Path(batch).resolve()
     identifier = batch_id(batch)
     previous = record.get(identifier)
     rejudged = replaces is not None and previous is not None and previous["status"] == CycleStatus.QUARANTINED
@@ -433,7 +434,7 @@ def include_one(
 
 def waiting_batches(params: Params, workspace: Workspace) -> list[Path]:
     """The batch files waiting in the inbox (not yet processed), oldest first."""
-    return pending_batches(workspace.path(params.retrain.inbox_dir), BatchRecord(workspace.batch_record))
+    return pending_batches(workspace.path(params.retrain.inbox_dir), open_batch_record(workspace.batch_record))
 
 
 Retrain = Callable[..., CycleResult]

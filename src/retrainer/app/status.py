@@ -8,7 +8,7 @@ from pathlib import Path
 from retrainer.app.results import metric_line
 from retrainer.config import Params
 from retrainer.io import registry
-from retrainer.io.batches import BatchRecord
+from retrainer.io.batch_record_pg import open_batch_record
 from retrainer.io.project import Workspace
 from retrainer.io.tracking import connect
 
@@ -42,7 +42,7 @@ def project_status(params: Params, root: Path) -> dict:
     connect(root)
     name, workspace = params.tracking.registered_model, Workspace.at(root)
     repaired = recover_interrupted(params, workspace)
-    runs = BatchRecord(workspace.batch_record).recent(10)
+    runs = open_batch_record(workspace.batch_record).recent(10)
     return {
         "model": name,
         "repaired": repaired,

@@ -53,9 +53,9 @@ def concurrent_batches(workspace: Workspace, identifier: str | None) -> list[str
     that batch was first claimed. The cost: two different files of one period that arrive together are not stale
     against each other, so both can be accepted (a re-delivery is caught when it comes after the first is done).
     """
-    from retrainer.io.batches import BatchRecord
+    from retrainer.io.batch_record_pg import open_batch_record
 
-    return BatchRecord(workspace.batch_record).concurrent_with(identifier) if identifier else []
+    return open_batch_record(workspace.batch_record).concurrent_with(identifier) if identifier else []
 
 
 def validate_batch(

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from retrainer.config import Params
+from retrainer.io.backend import read_state, write_state
 from retrainer.io.batches import BatchRecord, pending_batches
 from retrainer.io.project import MONITOR_DIR
-from retrainer.io.tables import read_json, read_table, write_json
+from retrainer.io.tables import read_table, write_json
 from retrainer.serving.prediction_log import read_predictions
 from retrainer.steps.trigger import TriggerState
 
@@ -90,13 +91,15 @@ def read_window(
 
 
 def load_trigger_state(home: Path) -> TriggerState:
-    """The trigger state the last pass left (a fresh, armed state the first time)."""
-    path = monitor_dir(home) / STATE_FILE
-    return TriggerState.from_dict(read_json(path)) if path.exists() else TriggerState()
+    """The trigger state the last pass left (a fresh, armed state the first time): the file under the home, or with
+    RETRAINER_DATABASE_URL the team database's document, so a monitor on another host continues it."""
+    payload = read_state(monitor_dir(home) / STATE_FILE)
+    return TriggerState() if payload is None else TriggerState.from_dict(payload)
 
 
 def save_trigger_state(home: Path, state: TriggerState) -> None:
-    write_json(state.to_dict(), monitor_dir(home) / STATE_FILE)
+    """Save the trigger state where `load_trigger_state` reads it (atomically in either place)."""
+    write_state(monitor_dir(home) / STATE_FILE, state.to_dict())
 
 
 def append_decision(home: Path, record: dict) -> Path:

@@ -114,13 +114,18 @@ class Workspace:
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else SQLite under the home."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_dir(root) / MLFLOW_DB_FILE}"
+    """MLFLOW_TRACKING_URI if set, else the team database ($RETRAINER_DATABASE_URL), else SQLite under the home."""
+    from retrainer.io.backend import database_url
+
+    explicit = os.environ.get("MLFLOW_TRACKING_URI") or database_url()
+    return explicit or f"sqlite:///{home_dir(root) / MLFLOW_DB_FILE}"
 
 
 def artifact_location(root: Path | None = None) -> str:
-    """Artifact root for experiments created against the default store."""
-    return (home_dir(root) / "mlartifacts").as_uri()
+    """Artifact root for new experiments: $RETRAINER_ARTIFACT_ROOT (e.g. `s3://bucket/mlflow`), else under the home."""
+    from retrainer.io.backend import artifact_root
+
+    return artifact_root() or (home_dir(root) / "mlartifacts").as_uri()
 
 
 def pseudonymisation_key() -> bytes:

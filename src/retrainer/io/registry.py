@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from retrainer.io.backend import registry_lock
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -70,11 +70,11 @@ def clear_alias(model_name: str, alias: str) -> None:
 def promote_if_current(model_name: str, version: str, expected_champion: str | None, lock_path: Path) -> Promotion:
     """Make `version` the champion only if the champion is still `expected_champion`.
 
-    MLflow aliases are last-writer-wins, so the check and the set happen under an OS file lock
-    (flock: the kernel releases it if the process dies, so it is never left behind).
+    MLflow aliases are last-writer-wins, so the check and the set happen under the registry lock
+    (`io/backend.py:registry_lock`): PostgreSQL's advisory lock when RETRAINER_DATABASE_URL is set, so runs on
+    different hosts are serialised, else the OS file lock `lock_path`. Either is released if its holder dies.
     """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_path), timeout=120):
+    with registry_lock(lock_path, model_name):
         current = alias_version(model_name, CHAMPION)
         if current == version:
             return Promotion(False, current, f"v{version} is already the champion")

@@ -28,12 +28,19 @@ class Registration:
 
 
 def connect(root: Path | None = None) -> str:
-    """Point MLflow at the project's store (or MLFLOW_TRACKING_URI) and return the URI."""
+    """Point MLflow at the project's store (MLFLOW_TRACKING_URI, else RETRAINER_DATABASE_URL, else SQLite under the
+    home) and the object store's endpoint, if one is configured; return the tracking URI. Raises DatabaseUnreachable
+    when the store is the team database and it does not answer."""
     import mlflow
 
+    from retrainer.io.backend import check_database, database_url, export_s3_endpoint
+
+    export_s3_endpoint()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri(root)
+    if uri == database_url():
+        check_database(uri)  # our error names host and port; MLflow's would retry, then bury them in a traceback
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

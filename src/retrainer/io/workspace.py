@@ -145,11 +145,24 @@ def create_workspace(source: Path, dest: Path, params_file: Path | None = None, 
             subprocess.run(["git", *args], cwd=dest, check=True)
         (dest / ".gitignore").write_text(f"/{HOME_DIR}/\n")
     dvc(dest, "init", "-q", *([] if git else ["--no-scm"]))
-    dvc(dest, "remote", "add", "-d", "local", str((dest / HOME_DIR / "dvc-remote").resolve()))
+    use_remote(dest)
     if git:
         subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
         subprocess.run(["git", "commit", "-q", "-m", "workspace"], cwd=dest, check=True)
     return dest
+
+
+def use_remote(root: Path) -> None:
+    """Make the workspace's default DVC remote the team's ($RETRAINER_DVC_REMOTE, e.g. `s3://bucket/dvc`, with
+    $RETRAINER_S3_ENDPOINT_URL) or, by default, a folder in its home. Keys stay in the environment."""
+    from retrainer.io.backend import dvc_remote, dvc_remote_commands
+
+    url = dvc_remote()
+    if url is None:
+        dvc(root, "remote", "add", "-d", "local", str((root / HOME_DIR / "dvc-remote").resolve()))
+        return
+    for args in dvc_remote_commands(url):
+        dvc(root, *args)
 
 
 def stage_changed(root: Path, name: str) -> bool:

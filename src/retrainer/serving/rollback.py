@@ -270,10 +270,10 @@ def previous_champion(model_name: str) -> tuple[str, str]:
 def restore_previous(name: str, workspace: Workspace, expected_champion: str | None) -> tuple[str, str]:
     """Move the champion alias back to the previous champion under the registry lock, tag both versions, and save
     the rollout state; returns (the replaced champion, the restored one)."""
-    from filelock import FileLock
+    from retrainer.io.backend import registry_lock
 
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    with FileLock(str(workspace.registry_lock), timeout=120):
+    with registry_lock(workspace.registry_lock, name):
         current, previous = previous_champion(name)
         if expected_champion is not None and current != expected_champion:
             raise RollbackConflict(f"champion is v{current}, not v{expected_champion}: rollback refused")

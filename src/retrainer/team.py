@@ -1,0 +1,156 @@
+"""`retrainer team up|down`: a local team stack on loopback, from system and PyPI packages, with pid files.
+
+PostgreSQL (MLflow store, shared state, the promotion lock, and the Prefect server's database), SeaweedFS (S3:
+MLflow artifacts and the DVC remote), a Prefect server on PostgreSQL, and a worker of a process work pool. `up` writes
+`team.env` (shell exports of the settings) into the stack's folder; `source` it, or set the same variables to point at
+servers you already run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrainer.io import servers
+from retrainer.io.processes import wait_until_ready
+
+TEAM_DIR = "team"
+ENV_FILE = "team.env"
+WORK_POOL = "retrainer"
+BUCKET = "retrainer"
+PREFECT_START_TIMEOUT_S = 900  # the first start migrates the database: ~76 s measured under load, more when busier
+
+
+@dataclass(frozen=True)
+class TeamStack:
+    """Where a stack lives and what `up` started; `settings` are the environment variables that point at it."""
+
+    folder: Path
+    settings: dict[str, str]
+
+    @property
+    def env_file(self) -> Path:
+        """The shell file of `export NAME=value` lines for the settings."""
+        return self.folder / ENV_FILE
+
+
+def _pid_file(folder: Path, name: str) -> Path:
+    return folder / f"{name}.pid"
+
+
+def _spawn(folder: Path, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start a detached process (a session of its own) logging to `name.log`, and write `name.pid`."""
+    with (folder / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    _pid_file(folder, name).write_text(str(process.pid))
+    return process
+
+
+def prefect_database(server: servers.PostgresServer) -> str:
+    """A `prefect` database with the pg_trgm extension Prefect's migrations need; its asyncpg URL."""
+    import sqlalchemy as sa
+
+    url = servers.create_database(server.url(), "prefect")
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def start_prefect(folder: Path, database_url: str) -> str:
+    """The Prefect server on `database_url` (loopback, a free port), waited for; returns its API URL."""
+    port = servers.free_low_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(folder / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
+    }
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    process = _spawn(folder, "prefect-server", command, env)
+    api = f"http://127.0.0.1:{port}/api"
+    wait_until_ready(process, f"{api}/health", folder / "prefect-server.log", PREFECT_START_TIMEOUT_S, "prefect")
+    return api
+
+
+def start_worker(folder: Path, settings: dict[str, str]) -> None:
+    """A worker of the process work pool (created if missing), running flows with the stack's settings."""
+    env = {**os.environ, **settings, "PREFECT_HOME": str(folder / "prefect")}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    _spawn(folder, "worker", [prefect, "worker", "start", "--pool", WORK_POOL, "--type", "process"], env)
+
+
+def _ensure_bucket(client) -> None:
+    existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
+    if BUCKET not in existing:
+        client.create_bucket(Bucket=BUCKET)
+
+
+def team_up(home: Path) -> TeamStack:
+    """Start PostgreSQL, SeaweedFS (with a bucket), a Prefect server on PostgreSQL and a worker under `home/team`;
+    write `team.env`. Raises ServerError when a stack is already running there or a server fails to start."""
+    folder = home / TEAM_DIR
+    if any(folder.glob("*.pid")) or (folder / "postgres.port").exists():
+        raise servers.ServerError(f"a team stack runs in {folder} already: `retrainer team down` first")
+    folder.mkdir(parents=True, exist_ok=True)
+    postgres = servers.start_postgres(folder / "postgres")
+    (folder / "postgres.port").write_text(str(postgres.port))
+    keys = (secrets.token_hex(10), secrets.token_hex(20))  # a local stack's own keys, handed out only in team.env
+    store = servers.start_seaweedfs(folder / "s3", *keys)
+    _pid_file(folder, "seaweedfs").write_text(str(store.process.pid))
+    _ensure_bucket(servers.s3_client(store.endpoint, *keys))
+    settings = {
+        "RETRAINER_DATABASE_URL": servers.create_database(postgres.url(), "retrainer"),
+        "RETRAINER_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow",
+        "RETRAINER_DVC_REMOTE": f"s3://{BUCKET}/dvc",
+        "RETRAINER_S3_ENDPOINT_URL": store.endpoint,
+        "AWS_ACCESS_KEY_ID": keys[0],
+        "AWS_SECRET_ACCESS_KEY": keys[1],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PREFECT_API_URL": start_prefect(folder, prefect_database(postgres)),
+    }
+    start_worker(folder, settings)
+    stack = TeamStack(folder, settings)
+    stack.env_file.write_text("".join(f"export {k}={v}\n" for k, v in settings.items()))
+    stack.env_file.chmod(0o600)
+    return stack
+
+
+def _stop_pid(pid_file: Path, sig: signal.Signals, timeout_s: float = 30) -> None:
+    """Signal the process group named by a pid file; SIGKILL it after `timeout_s`; remove the pid file."""
+    pid = int(pid_file.read_text())
+    try:
+        os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.3)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink()
+
+
+def team_down(home: Path) -> list[str]:
+    """Stop what `team_up` started under `home/team` (worker with SIGINT: it ignores SIGTERM once its server is
+    gone); returns what was stopped. Data stays in the folder."""
+    folder, stopped = home / TEAM_DIR, []
+    for name, sig in (("worker", signal.SIGINT), ("prefect-server", signal.SIGTERM), ("seaweedfs", signal.SIGTERM)):
+        if _pid_file(folder, name).is_file():
+            _stop_pid(_pid_file(folder, name), sig)
+            stopped.append(name)
+    port_file = folder / "postgres.port"
+    if port_file.is_file():
+        servers.PostgresServer(folder / "postgres" / "data", int(port_file.read_text())).stop()
+        port_file.unlink()
+        stopped.append("postgresql")
+    return stopped
