@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -315,12 +316,20 @@ def run_stage(name: str, params: Params, root: Path) -> dict:
     At these data sizes a second thread gains a few percent on a quiet machine and loses several-fold on a busy
     one (an idle Prefect server, a service, the other core's work); the flow and `dvc repro` both come here.
     """
-    from threadpoolctl import threadpool_limits
-
     kind, _, key = name.partition("@")
     if kind == REFERENCE and key:
         return reference(params, root, find_reference(params, key))
     if name not in STAGES:
         raise KeyError(f"unknown stage '{name}'; choose from {', '.join(STAGES)}, {REFERENCE}@NAME")
-    with threadpool_limits(limits=1):
+    with one_thread():
         return STAGES[name](params, root)
+
+
+def one_thread() -> contextlib.AbstractContextManager:
+    """A context with one OpenMP and one BLAS thread. threadpoolctl limits only the libraries already loaded, and
+    the stages import scikit-learn lazily: its OpenMP runtime is loaded first (without it, a `dvc repro` train stage
+    ran on two spinning OpenMP threads: 315 s on a loaded 2-core machine against 8 s with one)."""
+    import sklearn.ensemble  # noqa: F401  # loads the OpenMP (HistGradientBoosting) and BLAS runtimes
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)

@@ -125,6 +125,8 @@ def test_feedback_for_known_and_unknown_predictions(
     unknown = client.post("/feedback", json={"prediction_id": "00000000-0000-4000-8000-000000000000", "label": 0})
     assert unknown.status_code == 404
     assert client.post("/feedback", json={"prediction_id": prediction["prediction_id"], "label": 2}).status_code == 400
+    as_bool = client.post("/feedback", json={"prediction_id": prediction["prediction_id"], "label": True})
+    assert as_bool.status_code == 400 and "label" in as_bool.text, "true is not a label, as at /predict"
     with sqlite3.connect(registry_home.home / "predictions.db") as db:
         logged = db.execute(
             "SELECT arm, model_version, length(features_digest), label FROM predictions WHERE id = ?",

@@ -222,7 +222,7 @@ class FeedbackRequest(BaseModel):
     """The observed outcome of an earlier prediction."""
 
     prediction_id: UUID
-    label: Literal[0, 1]
+    label: Annotated[int, Strict(), Interval(ge=0, le=1)]  # 0 or 1; strict: `true` is not a label
 
 
 class WeightsRequest(BaseModel):
