@@ -405,6 +405,14 @@ class Params(_WithValidate):
         if self.train.model not in self.train.search.space:
             raise ValueError(f"train.search.space: no search space for train.model '{self.train.model}'")
         joined = {name for ref in self.data.references for name in ref.columns.values()}
+        columns = self.validate.columns
+        coded = sorted(c for c in self.features.categorical if c in columns and columns[c].kind != "string")
+        if coded:
+            kinds = ", ".join(f"{c} ({columns[c].kind})" for c in coded)
+            raise ValueError(
+                f"features.categorical: {kinds} are not of kind string in validate.columns: training encodes a "
+                "category as text, as the service does; make them string columns, or numeric features"
+            )
         unmade = sorted(set(self.features.all) - set(self.validate.columns) - joined)
         if unmade:
             raise ValueError(
