@@ -69,6 +69,8 @@ class ReadOptions:
     number_columns: tuple[str, ...] = ()
     missing_text: tuple[str, ...] = ("",)
     missing_number: tuple[str, ...] = ("",)
+    datetime_columns: tuple[str, ...] = ()
+    boolean_columns: tuple[str, ...] = ()
 
 
 def read_options(params: Params) -> ReadOptions:
@@ -81,6 +83,8 @@ def read_options(params: Params) -> ReadOptions:
         number_columns=tuple(name for name, rule in rules.items() if rule.kind in ("integer", "number")),
         missing_text=params.validate.missing_values.text,
         missing_number=params.validate.missing_values.number,
+        datetime_columns=tuple(name for name, rule in rules.items() if rule.kind == "datetime"),
+        boolean_columns=tuple(name for name, rule in rules.items() if rule.kind == "boolean"),
     )
 
 
@@ -108,7 +112,8 @@ def read_batch_file(path: Path, options: ReadOptions) -> BatchTable:
 
     Text columns are trimmed of surrounding whitespace (as the service's request schema does; each trimmed column is
     noted with its count), rows of nothing but empty cells are dropped and noted, the time column is parsed as ISO
-    8601 in UTC (values that do not parse are a blocking problem naming their rows). Raises BatchParseError (with a
+    8601 in UTC, and so is every other datetime column (values that do not parse are a blocking problem naming their
+    rows), boolean columns with missing cells are held as nullable booleans. Raises BatchParseError (with a
     reason code) for anything that cannot be read as a table.
     """
     if not path.is_file():
@@ -135,8 +140,25 @@ def read_batch_file(path: Path, options: ReadOptions) -> BatchTable:
     if frame.empty:
         raise BatchParseError("no_rows", f"{path.name}: the table has columns but no rows")
     frame, trimmed = trim_text_columns(frame, options.text_columns)
-    frame, problems = parse_time_values(frame, options.time_column)
+    problems = []
+    for column in dict.fromkeys((options.time_column, *options.datetime_columns)):
+        frame, unparsed = parse_time_values(frame, column)
+        problems += unparsed
+    frame = hold_booleans(frame, options.boolean_columns)
     return BatchTable(frame, [*table.notes, *notes, *trimmed], problems)
+
+
+def hold_booleans(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Boolean columns with missing cells as pandas' nullable boolean dtype: pandas reads them as objects (CSV and
+    Parquet alike), which the dtype check would refuse although the service takes `null` there. A column holding
+    anything but booleans and missing cells is left as read, for the dtype check to name."""
+    for column in columns:
+        if column not in frame or frame[column].dtype != object:
+            continue
+        present = frame[column].dropna()
+        if present.map(type).eq(bool).all():
+            frame = frame.assign(**{column: frame[column].astype("boolean")})
+    return frame
 
 
 def detect_signature(data: bytes) -> str | None:
