@@ -105,3 +105,16 @@ def test_categorical_feature_of_a_non_text_kind_is_refused_naming_it(tmp_path, k
     path = _write(tmp_path, mutate)
     with pytest.raises(ConfigError, match=rf"features\.categorical.*code \({kind}\)"):
         load_params(path)
+
+
+@pytest.mark.parametrize("kind", ["string", "datetime"])
+def test_numeric_feature_of_a_text_or_time_kind_is_refused_naming_it(tmp_path, kind):
+    """Training failed with `float() argument must be ... not 'Timestamp'` (and the service with a 500)."""
+
+    def mutate(raw):
+        raw["validate"]["columns"]["opened"] = {"kind": kind}
+        raw["features"]["numeric"].append("opened")
+
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError, match=rf"features\.numeric.*opened \({kind}\)"):
+        load_params(path)

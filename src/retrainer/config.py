@@ -405,6 +405,17 @@ class Params(_WithValidate):
         if self.train.model not in self.train.search.space:
             raise ValueError(f"train.search.space: no search space for train.model '{self.train.model}'")
         joined = {name for ref in self.data.references for name in ref.columns.values()}
+        unmade = sorted(set(self.features.all) - set(self.validate.columns) - joined)
+        if unmade:
+            raise ValueError(
+                f"features: {unmade} are neither in validate.columns (the batch schema) nor joined from "
+                "data.references: the service could not build them from a request"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _feature_kinds(self) -> Params:
+        """Features the model can take from their `validate.columns` kind: categories are text, numbers numeric."""
         columns = self.validate.columns
         coded = sorted(c for c in self.features.categorical if c in columns and columns[c].kind != "string")
         if coded:
@@ -413,11 +424,11 @@ class Params(_WithValidate):
                 f"features.categorical: {kinds} are not of kind string in validate.columns: training encodes a "
                 "category as text, as the service does; make them string columns, or numeric features"
             )
-        unmade = sorted(set(self.features.all) - set(self.validate.columns) - joined)
-        if unmade:
+        texts = sorted(c for c in self.features.numeric if c in columns and columns[c].kind in ("string", "datetime"))
+        if texts:
+            kinds = ", ".join(f"{c} ({columns[c].kind})" for c in texts)
             raise ValueError(
-                f"features: {unmade} are neither in validate.columns (the batch schema) nor joined from "
-                "data.references: the service could not build them from a request"
+                f"features.numeric: {kinds} are not numbers in validate.columns: the model cannot use them"
             )
         return self
 
