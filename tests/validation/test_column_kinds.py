@@ -1,5 +1,6 @@
 """Every `validate.columns` kind reads from a batch file as the service reads it from a request: a datetime column
-that is not the time column, and a nullable boolean column with missing cells, in CSV and in Parquet."""
+that is not the time column, a nullable boolean column with missing cells, and a text code made of digits, in CSV
+and in Parquet."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def kinds_params() -> Params:
     raw = yaml.safe_load((CAR_LOAN / "params.yaml").read_text())
     raw["validate"]["columns"]["insured"] = {"kind": "boolean", "nullable": True}
     raw["validate"]["columns"]["opened_at"] = {"kind": "datetime"}
+    raw["validate"]["columns"]["dealer_code"] = {"kind": "string"}
     return Params.model_validate(raw)
 
 
@@ -33,6 +35,7 @@ def _month_with_kinds() -> pd.DataFrame:
     return month.assign(
         insured=[[True, False, None][i % 3] for i in range(len(month))],
         opened_at=(month["timestamp"] - pd.Timedelta(days=400)).dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        dealer_code=[f"{i % 50:05d}" for i in range(len(month))],
     )
 
 
@@ -46,10 +49,13 @@ def test_both_kinds_read_as_their_kind(tmp_path: Path, kinds_params: Params, suf
     assert match_dtype_kind(read["opened_at"].dtype, "datetime"), read["opened_at"].dtype
     assert read["insured"].isna().sum() == len(frame) // 3
     assert read["opened_at"].iloc[0] == pd.Timestamp(frame["opened_at"].iloc[0])
+    assert match_dtype_kind(read["dealer_code"].dtype, "string"), read["dealer_code"].dtype
+    assert read["dealer_code"].tolist() == frame["dealer_code"].tolist()  # `00007`, not 7.0
 
 
 def test_a_csv_batch_with_both_kinds_passes_validation(tmp_path: Path, kinds_params: Params):
-    """Before: quarantined on `types.insured` (dtype object) and `types.opened_at` (dtype str), on every batch."""
+    """Before: quarantined on `types.insured` (dtype object), `types.opened_at` (dtype str) and `types.dealer_code`
+    (dtype int64: a code of digits read as a number), on every batch."""
     path = tmp_path / "car_loan-2018-11.csv"
     _month_with_kinds().to_csv(path, index=False)
     outcome = validate_batch_file(path, kinds_params, tmp_path)

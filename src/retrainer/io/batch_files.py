@@ -252,7 +252,8 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
             "truncated", f"{name}: the last row has {len(last)} fields, the header {len(header)}{ending}"
         )
     missing = missing_cells(header, options)
-    frame = read_csv_text(text, name, missing)
+    texts = tuple(c for c in header if c in options.text_columns)  # `02134` is the text it says, not the number 2134
+    frame = read_csv_text(text, name, missing, texts)
     if not may_hold_bare_records(frame, rows[-1], options):  # the common case: no line-by-line scan of the text
         return BatchTable(frame)
     text, bare = drop_bare_records(text)
@@ -260,7 +261,7 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
         return BatchTable(frame)
     reason = f"{describe_lines(bare, len(rows) + 1)} of only delimiters: dropped"
     note = read_entry("empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES])
-    return BatchTable(read_csv_text(text, name, missing), [note])
+    return BatchTable(read_csv_text(text, name, missing, texts), [note])
 
 
 def may_hold_bare_records(frame: pd.DataFrame, last_line: str, options: ReadOptions) -> bool:
@@ -270,10 +271,14 @@ def may_hold_bare_records(frame: pd.DataFrame, last_line: str, options: ReadOpti
     return bool(BARE_RECORD.fullmatch(last_line)) or bool(text_numbers) or bool(frame.isna().all(axis=1).any())
 
 
-def read_csv_text(text: str, name: str, missing: dict[str, list[str]]) -> pd.DataFrame:
-    """pandas' read of CSV text with exactly these missing-cell texts per column (`keep_default_na=False`)."""
+def read_csv_text(text: str, name: str, missing: dict[str, list[str]], texts: tuple[str, ...] = ()) -> pd.DataFrame:
+    """pandas' read of CSV text with exactly these missing-cell texts per column (`keep_default_na=False`), the
+    `texts` columns read as text whatever they look like (a code of digits keeps its leading zeros)."""
+    dtypes = dict.fromkeys(texts, "str")
     try:
-        return pd.read_csv(io.StringIO(text), on_bad_lines="error", keep_default_na=False, na_values=missing)
+        return pd.read_csv(
+            io.StringIO(text), on_bad_lines="error", keep_default_na=False, na_values=missing, dtype=dtypes
+        )
     except (pd.errors.ParserError, ValueError) as exc:
         raise BatchParseError("malformed_csv", f"{name}: not parseable as CSV: {exc}".strip()) from None
 
