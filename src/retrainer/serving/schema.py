@@ -219,10 +219,10 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """The observed outcome of an earlier prediction: the label 0 or 1, strictly (`true` and `1.0` are not 1)."""
+    """The observed outcome of an earlier prediction."""
 
     prediction_id: UUID
-    label: Annotated[int, Strict(), Field(ge=0, le=1)]
+    label: Literal[0, 1]
 
 
 class WeightsRequest(BaseModel):
