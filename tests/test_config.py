@@ -91,3 +91,30 @@ def test_dvc_params_must_be_the_chosen_params_file(tmp_path, monkeypatch):
     monkeypatch.setenv("RETRAINER_PARAMS", str(tmp_path / "other.yaml"))
     with pytest.raises(ConfigError, match=r"DVC reads .*params\.yaml .* not other\.yaml"):
         require_dvc_params(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["integer", "boolean", "number"])
+def test_categorical_feature_of_a_non_text_kind_is_refused_naming_it(tmp_path, kind):
+    """Training's category imputer cannot take numbers or booleans (a sklearn error after the whole pipeline ran):
+    the params are refused at once, naming the column and its kind."""
+
+    def mutate(raw):
+        raw["validate"]["columns"]["code"] = {"kind": kind}
+        raw["features"]["categorical"].append("code")
+
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError, match=rf"features\.categorical.*code \({kind}\)"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("kind", ["string", "datetime"])
+def test_numeric_feature_of_a_text_or_time_kind_is_refused_naming_it(tmp_path, kind):
+    """Training failed with `float() argument must be ... not 'Timestamp'` (and the service with a 500)."""
+
+    def mutate(raw):
+        raw["validate"]["columns"]["opened"] = {"kind": kind}
+        raw["features"]["numeric"].append("opened")
+
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError, match=rf"features\.numeric.*opened \({kind}\)"):
+        load_params(path)

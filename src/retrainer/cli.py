@@ -144,8 +144,13 @@ def validate(
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Champion and challenger versions with their metrics and data versions, and the last runs."""
     from retrainer.app.status import format_status, project_status
+    from retrainer.io.promotion_journal import CorruptJournal
 
-    report = project_status(_params(), Path.cwd())
+    try:
+        report = project_status(_params(), Path.cwd())
+    except CorruptJournal as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
     _print_json(report) if as_json else typer.echo(format_status(report))
 
 

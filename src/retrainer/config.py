@@ -413,6 +413,25 @@ class Params(_WithValidate):
             )
         return self
 
+    @model_validator(mode="after")
+    def _feature_kinds(self) -> Params:
+        """Features the model can take from their `validate.columns` kind: categories are text, numbers numeric."""
+        columns = self.validate.columns
+        coded = sorted(c for c in self.features.categorical if c in columns and columns[c].kind != "string")
+        if coded:
+            kinds = ", ".join(f"{c} ({columns[c].kind})" for c in coded)
+            raise ValueError(
+                f"features.categorical: {kinds} are not of kind string in validate.columns: training encodes a "
+                "category as text, as the service does; make them string columns, or numeric features"
+            )
+        texts = sorted(c for c in self.features.numeric if c in columns and columns[c].kind in ("string", "datetime"))
+        if texts:
+            kinds = ", ".join(f"{c} ({columns[c].kind})" for c in texts)
+            raise ValueError(
+                f"features.numeric: {kinds} are not numbers in validate.columns: the model cannot use them"
+            )
+        return self
+
 
 def resolve_params_path(explicit: str | Path | None = None, root: Path | None = None) -> Path:
     """The params file: explicit argument, else $RETRAINER_PARAMS, else params.yaml in `root` (default: ./)."""

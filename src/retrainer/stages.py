@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import joblib
 import pandas as pd
 
 from retrainer.config import Params, Reference, params_hash
 from retrainer.io.tables import list_batches, read_json, read_table, write_joblib, write_json, write_parquet
+
+if TYPE_CHECKING:
+    from retrainer.io.batch_files import ReadOptions
 
 VALIDATION_SUMMARY = Path("data/validated/summary.json")
 REFERENCES_DIR = Path("data/references")
@@ -42,20 +47,30 @@ def file_md5(path: Path) -> str:
 def load_raw(params: Params, root: Path) -> pd.DataFrame:
     """The bootstrap slice of the seed batch table plus every accepted batch, in the raw batch schema.
 
-    Accepted batches are read by the same reader validation used (missing cells, trimmed text, ISO 8601 times), so
-    training sees exactly the values that were validated.
+    The seed and the accepted batches are read by the same reader validation uses (missing cells, trimmed text, ISO
+    8601 times), so training sees exactly the values that were validated, and that the service reads from a request.
     """
     from retrainer.io.batch_files import read_batch_file, read_options
-    from retrainer.steps.ingest import parse_time_column
 
     data = params.data
-    seed = parse_time_column(read_table(root / data.batch_source), data.time_column)
+    options = read_options(params)
+    seed = read_seed_table(root / data.batch_source, options, data.time_column)
     start = pd.Timestamp(data.bootstrap.start, tz="UTC")
     end = pd.Timestamp(data.bootstrap.end, tz="UTC")
     frames = [seed.loc[(seed[data.time_column] >= start) & (seed[data.time_column] < end)]]
-    options = read_options(params)
     frames += [read_batch_file(p, options).frame for p in list_batches(root / data.batches_dir)]
     return pd.concat(frames, ignore_index=True)
+
+
+def read_seed_table(path: Path, options: ReadOptions, time_column: str) -> pd.DataFrame:
+    """The seed table (data.batch_source) read as a batch is, whatever its size: a CSV seed's `NA` category stays
+    text and its padded text is trimmed, as in batches and requests. ValueError when its time column does not parse.
+    """
+    from retrainer.io.batch_files import read_batch_file
+    from retrainer.steps.ingest import parse_time_column
+
+    unlimited = replace(options, max_file_mb=max(options.max_file_mb, path.stat().st_size / 2**20 + 1))
+    return parse_time_column(read_batch_file(path, unlimited).frame, time_column)
 
 
 class BatchRejected(RuntimeError):

@@ -150,3 +150,23 @@ def test_a_golden_file_with_an_invalid_record_is_refused_naming_the_field(
     rows.to_parquet(path)
     with pytest.raises(InvalidRecords, match=r"records\[2\]\.month"):
         record_golden_predictions("1", params, ROOT, path, overwrite=True)
+
+
+def test_a_golden_set_drawn_for_another_dataset_is_named_not_replayed(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A workspace switched to the car-loan params kept the flights golden set: rollback replayed flights records
+    (a 400 from the service; in-process, every car-loan feature missing), and never said why."""
+    from retrainer.config import load_params
+    from retrainer.serving.rollback import GoldenSetMismatch, check_golden, golden_records
+
+    monkeypatch.setenv("RETRAINER_HOME", str(tmp_path / ".retrainer"))
+    (tmp_path / "seeds").symlink_to(ROOT / "seeds")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    stored, _ = golden_records(params, tmp_path)  # drawn at the flights model's first promotion
+    car_loan = load_params(ROOT / "examples" / "car_loan" / "params.yaml")
+    named = rf"golden set {stored} does not fit .*records\[0\]\.id: Field required"
+    with pytest.raises(GoldenSetMismatch, match=named):
+        golden_records(car_loan, tmp_path)
+    check = check_golden("1", car_loan, tmp_path, None, lambda records: pytest.fail("replayed flights records"))
+    assert not check.verified and check.reason.startswith(f"the golden set {stored} does not fit")

@@ -142,3 +142,29 @@ def test_schema_names_the_bad_field(params, seed_flights, change, field):
         record_schema(params).validate([{**raw_records(seed_flights, 1)[0], **change}])
     assert caught.value.errors[0]["loc"] == ("records", 0, field)
     assert f"records[0].{field}" in str(caught.value)
+
+
+def test_an_optional_feature_every_record_omits_is_missing_not_an_error(project_root):
+    """A nullable feature may be left out of a record (the request schema allows it). When every record of a request
+    left it out, the service answered 500 (`KeyError: features [...] are not produced`), while the same record next
+    to one that carried the field was scored with the value missing."""
+    import yaml
+
+    raw = yaml.safe_load((project_root / "examples" / "car_loan" / "params.yaml").read_text())
+    raw["validate"]["columns"]["driver_tenure"]["nullable"] = True
+    car_loan = Params.model_validate(raw)
+    record = {
+        "id": 1,
+        "car_value": 12_000,
+        "salary_range": "20K - 40K €",
+        "debt_to_income_ratio": 0.4,
+        "loan_length": 36,
+        "repaid_loan_on_prev_car": 1,
+        "size_of_downpayment": "10%",
+        "timestamp": "2018-11-02T09:00:00Z",
+    }
+    schema, builder = record_schema(car_loan), FeatureBuilder(car_loan, {}, key=b"test")
+    alone = builder.transform(schema.validate([record]))
+    beside = builder.transform(schema.validate([record, {**record, "driver_tenure": 4.5}]))
+    assert alone["driver_tenure"].isna().tolist() == [True]
+    pd.testing.assert_frame_equal(alone, beside.iloc[:1])

@@ -500,6 +500,27 @@ def test_training_reads_an_accepted_batch_exactly_as_validation_did(march, param
     assert batch["year"].dtype.kind == "i"
 
 
+def test_training_reads_a_csv_seed_exactly_as_a_batch(march, params, tmp_path):
+    """The bootstrap slice of a CSV seed was read by pandas' defaults: the carrier code `NA` became missing and padded
+    text stayed padded, so the first champion learnt values no batch and no request ever carries."""
+    from retrainer.stages import load_raw
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    padded = set_rows(march, "carrier", "NA", rows=50).assign(dest=" " + march["dest"] + " ")
+    (root / "seed.csv").write_bytes(to_csv_bytes(padded))
+    data = params.data.model_copy(
+        update={
+            "batch_source": "seed.csv",
+            "bootstrap": params.data.bootstrap.model_copy(update={"start": "2013-03-01", "end": "2013-04-02"}),
+        }
+    )
+    raw = load_raw(params.model_copy(update={"data": data}), root)
+    assert len(raw) == len(march)
+    assert raw["carrier"].head(50).tolist() == ["NA"] * 50
+    assert raw["dest"].tolist() == march["dest"].tolist()
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_the_text_NA_is_a_code_in_csv_as_in_parquet(fmt, march, params, suite_runner, tmp_path):
     coded = set_rows(march, "carrier", "NA", rows=50).astype({"carrier": "str"})

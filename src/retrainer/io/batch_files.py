@@ -69,6 +69,8 @@ class ReadOptions:
     number_columns: tuple[str, ...] = ()
     missing_text: tuple[str, ...] = ("",)
     missing_number: tuple[str, ...] = ("",)
+    datetime_columns: tuple[str, ...] = ()
+    boolean_columns: tuple[str, ...] = ()
 
 
 def read_options(params: Params) -> ReadOptions:
@@ -81,6 +83,8 @@ def read_options(params: Params) -> ReadOptions:
         number_columns=tuple(name for name, rule in rules.items() if rule.kind in ("integer", "number")),
         missing_text=params.validate.missing_values.text,
         missing_number=params.validate.missing_values.number,
+        datetime_columns=tuple(name for name, rule in rules.items() if rule.kind == "datetime"),
+        boolean_columns=tuple(name for name, rule in rules.items() if rule.kind == "boolean"),
     )
 
 
@@ -108,7 +112,8 @@ def read_batch_file(path: Path, options: ReadOptions) -> BatchTable:
 
     Text columns are trimmed of surrounding whitespace (as the service's request schema does; each trimmed column is
     noted with its count), rows of nothing but empty cells are dropped and noted, the time column is parsed as ISO
-    8601 in UTC (values that do not parse are a blocking problem naming their rows). Raises BatchParseError (with a
+    8601 in UTC, and so is every other datetime column (values that do not parse are a blocking problem naming their
+    rows), boolean columns with missing cells are held as nullable booleans. Raises BatchParseError (with a
     reason code) for anything that cannot be read as a table.
     """
     if not path.is_file():
@@ -135,8 +140,25 @@ def read_batch_file(path: Path, options: ReadOptions) -> BatchTable:
     if frame.empty:
         raise BatchParseError("no_rows", f"{path.name}: the table has columns but no rows")
     frame, trimmed = trim_text_columns(frame, options.text_columns)
-    frame, problems = parse_time_values(frame, options.time_column)
+    problems = []
+    for column in dict.fromkeys((options.time_column, *options.datetime_columns)):
+        frame, unparsed = parse_time_values(frame, column)
+        problems += unparsed
+    frame = hold_booleans(frame, options.boolean_columns)
     return BatchTable(frame, [*table.notes, *notes, *trimmed], problems)
+
+
+def hold_booleans(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Boolean columns with missing cells as pandas' nullable boolean dtype: pandas reads them as objects (CSV and
+    Parquet alike), which the dtype check would refuse although the service takes `null` there. A column holding
+    anything but booleans and missing cells is left as read, for the dtype check to name."""
+    for column in columns:
+        if column not in frame or frame[column].dtype != object:
+            continue
+        present = frame[column].dropna()
+        if present.map(type).eq(bool).all():
+            frame = frame.assign(**{column: frame[column].astype("boolean")})
+    return frame
 
 
 def detect_signature(data: bytes) -> str | None:
@@ -230,7 +252,8 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
             "truncated", f"{name}: the last row has {len(last)} fields, the header {len(header)}{ending}"
         )
     missing = missing_cells(header, options)
-    frame = read_csv_text(text, name, missing)
+    texts = tuple(c for c in header if c in options.text_columns)  # `02134` is the text it says, not the number 2134
+    frame = read_csv_text(text, name, missing, texts)
     if not may_hold_bare_records(frame, rows[-1], options):  # the common case: no line-by-line scan of the text
         return BatchTable(frame)
     text, bare = drop_bare_records(text)
@@ -238,7 +261,7 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
         return BatchTable(frame)
     reason = f"{describe_lines(bare, len(rows) + 1)} of only delimiters: dropped"
     note = read_entry("empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES])
-    return BatchTable(read_csv_text(text, name, missing), [note])
+    return BatchTable(read_csv_text(text, name, missing, texts), [note])
 
 
 def may_hold_bare_records(frame: pd.DataFrame, last_line: str, options: ReadOptions) -> bool:
@@ -248,10 +271,14 @@ def may_hold_bare_records(frame: pd.DataFrame, last_line: str, options: ReadOpti
     return bool(BARE_RECORD.fullmatch(last_line)) or bool(text_numbers) or bool(frame.isna().all(axis=1).any())
 
 
-def read_csv_text(text: str, name: str, missing: dict[str, list[str]]) -> pd.DataFrame:
-    """pandas' read of CSV text with exactly these missing-cell texts per column (`keep_default_na=False`)."""
+def read_csv_text(text: str, name: str, missing: dict[str, list[str]], texts: tuple[str, ...] = ()) -> pd.DataFrame:
+    """pandas' read of CSV text with exactly these missing-cell texts per column (`keep_default_na=False`), the
+    `texts` columns read as text whatever they look like (a code of digits keeps its leading zeros)."""
+    dtypes = dict.fromkeys(texts, "str")
     try:
-        return pd.read_csv(io.StringIO(text), on_bad_lines="error", keep_default_na=False, na_values=missing)
+        return pd.read_csv(
+            io.StringIO(text), on_bad_lines="error", keep_default_na=False, na_values=missing, dtype=dtypes
+        )
     except (pd.errors.ParserError, ValueError) as exc:
         raise BatchParseError("malformed_csv", f"{name}: not parseable as CSV: {exc}".strip()) from None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -66,6 +66,32 @@ class PromotionEntry:
         return f"v{self.to_version} over {over} (batch {self.batch_id}, last done: {self.phase}, pid {self.owner_pid})"
 
 
+class CorruptJournal(ValueError):
+    """A journal file that is not a promotion entry: named, with what is wrong and what to do."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            f"promotion journal {path} cannot be read: {problem}. Nothing is recovered while it is there: check "
+            "the registry's champion alias (`retrainer status` after moving the file away), then remove it"
+        )
+
+
+def parse_entry(payload: object, path: Path) -> PromotionEntry:
+    """The entry a journal file holds; CorruptJournal naming `path` and the key when its content is not one."""
+    if not isinstance(payload, dict):
+        raise CorruptJournal(path, f"expected a JSON object, found {type(payload).__name__}")
+    known = {f.name for f in fields(PromotionEntry)}
+    required = {f.name for f in fields(PromotionEntry) if f.default is MISSING}
+    if missing := sorted(required - set(payload)):
+        raise CorruptJournal(path, f"keys {missing} are missing")
+    if unknown := sorted(set(payload) - known):
+        raise CorruptJournal(path, f"keys {unknown} are unknown")
+    reasons, phase = payload["reasons"], payload.get("phase", str(Phase.INTENT))
+    if not isinstance(reasons, list) or phase not in PHASES:
+        raise CorruptJournal(path, f"reasons must be a list and phase one of {[str(p) for p in PHASES]}")
+    return PromotionEntry(**{**payload, "reasons": tuple(reasons), "phase": Phase(phase)})
+
+
 class PromotionJournal:
     """The journal file; `begin` writes the intent, `advance` each phase done, `close` removes it when all is done."""
 
@@ -84,8 +110,8 @@ class PromotionJournal:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise ValueError(f"promotion journal {self.path} cannot be read: {exc}") from exc
-        return PromotionEntry(**{**payload, "reasons": tuple(payload["reasons"]), "phase": Phase(payload["phase"])})
+            raise CorruptJournal(self.path, str(exc)) from exc
+        return parse_entry(payload, self.path)
 
     def begin(self, entry: PromotionEntry) -> PromotionEntry:
         """Write the intent, owned by this process; returns it."""

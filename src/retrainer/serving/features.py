@@ -171,6 +171,7 @@ class FeatureBuilder:
         self._numeric = list(params.features.numeric)
         self._categorical = list(params.features.categorical)
         self._columns = params.features.all
+        self._declared = frozenset(params.validate.columns)  # a record may omit an optional one: it is missing
         self._lookups = [
             ReferenceLookup(references[ref.name], ref, self._data.time_column) for ref in self._data.references
         ]
@@ -185,7 +186,9 @@ class FeatureBuilder:
     def columns(self, records: Sequence[Mapping[str, object]]) -> dict[str, np.ndarray]:
         """Raw records -> one array per model feature, row for row: float64 (NaN missing) or objects (None missing).
 
-        The values are those ingest gives the same records (parsed times, left joins, pseudonyms).
+        The values are those ingest gives the same records (parsed times, left joins, pseudonyms). A feature of the
+        batch schema that no record carries (an optional field every record omits) is missing in every row, as it is
+        in a record that omits it next to one that carries it.
         """
         present: set[str] = set().union(*records)
         joined: dict[str, tuple[ReferenceLookup, np.ndarray]] = {}
@@ -195,7 +198,7 @@ class FeatureBuilder:
                 raise KeyError(f"reference columns {clash} would shadow columns of the records")
             positions = lookup.positions(records)
             joined.update({name: (lookup, positions) for name in lookup.columns})
-        missing = [c for c in self._columns if c not in joined and c not in present]
+        missing = [c for c in self._columns if c not in joined and c not in present and c not in self._declared]
         if missing:
             raise KeyError(f"features {missing} are not produced from the records and references")
         out: dict[str, np.ndarray] = {}

@@ -45,6 +45,10 @@ class RollbackConflict(RuntimeError):
     """The champion moved since the caller looked at it."""
 
 
+class GoldenSetMismatch(ValueError):
+    """The stored golden set is not made of records of these params' request schema (another dataset's, say)."""
+
+
 @dataclass(frozen=True)
 class GoldenCheck:
     """The golden set replayed through one model version against the predictions recorded for it."""
@@ -122,7 +126,23 @@ def golden_records(params: Params, root: Path, golden_path: Path | None = None) 
     stored = golden_set_path(home_dir(root))
     if not stored.is_file():
         write_json({"records": sample_golden_set(params, root)}, stored)
-    return str(stored), json.loads(stored.read_text(encoding="utf-8"))["records"]
+    records = json.loads(stored.read_text(encoding="utf-8"))["records"]
+    return str(stored), check_golden_fits(records, params, stored)
+
+
+def check_golden_fits(records: list[dict], params: Params, stored: Path) -> list[dict]:
+    """The stored golden records, when the request schema of `params` takes them; else GoldenSetMismatch naming the
+    file (a workspace switched to another dataset's params keeps the golden set the first one drew)."""
+    from retrainer.serving.schema import InvalidRecords, record_schema
+
+    try:
+        record_schema(params).validate(records)
+    except InvalidRecords as exc:
+        raise GoldenSetMismatch(
+            f"the golden set {stored} does not fit the request schema of these params ({exc}): it was drawn for "
+            "another dataset or schema; move it away to draw a new one (earlier versions then cannot be verified)"
+        ) from None
+    return records
 
 
 def _digest(records: list[dict]) -> str:
@@ -197,7 +217,10 @@ def check_golden(
 ) -> GoldenCheck:
     """Score the golden set with `score` (in-process or over HTTP) and compare with `version`'s recorded predictions."""
     record_file = golden_record_path(home_dir(root), version)
-    golden, records = golden_records(params, root, golden_path)
+    try:
+        golden, records = golden_records(params, root, golden_path)
+    except GoldenSetMismatch as exc:
+        return GoldenCheck(version, False, None, 0, [], str(exc))
     if not record_file.is_file():
         return GoldenCheck(version, False, None, len(records), [], f"no golden predictions recorded for v{version}")
     recorded = json.loads(record_file.read_text(encoding="utf-8"))

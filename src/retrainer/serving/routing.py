@@ -33,10 +33,12 @@ def choose_arms(keys: Iterable[str], challenger_weight: float) -> list[Arm]:
 
 def routing_key(record: Mapping[str, object], fields: Sequence[str]) -> str:
     """The key a record is routed by (params' `serve.routing_key`, else `data.key_columns`): the same values always
-    map to the same key, so a record keeps its arm. With no fields, the whole record (as canonical JSON) is the key."""
+    map to the same key, so a record keeps its arm. With no fields, the whole record (as canonical JSON) is the key.
+    A field left out and a field sent as null are the same missing value: the record keeps its arm either way."""
     if not fields:
-        return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
-    return "|".join([str(record.get(name, "")) for name in fields])
+        present = {name: value for name, value in record.items() if value is not None}
+        return json.dumps(present, sort_keys=True, separators=(",", ":"), default=str)
+    return "|".join(["" if (value := record.get(name)) is None else str(value) for name in fields])
 
 
 @dataclass(frozen=True)
