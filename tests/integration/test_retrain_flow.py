@@ -705,7 +705,7 @@ def test_a_run_killed_right_after_the_champion_alias_moved_is_finished_by_the_ne
     tags = registry.version_tags(MODEL, new)
     assert (tags["gate_status"], tags["parent_champion"], tags["promoted_from"]) == ("promoted", champion, champion)
     assert tags["batch_id"] == batch_id(december)
-    assert golden_record_path(workspace.home, new).is_file(), "golden predictions recorded"
+    assert golden_record_path(workspace.home, MODEL, new).is_file(), "golden predictions recorded"
     assert httpx.get(f"{running.url}/rollout", timeout=10).json()["champion_version"] == new, "the service switched"
     assert _record(ws).get(batch_id(december))["status"] == "promoted"
     assert not (ws / ".retrainer" / "promotion.json").exists()

@@ -65,7 +65,10 @@ def test_rollback_restores_the_previous_champion_and_verifies(params: Params, ho
     _v2_promoted_over_v1(params, home)
     for version in ("1", "2"):
         path = record_golden_predictions(version, params, ROOT, overwrite=True)
-        assert path == golden_record_path(home, version) and len(json.loads(path.read_text())["rows"]) == 200
+        assert (
+            path == golden_record_path(home, params.tracking.registered_model, version)
+            and len(json.loads(path.read_text())["rows"]) == 200
+        )
 
     report = rollback(params, ROOT)
 
@@ -113,7 +116,7 @@ def test_a_tampered_golden_record_fails_verification_naming_the_row(params: Para
 
 def test_a_version_without_golden_predictions_is_not_verified(params: Params, home: Path):
     _v2_promoted_over_v1(params, home)
-    golden_record_path(home, "1").unlink(missing_ok=True)
+    golden_record_path(home, params.tracking.registered_model, "1").unlink(missing_ok=True)
 
     report = rollback(params, ROOT)
 
@@ -125,7 +128,7 @@ def test_the_golden_set_is_drawn_once_from_the_training_data_as_a_client_sends_i
     """No golden file ships with the project: the set is drawn (seeded) from what training reads, outcome columns
     removed, stored under the home and reused by every version, so rollback verifies on any dataset."""
     record_golden_predictions("1", params, ROOT, overwrite=True)
-    stored = golden_set_path(home)
+    stored = golden_set_path(home, params.tracking.registered_model)
     records = json.loads(stored.read_text())["records"]
     assert len(records) == params.serve.golden_rows
     assert not set(params.data.outcome_columns) & set().union(*records)
@@ -137,7 +140,10 @@ def test_the_golden_set_is_drawn_once_from_the_training_data_as_a_client_sends_i
     before = stored.stat().st_mtime_ns
     record_golden_predictions("2", params, ROOT, overwrite=True)
     assert stored.stat().st_mtime_ns == before
-    digests = {json.loads(golden_record_path(home, v).read_text())["golden_sha256"] for v in ("1", "2")}
+    digests = {
+        json.loads(golden_record_path(home, params.tracking.registered_model, v).read_text())["golden_sha256"]
+        for v in ("1", "2")
+    }
     assert len(digests) == 1
 
 
@@ -152,21 +158,27 @@ def test_a_golden_file_with_an_invalid_record_is_refused_naming_the_field(
         record_golden_predictions("1", params, ROOT, path, overwrite=True)
 
 
-def test_a_golden_set_drawn_for_another_dataset_is_named_not_replayed(
+def test_each_model_keeps_its_own_golden_set_and_a_changed_schema_is_named_not_replayed(
     params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A workspace switched to the car-loan params kept the flights golden set: rollback replayed flights records
-    (a 400 from the service; in-process, every car-loan feature missing), and never said why."""
+    """A workspace switched to the car-loan params draws the car-loan model's own golden set (flights records are
+    never replayed to it); a model whose request schema changed under its stored set is told so, by file."""
     from retrainer.config import load_params
     from retrainer.serving.rollback import GoldenSetMismatch, check_golden, golden_records
 
     monkeypatch.setenv("RETRAINER_HOME", str(tmp_path / ".retrainer"))
     (tmp_path / "seeds").symlink_to(ROOT / "seeds")
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    stored, _ = golden_records(params, tmp_path)  # drawn at the flights model's first promotion
+    stored, flights = golden_records(params, tmp_path)  # drawn at the flights model's first promotion
     car_loan = load_params(ROOT / "examples" / "car_loan" / "params.yaml")
-    named = rf"golden set {stored} does not fit .*records\[0\]\.id: Field required"
+    own, loans = golden_records(car_loan, tmp_path)
+    assert own != stored and Path(own).parent.name == car_loan.tracking.registered_model
+    assert all("id" in r and "carrier" not in r for r in loans) and all("carrier" in r for r in flights)
+
+    columns = {**params.validate.columns, "gate": params.validate.columns["carrier"]}  # a new required field
+    changed = params.model_copy(update={"validate": params.validate.model_copy(update={"columns": columns})})
+    named = rf"golden set {stored} does not fit .*records\[0\]\.gate: Field required"
     with pytest.raises(GoldenSetMismatch, match=named):
-        golden_records(car_loan, tmp_path)
-    check = check_golden("1", car_loan, tmp_path, None, lambda records: pytest.fail("replayed flights records"))
+        golden_records(changed, tmp_path)
+    check = check_golden("1", changed, tmp_path, None, lambda records: pytest.fail("replayed unfit records"))
     assert not check.verified and check.reason.startswith(f"the golden set {stored} does not fit")

@@ -4,12 +4,12 @@ The previous champion is read from the champion's version tag `promoted_from` (s
 retrainer.io.registry.promote_if_current). The alias moves back compare-and-set under the registry lock, the rollout
 state file is rewritten (a restarted service, or one that reloads its state, serves the restored version), and then
 the golden set is replayed through the restored model in-process, with the same feature building as the service, and
-compared with the golden predictions recorded for that version (RETRAINER_HOME/golden/golden_<version>.json, written
-by record_golden_predictions after each promotion).
+compared with the golden predictions recorded for that version (RETRAINER_HOME/golden/<model>/golden_<version>.json,
+written by record_golden_predictions after each promotion).
 
 The golden set is made once, from data the workspace already holds: `serve.golden_rows` raw rows drawn with the seed
 `train.seed` from what training reads (the bootstrap slice and the accepted batches), outcome columns removed, as the
-service receives them (RETRAINER_HOME/golden/golden_set.json). So rollback verifies on any dataset.
+service receives them (RETRAINER_HOME/golden/<model>/golden_set.json). So rollback verifies on any dataset.
 """
 
 from __future__ import annotations
@@ -80,14 +80,15 @@ class RollbackReport:
         return asdict(self)
 
 
-def golden_record_path(home: Path, version: str) -> Path:
-    """Where the golden predictions of a version are stored."""
-    return home / GOLDEN_DIR / f"golden_{version}.json"
+def golden_record_path(home: Path, model: str, version: str) -> Path:
+    """Where the golden predictions of a registered model's version are stored (one folder per model: versions
+    are numbered per model, and each model's golden set holds its own dataset's records)."""
+    return home / GOLDEN_DIR / model / f"golden_{version}.json"
 
 
-def golden_set_path(home: Path) -> Path:
-    """Where the workspace's golden set (the records every version's golden predictions are made on) is kept."""
-    return home / GOLDEN_DIR / GOLDEN_SET
+def golden_set_path(home: Path, model: str) -> Path:
+    """Where a registered model's golden set (the records every version's golden predictions are made on) is kept."""
+    return home / GOLDEN_DIR / model / GOLDEN_SET
 
 
 def sample_golden_set(params: Params, root: Path) -> list[dict]:
@@ -123,7 +124,7 @@ def golden_records(params: Params, root: Path, golden_path: Path | None = None) 
 
         rows = client_rows(read_table(golden_path), params)
         return str(golden_path), record_schema(params).json_records(rows)
-    stored = golden_set_path(home_dir(root))
+    stored = golden_set_path(home_dir(root), params.tracking.registered_model)
     if not stored.is_file():
         write_json({"records": sample_golden_set(params, root)}, stored)
     records = json.loads(stored.read_text(encoding="utf-8"))["records"]
@@ -184,7 +185,7 @@ def record_golden_predictions(
     from retrainer.io.tracking import connect
 
     connect(root)
-    target = golden_record_path(home_dir(root), version)
+    target = golden_record_path(home_dir(root), params.tracking.registered_model, version)
     if target.is_file() and not overwrite:
         return target
     golden, records = golden_records(params, root, golden_path)
@@ -216,7 +217,7 @@ def check_golden(
     version: str, params: Params, root: Path, golden_path: Path | None, score: Callable[[list[dict]], np.ndarray]
 ) -> GoldenCheck:
     """Score the golden set with `score` (in-process or over HTTP) and compare with `version`'s recorded predictions."""
-    record_file = golden_record_path(home_dir(root), version)
+    record_file = golden_record_path(home_dir(root), params.tracking.registered_model, version)
     try:
         golden, records = golden_records(params, root, golden_path)
     except GoldenSetMismatch as exc:
