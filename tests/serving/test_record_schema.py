@@ -130,9 +130,10 @@ def test_the_openapi_document_carries_the_dataset_record(loans: Params):
         },
         "components": {"schemas": {}},
     }
-    doc = with_record_schema(spec, record)
+    doc = with_record_schema(spec, record, 10)
     body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["records"]["items"] == {"$ref": "#/components/schemas/Record"}
+    assert (body["properties"]["records"]["minItems"], body["properties"]["records"]["maxItems"]) == (1, 10)
     assert doc["components"]["schemas"]["Record"] == record
 
 

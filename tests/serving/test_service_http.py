@@ -82,7 +82,10 @@ def test_missing_field_and_too_many_records_are_client_errors(client: httpx.Clie
     assert response.status_code == 400 and "carrier" in response.text
     too_many = client.post("/predict", json={"records": [raw_records(seed_flights, 1)[0]] * 10_001})
     assert too_many.status_code == 400 and "records" in too_many.text
-    assert client.post("/predict", json={"records": []}).status_code == 400
+    assert too_many.json()["error"].endswith("between 1 and 10,000 records are scored per request, not 10,001")
+    empty = client.post("/predict", json={"records": []})
+    assert empty.status_code == 400 and empty.json()["detail"][0]["loc"] == ["records"], empty.text
+    assert "IODescriptor" not in empty.text and "pydantic.dev" not in empty.text
 
 
 def test_admin_needs_the_bearer_token(client: httpx.Client):

@@ -226,9 +226,9 @@ def invalid_response(message: str, errors: list[dict]) -> JSONResponse:
     return JSONResponse({"error": message, "detail": detail}, status_code=HTTPStatus.BAD_REQUEST)
 
 
-def with_record_schema(spec: dict, record: dict) -> dict:
+def with_record_schema(spec: dict, record: dict, max_records: int) -> dict:
     """BentoML's document with the dataset's record schema (built from params at start-up) as the items of
-    `PredictRequest.records`, which BentoML can only declare as free-form objects."""
+    `PredictRequest.records` (1 to `max_records` of them), which BentoML can only declare as free-form objects."""
     doc = copy.deepcopy(spec)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas["Record"] = record
@@ -236,5 +236,6 @@ def with_record_schema(spec: dict, record: dict) -> dict:
     inline = body.get("content", {}).get(JSON_MEDIA_TYPE, {}).get("schema", {})
     for request in (inline, schemas.get("PredictRequestIODescriptor", {})):
         if "records" in request.get("properties", {}):
-            request["properties"]["records"]["items"] = {"$ref": "#/components/schemas/Record"}
+            items = {"items": {"$ref": "#/components/schemas/Record"}, "minItems": 1, "maxItems": max_records}
+            request["properties"]["records"].update(items)
     return doc

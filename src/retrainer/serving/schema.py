@@ -201,7 +201,17 @@ _SCHEMAS: dict[str, RecordSchema] = {}
 class PredictRequest(BaseModel):
     """A batch of records to score: each one is checked against the dataset's record schema (`record_type`)."""
 
-    records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_RECORDS)
+    # 1..MAX_RECORDS is checked by `check_record_count` (an error body like a record's, not BentoML's model dump)
+    # and declared in the OpenAPI document (http_guard.with_record_schema).
+    records: list[dict[str, Any]]
+
+
+def check_record_count(records: Sequence[object]) -> None:
+    """Between 1 and MAX_RECORDS records; InvalidRecords at `records` otherwise."""
+    if not 1 <= len(records) <= MAX_RECORDS:
+        kind = "too_short" if not records else "too_long"
+        message = f"between 1 and {MAX_RECORDS:,} records are scored per request, not {len(records):,}"
+        raise InvalidRecords([{"loc": ("records",), "msg": message, "type": kind}])
 
 
 class Prediction(BaseModel):

@@ -116,9 +116,10 @@ class RetrainerService:
         prediction with the schema's types, and validating thousands of them again would cost more than scoring them.
         The request is journaled before the answer and logged just after it; when nothing can record it, 503.
         """
-        from retrainer.serving.schema import InvalidRecords
+        from retrainer.serving.schema import InvalidRecords, check_record_count
 
         try:
+            check_record_count(records)
             valid = self.runtime.schema.validate(records)
         except InvalidRecords as exc:
             ERRORS.labels(arm="none").inc()
@@ -219,7 +220,9 @@ def _guard_settings() -> tuple:
 
 def _openapi_spec() -> dict:
     runtime = bentoml.get_current_service().runtime
-    return with_record_schema(RetrainerService.openapi_spec.asdict(), runtime.schema.json_schema())
+    from retrainer.serving.schema import MAX_RECORDS
+
+    return with_record_schema(RetrainerService.openapi_spec.asdict(), runtime.schema.json_schema(), MAX_RECORDS)
 
 
 RetrainerService.add_asgi_middleware(RequestGuard, settings=_guard_settings)
