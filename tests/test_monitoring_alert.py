@@ -23,7 +23,7 @@ RESULT = {
     "reference_auc": 0.668,
     "labelled": 5000,
     "fired": False,
-    "reason": "hysteresis: alarm 1/2 passes",
+    "reason": "consecutive: alarm 1/2 passes",
     "details": {"assessment": "left out of the webhook"},
 }
 
@@ -57,7 +57,9 @@ def test_an_alarm_is_logged_and_posted_to_the_webhook(receiver, monkeypatch, cap
         assert alert(RESULT, logging.getLogger("test")) == "sent"
     assert received == [{k: v for k, v in RESULT.items() if k != "details"}]
     (record,) = [r for r in caplog.records if r.name == "test"]
-    assert record.levelno == logging.WARNING and "ALARM" in record.message and "hysteresis" in record.message
+    assert (
+        record.levelno == logging.WARNING and "ALARM" in record.message and "consecutive: alarm 1/2" in record.message
+    )
 
 
 def test_a_quiet_pass_is_logged_but_not_posted(receiver, monkeypatch, caplog):

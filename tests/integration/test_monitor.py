@@ -157,7 +157,7 @@ def test_september_alarms_and_fires_one_retrain_after_two_passes(
     first = monitor_pass(september, Workspace.at(workspace), retrains, now=START + timedelta(hours=1)).to_dict()
     assert first["alarm"] and first["drift_share"] >= params.monitor.drift.share_max
     assert first["reference_auc"] - first["rolling_auc"] >= params.monitor.performance.max_drop
-    assert not first["fired"] and first["reason"] == "hysteresis: alarm 1/2 passes"
+    assert not first["fired"] and first["reason"] == "consecutive: alarm 1/2 passes"
 
     second = monitor_pass(september, Workspace.at(workspace), retrains, now=START + timedelta(hours=2)).to_dict()
     assert second["fired"] and second["reason"].startswith("fired: drift_share")

@@ -37,7 +37,7 @@ def hours_ago(hours: float) -> str:
     [
         ("sustained alarm, armed, data waiting", {}, True, "fired: drift_share"),
         ("no alarm", {"alarm": False, "level": 0.8}, False, "no alarm"),
-        ("first alarming pass", {"state": TriggerState(champion_version="3")}, False, "hysteresis: alarm 1/2"),
+        ("first alarming pass", {"state": TriggerState(champion_version="3")}, False, "consecutive: alarm 1/2"),
         (
             "disarmed after a fire",
             {"state": TriggerState(armed=False, consecutive=5, champion_version="3")},
@@ -59,7 +59,7 @@ def hours_ago(hours: float) -> str:
         ("nothing waiting in the inbox", {"batches": 0, "labelled": 0}, False, "no new data"),
         ("too few new labels", {"labelled": 1999}, False, "insufficient new labelled data: 1999 < 2000"),
         ("just enough new labels", {"labelled": 2000}, True, "fired"),
-        ("a new champion resets the streak", {"champion": "4"}, False, "hysteresis: alarm 1/2"),
+        ("a new champion resets the streak", {"champion": "4"}, False, "consecutive: alarm 1/2"),
     ],
 )
 def test_trigger_table(case, kwargs, fired, reason):

@@ -81,10 +81,15 @@ def _headline(result: dict) -> str:
     state = "ALARM" if result["alarm"] else "ok"
     return (
         f"monitor {result['model_name']} v{result['model_version']}: {state} "
-        f"(drift share {result['drift_share']}, prediction PSI {result['prediction_psi']}, "
-        f"rolling AUC {result['rolling_auc']} on {result['labelled']} labels vs {result['reference_auc']}); "
-        f"retrain {decision}: {result['reason']}"
+        f"(drift share {_figure(result['drift_share'])}, prediction PSI {_figure(result['prediction_psi'])}, "
+        f"rolling AUC {_figure(result['rolling_auc'])} on {result['labelled']} labels vs "
+        f"{_figure(result['reference_auc'])}); retrain {decision}: {result['reason']}"
     )
+
+
+def _figure(value: float | None) -> str:
+    """A monitoring figure to three decimals ("n/a" when it was not measured)."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def format_result(result: MonitorResult) -> str:

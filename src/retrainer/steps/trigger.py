@@ -65,7 +65,7 @@ def decide_trigger(
         reason = f"hysteresis: not re-armed since the last retrain (level must fall below {config.rearm_level})"
         return TriggerDecision(False, reason, state)
     if state.consecutive < config.consecutive:
-        return TriggerDecision(False, f"hysteresis: alarm {state.consecutive}/{config.consecutive} passes", state)
+        return TriggerDecision(False, f"consecutive: alarm {state.consecutive}/{config.consecutive} passes", state)
     if state.last_fired is not None:
         hours = (now - datetime.fromisoformat(state.last_fired)).total_seconds() / 3600
         if hours < config.cooldown_hours:
