@@ -1,0 +1,107 @@
+"""PNG plots of a model-change report: base and branch on one chart each (ROC, PR, calibration), slice deltas,
+feature importance before and after."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retrainer.io.tables import write_figure
+from retrainer.steps.evaluate import evaluation_curves
+
+SIDES = (("base", "base (main)", "tab:grey"), ("head", "branch", "tab:blue"))
+
+
+def _draw(path: Path, draw: Callable, size: tuple[float, float] = (5, 4)) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    draw(ax)
+    fig.tight_layout()
+    write_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def write_comparison_plots(
+    y_true: np.ndarray,
+    proba: dict[str, np.ndarray],
+    metrics: dict[str, dict],
+    slices: pd.DataFrame,
+    importance: dict[str, pd.DataFrame | None],
+    directory: Path,
+) -> list[Path]:
+    """Write roc.png, pr.png, calibration.png, slices.png and (when both are known) feature_importance.png.
+
+    `proba` and `metrics` are keyed "base" and "head" (same holdout rows); `slices` is `slice_deltas`' table;
+    `importance` each side's permutation importance table (feature, importance) or None. Returns the paths.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    curves = {side: evaluation_curves(y_true, proba[side], metrics[side]["threshold"], 10) for side in proba}
+
+    def roc(ax) -> None:
+        for side, label, color in SIDES:
+            table = curves[side]["roc"]
+            ax.plot(table["fpr"], table["tpr"], color=color, label=f"{label}: AUC {metrics[side]['roc_auc']:.3f}")
+        ax.plot([0, 1], [0, 1], ls="--", color="lightgrey")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (same holdout)")
+        ax.legend(loc="lower right")
+
+    def pr(ax) -> None:
+        for side, label, color in SIDES:
+            table = curves[side]["pr"]
+            ax.plot(
+                table["recall"], table["precision"], color=color, label=f"{label}: AP {metrics[side]['pr_auc']:.3f}"
+            )
+        ax.axhline(metrics["head"]["positive_rate"], ls="--", color="lightgrey", label="base rate")
+        ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (same holdout)")
+        ax.legend(loc="upper right")
+
+    def calibration(ax) -> None:
+        for side, label, color in SIDES:
+            table = curves[side]["calibration"]
+            brier = metrics[side]["brier"]
+            ax.plot(
+                table["mean_predicted"],
+                table["fraction_positive"],
+                marker="o",
+                color=color,
+                label=f"{label}: Brier {brier:.3f}",
+            )
+        ax.plot([0, 1], [0, 1], ls="--", color="lightgrey")
+        ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (same holdout)")
+        ax.legend(loc="upper left")
+
+    paths = [_draw(directory / "roc.png", roc), _draw(directory / "pr.png", pr)]
+    paths.append(_draw(directory / "calibration.png", calibration))
+    paths.append(_draw(directory / "slices.png", lambda ax: draw_slice_deltas(ax, slices), (6, 5)))
+    if all(importance.get(side) is not None for side, _, _ in SIDES):
+        paths.append(_draw(directory / "feature_importance.png", lambda ax: draw_importance(ax, importance), (6, 5)))
+    return paths
+
+
+def draw_slice_deltas(ax, slices: pd.DataFrame) -> None:
+    """A horizontal bar per slice: the change of the gate metric (branch - base); red where it dropped."""
+    shown = slices.dropna(subset=["change"]).sort_values("change")
+    colors = ["tab:red" if value < 0 else "tab:green" for value in shown["change"]]
+    ax.barh(shown["slice"], shown["change"], color=colors)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel="change of the gate metric (branch - base)", title="Slices")
+
+
+def draw_importance(ax, importance: dict[str, pd.DataFrame]) -> None:
+    """Permutation importance of the 15 most important features (by either model), base and branch side by side."""
+    table = pd.DataFrame({side: importance[side].set_index("feature")["importance"] for side, _, _ in SIDES})
+    top = table.fillna(0).assign(peak=lambda t: t.max(axis=1)).nlargest(15, "peak").iloc[::-1]
+    rows = np.arange(len(top))
+    for offset, (side, label, color) in zip((-0.2, 0.2), SIDES, strict=True):
+        ax.barh(rows + offset, top[side], height=0.4, color=color, label=label)
+    ax.set_yticks(rows, top.index)
+    ax.set(xlabel="drop in ROC AUC when permuted", title="Feature importance: before / after")
+    ax.legend(loc="lower right")
