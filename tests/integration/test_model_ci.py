@@ -26,7 +26,8 @@ MAIN_SPACE = {"learning_rate": [0.1], "max_leaf_nodes": [7], "min_samples_leaf":
 
 
 def small_params(source: Path, dest: Path) -> Path:
-    """The real params, made fast: a three-week bootstrap, a two-candidate search, a modest main model."""
+    """The real params, made fast: a three-week bootstrap, a two-candidate search, a modest main model, small
+    gate samples."""
     raw = yaml.safe_load((source / "params.yaml").read_text())
     raw["data"]["bootstrap"] = {"start": "2013-01-01", "end": "2013-01-22"}
     raw["train"]["search"].update(n_candidates=2)
@@ -34,6 +35,7 @@ def small_params(source: Path, dest: Path) -> Path:
     raw["evaluate"]["importance_rows"] = 300
     raw["gate"]["improvement"]["bootstrap_samples"] = 100
     raw["gate"]["latency_rows"] = 20
+    raw["gate"]["slices"]["min_rows"] = 1000  # a 3,600-row holdout: judge the airports, report the carriers
     path = dest / "ci-params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -128,7 +130,7 @@ def test_branch_a_a_clearly_worse_model_fails_the_gate_with_the_ci_and_reasons(r
 
 
 def test_branch_b_a_better_model_passes_the_gate(repo):
-    outcome = on_branch(repo, "b-better", set_space(max_iter=[100], max_leaf_nodes=[31]))
+    outcome = on_branch(repo, "b-better", set_space(max_iter=[60], max_leaf_nodes=[15]))
     assert outcome.code == 0, outcome.stdout + json.dumps(outcome.report["reasons"])
     report = outcome.report
     assert report["status"] == "pass"

@@ -215,9 +215,9 @@ def judge(root: Path, report: ModelCiReport, same_holdout: bool, out: Path) -> M
     if np.array_equal(base.proba, head.proba):
         return report.but(status=CiStatus.NO_CHANGE, reasons=["no model change: identical predictions on every row"])
     policy, policy_note = gate_policy(root, report.base_commit, params)
-    decision = run_gate(root, params, policy, choice, head_bundle, head, base)
+    decision = run_gate(root, params, policy, choice, head_bundle, head, base, version_names(report))
     y = choice.frame[label].to_numpy()
-    slices = slice_deltas(y, head.proba, base.proba, choice.frame, policy.slices.columns, policy.metric)
+    slices = slice_deltas(y, head.proba, base.proba, choice.frame, policy.slices, policy.metric)
     plots = write_comparison_plots(
         y,
         {"base": base.proba, "head": head.proba},
@@ -245,6 +245,11 @@ def read_importance_at(root: Path, commit: str | None) -> pd.DataFrame | None:
     return pd.read_csv(io.StringIO(text)) if text else None
 
 
+def version_names(report: ModelCiReport) -> tuple[str, str]:
+    """How the gate report names the two models: ("branch@<sha>", "<base ref>@<sha>")."""
+    return f"branch@{(report.head_commit or '?')[:7]}", f"{report.base_ref}@{(report.base_commit or '?')[:7]}"
+
+
 def gate_policy(root: Path, base_commit: str, params: Params) -> tuple[GateConfig, str]:
     """The base revision's gate policy (a branch cannot loosen the gate that judges it), else the branch's."""
     text = revisions.read_text_at(root, base_commit, "params.yaml")
@@ -267,6 +272,7 @@ def run_gate(
     head_bundle: dict,
     head: Scored,
     base: Scored,
+    versions: tuple[str, str],
 ) -> GateDecision:
     """The real gate: floors, regression, paired bootstrap CI, slices and budgets (latency, size, train time)."""
     from retrainer.io.tables import read_json
@@ -274,14 +280,14 @@ def run_gate(
 
     features = choice.frame[head_bundle["features"]]
     challenger = Evidence(
-        version="branch",
+        version=versions[0],
         metrics=head.metrics,
         proba=head.proba,
         latency_p95_ms=latency_p95_ms(head_bundle["model"], features, params.gate.latency_rows),
         size_mb=(root / MODEL).stat().st_size / 1e6,
         train_seconds=read_json(root / TRAIN_REPORT).get("fit_seconds"),
     )
-    champion = Evidence("base", base.metrics, base.proba, float("nan"), float("nan"))
+    champion = Evidence(versions[1], base.metrics, base.proba, float("nan"), float("nan"))
     y = choice.frame[params.data.target.name].to_numpy()
     slices = choice.frame[[c for c in policy.slices.columns if c in choice.frame.columns]]
     return decide_gate(challenger, champion, y, slices, policy)
@@ -347,10 +353,12 @@ def slices_section(report: ModelCiReport) -> list[str]:
     """The gate metric per slice, base and branch, with the change."""
     if not report.slices:
         return []
-    lines = ["", "## Slices", "", "| slice | rows | base | branch | change |", "|---|---:|---:|---:|---:|"]
-    for row in sorted(report.slices, key=lambda r: (r["change"] is None, r["change"] or 0)):
+    lines = ["", "## Slices", "", "| slice | rows | judged | base | branch | change |", "|---|---:|---|---:|---:|---:|"]
+    for row in sorted(report.slices, key=lambda r: (not r["judged"], r["change"] is None, r["change"] or 0)):
         change = "n/a" if row["change"] is None else f"{row['change']:+.4f}"
-        lines.append(f"| {row['slice']} | {row['rows']:,} | {_num(row['base'])} | {_num(row['head'])} | {change} |")
+        judged = "yes" if row["judged"] else "too small"
+        cells = f"{row['rows']:,} | {judged} | {_num(row['base'])} | {_num(row['head'])} | {change}"
+        lines.append(f"| {row['slice']} | {cells} |")
     return lines
 
 

@@ -87,12 +87,17 @@ def write_comparison_plots(
 
 
 def draw_slice_deltas(ax, slices: pd.DataFrame) -> None:
-    """A horizontal bar per slice: the change of the gate metric (branch - base); red where it dropped."""
-    shown = slices.dropna(subset=["change"]).sort_values("change")
-    colors = ["tab:red" if value < 0 else "tab:green" for value in shown["change"]]
-    ax.barh(shown["slice"], shown["change"], color=colors)
+    """A horizontal bar per slice: the change of the gate metric (branch - base), red where it dropped; slices too
+    small for the gate to judge are grey and listed after the judged ones."""
+    shown = slices.dropna(subset=["change"]).sort_values(["judged", "change"])
+    colors = [
+        ("tab:red" if change < 0 else "tab:green") if judged else "lightgrey"
+        for change, judged in zip(shown["change"], shown["judged"], strict=True)
+    ]
+    labels = [f"{name} ({rows:,})" for name, rows in zip(shown["slice"], shown["rows"], strict=True)]
+    ax.barh(labels, shown["change"], color=colors)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set(xlabel="change of the gate metric (branch - base)", title="Slices")
+    ax.set(xlabel="change of the gate metric (branch - base); grey: too small to judge", title="Slices (rows)")
 
 
 def draw_importance(ax, importance: dict[str, pd.DataFrame]) -> None:

@@ -76,7 +76,7 @@ def params_diff(root: Path, ref: str) -> dict[str, dict]:
     from dvc.repo import Repo
 
     with contextlib.chdir(root), Repo(str(root)) as repo:
-        diff = repo.params.diff(a_rev=ref)
+        diff = repo.params.diff(a_rev=ref).get("diff", {})
     return {f"{file}:{key}": change for file, keys in diff.items() for key, change in keys.items()}
 
 

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
+from retrainer.config import SlicePolicy
 from retrainer.steps.evaluate import classification_metrics
 from retrainer.steps.gate import slice_metrics
 
@@ -68,16 +69,17 @@ def score_bundle(bundle: dict, holdout: pd.DataFrame, label: str) -> Scored:
 
 
 def slice_deltas(
-    y_true: np.ndarray, head: np.ndarray, base: np.ndarray, slices: pd.DataFrame, columns: Iterable[str], metric: str
+    y_true: np.ndarray, head: np.ndarray, base: np.ndarray, slices: pd.DataFrame, policy: SlicePolicy, metric: str
 ) -> pd.DataFrame:
-    """Per slice: rows, the metric of base and branch, and the change (branch - base); NaN when undefined."""
-    columns = list(columns)
-    new = slice_metrics(y_true, head, slices, columns, metric)
-    old = slice_metrics(y_true, base, slices, columns, metric)
+    """Per slice: rows, whether the gate judges it (min_rows), the metric of base and branch, and the change
+    (branch - base); NaN when the metric is undefined (one class in the slice)."""
+    new = slice_metrics(y_true, head, slices, policy.columns, metric)
+    old = slice_metrics(y_true, base, slices, policy.columns, metric)
     return pd.DataFrame(
         {
             "slice": [f"{c}={v}" for c, v in zip(new["column"], new["value"], strict=True)],
             "rows": new["rows"],
+            "judged": new["rows"] >= policy.min_rows,
             "base": old["metric"],
             "head": new["metric"],
             "change": new["metric"] - old["metric"],
