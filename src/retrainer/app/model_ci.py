@@ -27,6 +27,7 @@ from retrainer.steps.model_change import (
     HoldoutChoice,
     Scored,
     choose_holdout,
+    is_batch,
     output_hashes,
     score_bundle,
     slice_deltas,
@@ -132,12 +133,17 @@ def describe_changes(root: Path, base: str, report: ModelCiReport) -> ModelCiRep
     base_commit = revisions.resolve_commit(root, base)
     tracked = output_hashes(revisions.read_lock_at(root, base_commit)) | output_hashes(revisions.read_lock(root))
     files = split_changed_files(revisions.changed_files(root, base_commit), params.data.batches_dir, tracked)
+    data = revisions.data_diff(root, base_commit)  # batches a `.dvc` file tracks show here, not in git
+    batches = {
+        *files["batches"],
+        *(n for kind in ("added", "modified") for n in data[kind] if is_batch(n, params.data.batches_dir)),
+    }
     changes = {"params": revisions.params_diff(root, base_commit), "files": files}
     return report.but(
         base_commit=base_commit,
         head_commit=revisions.resolve_commit(root, "HEAD"),
         changes=changes,
-        validation=[validate_changed_batch(root, name, params) for name in files["batches"] if (root / name).is_file()],
+        validation=[validate_changed_batch(root, name, params) for name in sorted(batches) if (root / name).is_file()],
     )
 
 

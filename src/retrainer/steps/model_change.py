@@ -87,15 +87,22 @@ def slice_deltas(
     )
 
 
+def is_batch(name: str, batches_dir: str) -> bool:
+    """Whether a changed path is a batch file under `batches_dir` (not its stored report or a placeholder)."""
+    inside = PurePosixPath(batches_dir) in PurePosixPath(name).parents
+    return inside and not name.endswith((".gitkeep", ".validation.json"))
+
+
 def split_changed_files(files: Iterable[str], batches_dir: str, dvc_tracked: Iterable[str]) -> dict[str, list[str]]:
-    """Changed files sorted into batches (under `batches_dir`), code, DVC-tracked data and pipeline files."""
-    batches, tracked = PurePosixPath(batches_dir), set(dvc_tracked)
+    """Changed files (git paths) sorted into batches (under `batches_dir`), code, pipeline files and other files;
+    pipeline outputs (`dvc_tracked`) are left out: `dvc diff` reports them."""
+    tracked = set(dvc_tracked)
     groups: dict[str, list[str]] = {"batches": [], "code": [], "pipeline": [], "other": []}
     for name in sorted(set(files)):
         path = PurePosixPath(name)
         if name in tracked:
             continue
-        if batches in path.parents and not name.endswith((".gitkeep", ".validation.json")):
+        if is_batch(name, batches_dir):
             groups["batches"].append(name)
         elif name in ("dvc.yaml", "dvc.lock", "params.yaml") or path.suffix == ".dvc":
             groups["pipeline"].append(name)
