@@ -4,6 +4,7 @@ feature importance before and after."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,60 @@ def _draw(path: Path, draw: Callable, size: tuple[float, float] = (5, 4)) -> Pat
     return path
 
 
+@dataclass(frozen=True)
+class CurveSpec:
+    """One two-model chart: the curve table's columns, the metric in the legend, axis labels, a reference line."""
+
+    table: str
+    x: str
+    y: str
+    metric: str
+    short: str
+    xlabel: str
+    ylabel: str
+    title: str
+    legend: str
+    diagonal: bool  # y = x as the reference; otherwise the base rate
+    marker: str | None = None
+
+
+CURVES = (
+    CurveSpec(
+        "roc", "fpr", "tpr", "roc_auc", "AUC", "false positive rate", "true positive rate", "ROC", "lower right", True
+    ),
+    CurveSpec(
+        "pr", "recall", "precision", "pr_auc", "AP", "recall", "precision", "Precision-recall", "upper right", False
+    ),
+    CurveSpec(
+        "calibration",
+        "mean_predicted",
+        "fraction_positive",
+        "brier",
+        "Brier",
+        "mean predicted probability",
+        "observed positive rate",
+        "Calibration",
+        "upper left",
+        True,
+        "o",
+    ),
+)
+
+
+def draw_curve_pair(ax, spec: CurveSpec, curves: dict[str, dict], metrics: dict[str, dict]) -> None:
+    """Base and branch on one chart, each labelled with its metric, with the chart's reference line."""
+    for side, label, color in SIDES:
+        table = curves[side][spec.table]
+        legend = f"{label}: {spec.short} {metrics[side][spec.metric]:.3f}"
+        ax.plot(table[spec.x], table[spec.y], color=color, marker=spec.marker, label=legend)
+    if spec.diagonal:
+        ax.plot([0, 1], [0, 1], ls="--", color="lightgrey")
+    else:
+        ax.axhline(metrics["head"]["positive_rate"], ls="--", color="lightgrey", label="base rate")
+    ax.set(xlabel=spec.xlabel, ylabel=spec.ylabel, title=f"{spec.title} (same holdout)")
+    ax.legend(loc=spec.legend)
+
+
 def write_comparison_plots(
     y_true: np.ndarray,
     proba: dict[str, np.ndarray],
@@ -44,42 +99,10 @@ def write_comparison_plots(
     """
     directory.mkdir(parents=True, exist_ok=True)
     curves = {side: evaluation_curves(y_true, proba[side], metrics[side]["threshold"], 10) for side in proba}
-
-    def roc(ax) -> None:
-        for side, label, color in SIDES:
-            table = curves[side]["roc"]
-            ax.plot(table["fpr"], table["tpr"], color=color, label=f"{label}: AUC {metrics[side]['roc_auc']:.3f}")
-        ax.plot([0, 1], [0, 1], ls="--", color="lightgrey")
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (same holdout)")
-        ax.legend(loc="lower right")
-
-    def pr(ax) -> None:
-        for side, label, color in SIDES:
-            table = curves[side]["pr"]
-            ax.plot(
-                table["recall"], table["precision"], color=color, label=f"{label}: AP {metrics[side]['pr_auc']:.3f}"
-            )
-        ax.axhline(metrics["head"]["positive_rate"], ls="--", color="lightgrey", label="base rate")
-        ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (same holdout)")
-        ax.legend(loc="upper right")
-
-    def calibration(ax) -> None:
-        for side, label, color in SIDES:
-            table = curves[side]["calibration"]
-            brier = metrics[side]["brier"]
-            ax.plot(
-                table["mean_predicted"],
-                table["fraction_positive"],
-                marker="o",
-                color=color,
-                label=f"{label}: Brier {brier:.3f}",
-            )
-        ax.plot([0, 1], [0, 1], ls="--", color="lightgrey")
-        ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (same holdout)")
-        ax.legend(loc="upper left")
-
-    paths = [_draw(directory / "roc.png", roc), _draw(directory / "pr.png", pr)]
-    paths.append(_draw(directory / "calibration.png", calibration))
+    paths = [
+        _draw(directory / f"{spec.table}.png", lambda ax, spec=spec: draw_curve_pair(ax, spec, curves, metrics))
+        for spec in CURVES
+    ]
     paths.append(_draw(directory / "slices.png", lambda ax: draw_slice_deltas(ax, slices), (6, 5)))
     if all(importance.get(side) is not None for side, _, _ in SIDES):
         paths.append(_draw(directory / "feature_importance.png", lambda ax: draw_importance(ax, importance), (6, 5)))
