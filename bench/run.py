@@ -24,6 +24,7 @@ SUMMARY = {
         ("repro_seconds", "dvc repro of the change s"),
         ("report_seconds", "retrainer ci report s"),
         ("overhead_pct", "report overhead over the repro %"),
+        ("report_own_pct_of_repro", "report's own work, % of the repro"),
         ("target_overhead", "target overhead"),
     ],
     "validation": [
