@@ -352,7 +352,7 @@ def gate_section(report: ModelCiReport) -> list[str]:
     if not report.gate_markdown:
         return []
     body = report.gate_markdown.replace("\n## ", "\n### ").replace("# Gate report", "## Gate", 1)
-    return ["", *body.rstrip().splitlines()]
+    return ["", *(line for line in body.rstrip().splitlines() if not line.startswith("- "))]  # reasons are above
 
 
 def slices_section(report: ModelCiReport) -> list[str]:
@@ -384,6 +384,7 @@ def changes_section(report: ModelCiReport) -> list[str]:
         lines += [f"| `{key}` | {v.get('old')} | {v.get('new')} |" for key, v in sorted(changes["params"].items())]
     else:
         lines += ["", "Params: no change."]
+    lines.append("")
     for kind, names in (changes.get("files") or {}).items():
         if names:
             lines.append(f"- {kind} ({len(names)}): " + ", ".join(f"`{n}`" for n in names[:20]))
@@ -407,10 +408,8 @@ def lineage_section(report: ModelCiReport) -> list[str]:
     for key in ("commit", *(k for k in base if "/" in k)):
         lines.append(f"| {key} | `{base.get(key)}` | `{head.get(key)}` |")
     if report.repro:
-        lines += [
-            "",
-            f"Pipeline: ran {report.repro['ran'] or 'nothing'}, skipped {report.repro['skipped'] or 'nothing'}.",
-        ]
+        ran, skipped = (", ".join(report.repro[k]) or "nothing" for k in ("ran", "skipped"))
+        lines += ["", f"Pipeline (`dvc repro {REPRO_TARGET}`): ran {ran}; skipped {skipped}."]
     return lines
 
 
