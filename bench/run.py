@@ -19,6 +19,14 @@ RESULTS = BENCH / "results"
 
 # (figure key, label) per results file; figures missing from a file are skipped
 SUMMARY = {
+    "ci": [
+        ("rows_train", "training rows"),
+        ("repro_seconds", "dvc repro of the change s"),
+        ("report_seconds", "retrainer ci report s"),
+        ("overhead_pct", "report overhead over the repro %"),
+        ("report_own_pct_of_repro", "report's own work, % of the repro"),
+        ("target_overhead", "target overhead"),
+    ],
     "validation": [
         ("rows", "rows"),
         ("gx_suite_seconds_median", "GX suite s (median)"),

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from retrainer.cli_ci import ci_app
 from retrainer.config import PARAMS_ENV, ConfigError, load_params
 from retrainer.io.project import allow_slow_prefect_start
 
@@ -18,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(ci_app, name="ci")
 
 ParamsOption = Annotated[
     Path | None,

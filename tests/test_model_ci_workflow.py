@@ -1,0 +1,70 @@
+"""The model CI/CD workflow: linted by real GitHub Actions linters (zizmor's audits and the SchemaStore workflow
+schema that check-jsonschema ships), and wired to the commands the README promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / ".github" / "workflows" / "model-ci.yml"
+BIN = Path(sys.executable).parent
+
+
+def lint(path: Path) -> list[subprocess.CompletedProcess]:
+    """Both linters on one workflow file, offline."""
+    return [
+        subprocess.run([str(BIN / "zizmor"), "--offline", "--no-progress", str(path)], capture_output=True, text=True),
+        subprocess.run(
+            [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(path)],
+            capture_output=True,
+            text=True,
+        ),
+    ]
+
+
+def test_the_workflow_passes_both_linters():
+    for done in lint(WORKFLOW):
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("broken", "linter"),
+    [
+        (("runs-on: ubuntu-latest\n    timeout-minutes: 60", "runs_on: ubuntu-latest\n    timeout-minutes: 60"), 1),
+        (('--base "$BASE_REF"', '--base "${{ github.event.pull_request.head.ref }}"'), 0),
+    ],
+    ids=["misspelled key: schema", "injected branch name: zizmor"],
+)
+def test_the_linters_catch_a_broken_workflow(tmp_path, broken, linter):
+    old, new = broken
+    text = WORKFLOW.read_text()
+    assert old in text
+    bad = tmp_path / "model-ci.yml"
+    bad.write_text(text.replace(old, new, 1))
+    assert lint(bad)[linter].returncode != 0
+
+
+def steps_of(job: dict) -> str:
+    return "\n".join(str(step.get("run", "")) + str(step.get("uses", "")) for step in job["steps"])
+
+
+def test_pull_requests_report_and_comment_and_pushes_to_main_deliver():
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    on = workflow[True]  # YAML 1.1 reads the key `on` as a boolean
+    assert "pull_request" in on and on["push"]["branches"] == ["main"]
+    report, deliver = workflow["jobs"]["report"], workflow["jobs"]["deliver"]
+    run = steps_of(report)
+    for command in ("make install", "dvc pull", "retrainer ci report --base", "gh pr comment", "--edit-last"):
+        assert command in run
+    assert "actions/upload-artifact@" in run and report["permissions"]["pull-requests"] == "write"
+    assert "origin/${{ github.base_ref }}" in str(report["steps"])
+    delivered = steps_of(deliver)
+    for command in ("make install", "dvc repro", "dvc push", "prefect deployment run"):
+        assert command in delivered
+    secrets = {value for value in deliver["env"].values() if "secrets." in value}
+    assert {"${{ secrets.MLFLOW_TRACKING_URI }}", "${{ secrets.PREFECT_API_URL }}"} <= secrets
