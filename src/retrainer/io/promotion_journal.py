@@ -18,6 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from retrainer.io.processes import owner_alive, this_process
+from retrainer.io.tables import write_json
 
 # Fault injection for tests: a process with this variable set to a phase kills itself (SIGKILL) right after doing
 # that phase and before journalling it: the one way to stop a real promotion at an exact point.
@@ -134,13 +135,9 @@ class PromotionJournal:
             _fsync_dir(self.path.parent)
 
     def _write(self, entry: PromotionEntry) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(json.dumps({**asdict(entry), "phase": str(entry.phase)}, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        """Replace the file atomically and durably (io/tables.write_json: temp file, fsync, rename), and make the
+        rename itself durable."""
+        write_json({**asdict(entry), "phase": str(entry.phase)}, self.path)
         _fsync_dir(self.path.parent)
 
 
