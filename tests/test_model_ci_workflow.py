@@ -1,5 +1,6 @@
-"""The model CI/CD workflow: linted by real GitHub Actions linters (zizmor's audits and the SchemaStore workflow
-schema that check-jsonschema ships), and wired to the commands the README promises."""
+"""The model CI/CD workflow: linted by real GitHub Actions linters (actionlint with shellcheck on every `run:` script,
+zizmor's audits, and the SchemaStore workflow schema that check-jsonschema ships), and wired to the commands the README
+promises."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ BIN = Path(sys.executable).parent
 
 
 def lint(path: Path) -> list[subprocess.CompletedProcess]:
-    """Both linters on one workflow file, offline."""
+    """The three linters on one workflow file, offline: actionlint, zizmor, check-jsonschema."""
     return [
+        subprocess.run(
+            [str(BIN / "actionlint"), "-shellcheck", str(BIN / "shellcheck"), "-no-color", str(path)],
+            capture_output=True,
+            text=True,
+        ),
         subprocess.run([str(BIN / "zizmor"), "--offline", "--no-progress", str(path)], capture_output=True, text=True),
         subprocess.run(
             [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(path)],
@@ -27,7 +33,7 @@ def lint(path: Path) -> list[subprocess.CompletedProcess]:
     ]
 
 
-def test_the_workflow_passes_both_linters():
+def test_the_workflow_passes_all_three_linters():
     for done in lint(WORKFLOW):
         assert done.returncode == 0, done.stdout + done.stderr
 
@@ -35,10 +41,17 @@ def test_the_workflow_passes_both_linters():
 @pytest.mark.parametrize(
     ("broken", "linter"),
     [
-        (("runs-on: ubuntu-latest\n    timeout-minutes: 60", "runs_on: ubuntu-latest\n    timeout-minutes: 60"), 1),
-        (('--base "$BASE_REF"', '--base "${{ github.event.pull_request.head.ref }}"'), 0),
+        (("steps.report.outputs.exit_code", "steps.reprot.outputs.exit_code"), 0),
+        (('exit "$EXIT_CODE"', "exit $EXIT_CODE"), 0),
+        (('--base "$BASE_REF"', '--base "${{ github.event.pull_request.head.ref }}"'), 1),
+        (("runs-on: ubuntu-latest\n    timeout-minutes: 60", "runs_on: ubuntu-latest\n    timeout-minutes: 60"), 2),
     ],
-    ids=["misspelled key: schema", "injected branch name: zizmor"],
+    ids=[
+        "unknown step id: actionlint",
+        "unquoted variable: actionlint's shellcheck",
+        "injected branch name: zizmor",
+        "misspelled key: schema",
+    ],
 )
 def test_the_linters_catch_a_broken_workflow(tmp_path, broken, linter):
     old, new = broken
