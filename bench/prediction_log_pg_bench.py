@@ -194,7 +194,7 @@ def _postgres_version() -> str:
     from retrainer.io.servers import postgres_bin
 
     done = subprocess.run([str(postgres_bin() / "postgres"), "--version"], capture_output=True, text=True, check=False)
-    return done.stdout.strip().rsplit(" ", 1)[-1]
+    return done.stdout.split()[2]  # "postgres (PostgreSQL) 15.18 (Debian ...)"
 
 
 if __name__ == "__main__":
