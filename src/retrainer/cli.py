@@ -270,11 +270,11 @@ def recover_log() -> None:
     """
     from retrainer.io.project import Workspace
     from retrainer.serving.features import FeatureBuilder, load_references
-    from retrainer.serving.prediction_log import PredictionLog, recover_dead_letter, replay_journal
+    from retrainer.serving.prediction_log import open_prediction_log, recover_dead_letter, replay_journal
 
     params, workspace = _params(), Workspace.at()
     dead_letter, journal_dir = workspace.dead_letter, workspace.prediction_journal
-    log = PredictionLog(workspace.prediction_log, params.features.numeric, params.features.categorical)
+    log = open_prediction_log(workspace.prediction_log, params.features.numeric, params.features.categorical)
     try:
         builder = FeatureBuilder(params, load_references(params, workspace.root))
         journal = replay_journal(log, journal_dir, dead_letter, builder.columns)
@@ -283,7 +283,7 @@ def recover_log() -> None:
         log.close()
     typer.echo(
         f"{journal.written + done.written} requests ({journal.predictions + done.predictions} predictions) written "
-        f"to {workspace.prediction_log}; {journal.already_logged + done.already_logged} already there"
+        f"to {log.location}; {journal.already_logged + done.already_logged} already there"
     )
     if done.kept or journal.kept:
         typer.secho(f"{done.kept} lines kept in {dead_letter}, {journal.kept} in {journal_dir}:", fg="red", err=True)

@@ -1,4 +1,9 @@
-"""Prediction log adapter: every served prediction and every feedback label, in a local SQLite file."""
+"""Prediction log adapter: every served prediction and every feedback label, in a local SQLite file (the embedded
+default) or, with RETRAINER_DATABASE_URL, in the team's PostgreSQL (`prediction_log_pg.py`).
+
+Both backends keep one row per request and run the same SQL statements (`LogStatements`, named parameters, which
+sqlite3 and SQLAlchemy both take); only opening a connection and creating the tables differ.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -71,10 +76,63 @@ SELECT r.key || printf('%06x', a.key) AS id, r.time AS time, a.value AS arm,
        f.label AS feedback_label
 FROM requests r JOIN json_each(r.arm) a LEFT JOIN feedback f ON f.request_key = r.key AND f.position = a.key;
 """
-_INSERT = (
-    "INSERT INTO requests (key, time, latency_ms, rows, champion_version, challenger_version, arm, probability, "
-    "label, features_digest, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_REQUEST_COLUMNS = (
+    "key, time, latency_ms, rows, champion_version, challenger_version, arm, probability, label, features_digest, "
+    "features"
 )
+
+
+@dataclass(frozen=True)
+class LogStatements:
+    """The log's SQL, written once for both backends over their table names (`:name` parameters)."""
+
+    requests: str
+    feedback: str
+
+    @property
+    def insert(self) -> str:
+        values = ", ".join(f":{name.strip()}" for name in _REQUEST_COLUMNS.split(","))
+        return f"INSERT INTO {self.requests} ({_REQUEST_COLUMNS}) VALUES ({values})"
+
+    @property
+    def request_rows(self) -> str:
+        return f"SELECT rows FROM {self.requests} WHERE key = :key"
+
+    @property
+    def insert_feedback(self) -> str:
+        return (
+            f"INSERT INTO {self.feedback} (request_key, position, time, label) VALUES (:key, :position, :time, :label) "
+            "ON CONFLICT (request_key, position) DO NOTHING"
+        )
+
+    @property
+    def feedback_label(self) -> str:
+        return f"SELECT label FROM {self.feedback} WHERE request_key = :key AND position = :position"
+
+    @property
+    def prediction(self) -> str:
+        return (
+            "SELECT time, latency_ms, rows, champion_version, challenger_version, arm, probability, label, "
+            f"features_digest FROM {self.requests} WHERE key = :key"
+        )
+
+    def window(self, where: str, features: bool) -> str:
+        """A window's requests, newest first (their stored features too, when `features`)."""
+        return (
+            "SELECT key, time, latency_ms, champion_version, challenger_version, arm, probability"
+            + (", features" if features else ", NULL")
+            + f" FROM {self.requests} r WHERE {where} ORDER BY time DESC, seq DESC"
+        )
+
+    def window_feedback(self, where: str) -> str:
+        """The feedback labels of a window's requests: (request key, position, label)."""
+        return (
+            f"SELECT f.request_key, f.position, f.label FROM {self.feedback} f JOIN {self.requests} r "
+            f"ON r.key = f.request_key WHERE {where}"
+        )
+
+
+SQLITE_STATEMENTS = LogStatements("requests", "feedback")
 
 
 class FeedbackOutcome(enum.Enum):
@@ -341,7 +399,7 @@ class Recovery:
     errors: tuple[str, ...] = ()
 
 
-def recover_dead_letter(log: PredictionLog, dead_letter: Path) -> Recovery:
+def recover_dead_letter(log: LogAdapter, dead_letter: Path) -> Recovery:
     """Write the requests the service kept in the dead-letter file into the log.
 
     The file is first renamed (atomically), so a running service appends new failures to a fresh file meanwhile; a
@@ -366,7 +424,7 @@ def recover_dead_letter(log: PredictionLog, dead_letter: Path) -> Recovery:
                 continue
             predictions += log.write_entry(entry)
             written += 1
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, sqlite3.Error) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, *log.errors) as exc:
             kept.append(line if line.endswith(b"\n") else line + b"\n")
             errors.append(f"line {number}: {type(exc).__name__}: {exc}")
     if kept:
@@ -377,7 +435,7 @@ def recover_dead_letter(log: PredictionLog, dead_letter: Path) -> Recovery:
 
 
 def replay_journal(
-    log: PredictionLog,
+    log: LogAdapter,
     folder: Path,
     dead_letter: Path,
     features: Callable[[Sequence[Mapping[str, object]]], Mapping[str, object]] | None = None,
@@ -406,7 +464,7 @@ def replay_journal(
 
 
 def _replay_segment(
-    log: PredictionLog,
+    log: LogAdapter,
     path: Path,
     dead_letter: Path,
     features: Callable[[Sequence[Mapping[str, object]]], Mapping[str, object]] | None,
@@ -419,7 +477,8 @@ def _replay_segment(
             continue
         try:
             done = _replay_line(log, orjson.loads(line), dead_letter, features)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OSError, *log.errors) as exc:
+            # *log.errors: the log could not even be asked (a database that is down): the segment stays for later
             left += 1
             errors.append(f"{path.name} line {number}: {type(exc).__name__}: {exc}")
             continue
@@ -435,7 +494,7 @@ def _replay_segment(
 
 
 def _replay_line(
-    log: PredictionLog,
+    log: LogAdapter,
     line: Mapping,
     dead_letter: Path,
     features: Callable[[Sequence[Mapping[str, object]]], Mapping[str, object]] | None,
@@ -458,7 +517,7 @@ def _replay_line(
     entry = log.entry(request)
     try:
         return log.write_entry(entry)
-    except sqlite3.Error as exc:
+    except log.errors as exc:
         append_dead_letter(dead_letter, entry, exc)  # raises OSError when it cannot: the segment stays
         return 0
 
@@ -492,21 +551,31 @@ def _check_layout(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-class PredictionLog:
-    """A SQLite prediction log shared by the service's worker threads."""
+class LogAdapter:
+    """What the service, the canary and `recover-log` do with a prediction log, on either backend.
 
-    def __init__(self, path: Path, numeric: Iterable[str] = (), categorical: Iterable[str] = ()):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    A subclass says where the rows go: `statements` (its table names), `errors` (the exceptions that mean the log
+    refused or could not be reached: the caller keeps the request elsewhere), `location` (for messages) and
+    `_session()`, a block in which `execute(sql, parameters)` runs statements and returns a cursor (`fetchone()`,
+    `rowcount`).
+    """
+
+    statements: LogStatements
+    errors: tuple[type[BaseException], ...]
+    location: str
+
+    @staticmethod
+    def _cell(document: bytes) -> bytes | str:
+        """A JSON column's value as the backend stores it (SQLite keeps the bytes: its files hold them as BLOBs)."""
+        return document
+
+    def __init__(self, numeric: Iterable[str] = (), categorical: Iterable[str] = ()):
+        numeric = list(numeric)
         self.numeric = set(numeric)
         self.feature_names = [*numeric, *categorical]
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        _check_layout(self._conn, path)
-        self._conn.executescript(_SCHEMA)
-        self._conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+
+    def _session(self):  # pragma: no cover - every backend defines it
+        raise NotImplementedError
 
     def entry(self, request: RequestLog) -> dict:
         """The request as this log stores it: its features are the ones the log was opened with."""
@@ -517,24 +586,25 @@ class PredictionLog:
         return self.write_entry(self.entry(request))
 
     def write_entry(self, entry: Mapping) -> int:
-        """Insert a request as `RequestLog.entry` gives it (one statement, so all of it or nothing)."""
+        """Insert a request as `RequestLog.entry` gives it (one statement, so all of it or nothing); returns how
+        many predictions it holds. Raises one of `errors` when the log refuses it (a key it has, a database down)."""
         versions = entry["versions"]
-        values = (
-            entry["key"],
-            entry["time"],
-            entry["latency_ms"],
-            len(entry["arm"]),
-            *(versions.get(arm) for arm in ARMS),
-            *(_json(entry[name]) for name in ("arm", "probability", "label", "features_digest")),
-            None if entry["features"] is None else _json(entry["features"]),
-        )
-        with self._lock:
-            self._conn.execute(_INSERT, values)
+        values = {
+            "key": entry["key"],
+            "time": entry["time"],
+            "latency_ms": entry["latency_ms"],
+            "rows": len(entry["arm"]),
+            **{f"{arm}_version": versions.get(arm) for arm in ARMS},
+            **{name: self._cell(_json(entry[name])) for name in ("arm", "probability", "label", "features_digest")},
+            "features": None if entry["features"] is None else self._cell(_json(entry["features"])),
+        }
+        with self._session() as execute:
+            execute(self.statements.insert, values)
         return len(entry["arm"])
 
     def has_request(self, key: str) -> bool:
-        with self._lock:
-            return self._conn.execute("SELECT 1 FROM requests WHERE key = ?", (key,)).fetchone() is not None
+        with self._session() as execute:
+            return execute(self.statements.request_rows, {"key": key}).fetchone() is not None
 
     def record_feedback(self, prediction_id: str, label: int, time: str) -> FeedbackOutcome:
         """Store the observed label of a logged prediction unless one is stored already (the first label stands:
@@ -543,20 +613,14 @@ class PredictionLog:
         place = split_id(prediction_id)
         if place is None:
             return FeedbackOutcome.UNKNOWN
-        key, position = place
-        with self._lock:
-            known = self._conn.execute("SELECT rows FROM requests WHERE key = ?", (key,)).fetchone()
-            if known is None or position >= known[0]:
+        at = {"key": place[0], "position": place[1]}
+        with self._session() as execute:
+            known = execute(self.statements.request_rows, {"key": at["key"]}).fetchone()
+            if known is None or at["position"] >= known[0]:
                 return FeedbackOutcome.UNKNOWN
-            inserted = self._conn.execute(
-                "INSERT INTO feedback VALUES (?, ?, ?, ?) ON CONFLICT(request_key, position) DO NOTHING",
-                (key, position, time, int(label)),
-            ).rowcount
-            if inserted:
+            if execute(self.statements.insert_feedback, {**at, "time": time, "label": int(label)}).rowcount:
                 return FeedbackOutcome.RECORDED
-            (stored,) = self._conn.execute(
-                "SELECT label FROM feedback WHERE request_key = ? AND position = ?", place
-            ).fetchone()
+            (stored,) = execute(self.statements.feedback_label, at).fetchone()
         return FeedbackOutcome.REPEATED if int(stored) == int(label) else FeedbackOutcome.CONFLICT
 
     def get(self, prediction_id: str) -> LoggedPrediction | None:
@@ -565,12 +629,8 @@ class PredictionLog:
         if place is None:
             return None
         key, position = place
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT time, latency_ms, rows, champion_version, challenger_version, arm, probability, label, "
-                "features_digest FROM requests WHERE key = ?",
-                (key,),
-            ).fetchone()
+        with self._session() as execute:
+            row = execute(self.statements.prediction, {"key": key}).fetchone()
         if row is None or position >= row[2]:
             return None
         time_, latency, _, champion, challenger, *arrays = row
@@ -583,15 +643,62 @@ class PredictionLog:
         place = split_id(prediction_id)
         if place is None:
             return None
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT label FROM feedback WHERE request_key = ? AND position = ?", place
-            ).fetchone()
+        with self._session() as execute:
+            row = execute(self.statements.feedback_label, {"key": place[0], "position": place[1]}).fetchone()
         return int(row[0]) if row else None
+
+    def close(self) -> None:
+        """Let go of the log's connections."""
+
+
+class PredictionLog(LogAdapter):
+    """The embedded prediction log: a SQLite file (WAL) shared by the service's worker threads.
+
+    Kept on the standard library's sqlite3 rather than SQLAlchemy: one connection in autocommit with WAL and
+    synchronous=NORMAL is what the log's measured write cost (bench/prediction_log_bench.py) and its crash guarantees
+    were established on; the SQL itself is the shared `LogStatements`.
+    """
+
+    statements = SQLITE_STATEMENTS
+    errors = (sqlite3.Error,)
+
+    def __init__(self, path: Path, numeric: Iterable[str] = (), categorical: Iterable[str] = ()):
+        super().__init__(numeric, categorical)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.location = str(path)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        _check_layout(self._conn, path)
+        self._conn.executescript(_SCHEMA)
+        self._conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+
+    @contextmanager
+    def _session(self) -> Iterator[Callable]:
+        with self._lock:
+            yield self._conn.execute
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def open_prediction_log(path: Path, numeric: Iterable[str] = (), categorical: Iterable[str] = ()) -> LogAdapter:
+    """The prediction log the configuration names: the team database's tables with RETRAINER_DATABASE_URL (no file
+    is created), else the SQLite file `path` (the workspace's `prediction_log`).
+
+    Raises BackendConfigError for a database URL that is not PostgreSQL.
+    """
+    from retrainer.io.backend import database_url
+
+    url = database_url()
+    if url is None:
+        return PredictionLog(path, numeric, categorical)
+    from retrainer.serving.prediction_log_pg import PostgresPredictionLog
+
+    return PostgresPredictionLog(url, numeric, categorical)
 
 
 class LogWriter:
@@ -604,7 +711,7 @@ class LogWriter:
     the thread counts them in `failures`.
     """
 
-    def __init__(self, log: PredictionLog, dead_letter: Path, journal: Journal | None = None):
+    def __init__(self, log: LogAdapter, dead_letter: Path, journal: Journal | None = None):
         self.log, self.dead_letter, self.journal = log, dead_letter, journal
         self.failures = 0  # answered predictions the log could not take
         self.refused = 0  # predictions not answered because nothing could record them
@@ -737,6 +844,32 @@ class _Taken:
     positions: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class WindowQuery:
+    """Which predictions `read_predictions` reads: one model version (by one arm, if given) logged in [since, until),
+    the newest `max_rows` of them at most, with the features `numeric` + `categorical`."""
+
+    model_version: str
+    since: str
+    arm: str | None = None
+    until: str | None = None
+    max_rows: int | None = None
+    numeric: Sequence[str] = ()
+    categorical: Sequence[str] = ()
+
+    def condition(self) -> tuple[str, dict]:
+        """The SQL condition on the requests table (alias `r`) and its named parameters."""
+        where, args = "r.time >= :since", {"since": self.since, "version": self.model_version}
+        if self.until is not None:
+            where, args = where + " AND r.time < :until", {**args, "until": self.until}
+        if self.arm is not None:
+            return f"{where} AND r.{self.arm}_version = :version", args
+        return f"{where} AND (r.champion_version = :version OR r.challenger_version = :version)", args
+
+    def empty(self) -> LoggedRows:
+        return _rows_of([], [], [], _Columns([*self.numeric, *self.categorical], self.numeric), np.empty(0))
+
+
 def read_predictions(
     path: Path,
     model_version: str,
@@ -751,59 +884,57 @@ def read_predictions(
     """Read, read-only, the predictions of one model version (by one arm, if given) logged in [since, until).
 
     With `max_rows`, only the newest that many. Features are read only when `numeric` or `categorical` name some;
-    requests logged without them (or before a feature was added) read as NaN / None.
+    requests logged without them (or before a feature was added) read as NaN / None. With RETRAINER_DATABASE_URL the
+    team database's log is read (and `path`, the embedded log's file, is neither read nor created).
     """
-    names = [*numeric, *categorical]
     if arm is not None and arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, not {arm!r}")
+    from retrainer.io.backend import database_url
+
+    query = WindowQuery(model_version, since, arm, until, max_rows, tuple(numeric), tuple(categorical))
+    url = database_url()
+    if url is not None:
+        from retrainer.serving.prediction_log_pg import read_postgres_window
+
+        return read_postgres_window(url, query)
     if not path.exists():
-        return _rows_of([], [], [], _Columns(names, numeric), np.empty(0))
-    where, args = _window_condition(model_version, since, arm, until)
+        return query.empty()
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
         _check_layout(db, path)
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone() is None:
-            return _rows_of([], [], [], _Columns(names, numeric), np.empty(0))
-        cursor = db.execute(
-            "SELECT key, time, latency_ms, champion_version, challenger_version, arm, probability"
-            + (", features" if names else ", NULL")
-            + f" FROM requests r WHERE {where} ORDER BY time DESC, seq DESC",
-            args,
-        )
-        taken, times, proba, latency, columns = {}, [], [], [], _Columns(names, numeric)
-        total = 0
-        while (max_rows is None or total < max_rows) and (row := cursor.fetchone()):
-            key, time_, latency_ms, champion, challenger, arms, probabilities, features = row
-            positions = _positions(orjson.loads(arms), {CHAMPION: champion, CHALLENGER: challenger}, model_version, arm)
-            if max_rows is not None:
-                positions = positions[: max_rows - total]
-            if not (count := len(positions)):
-                continue
-            taken[key] = _Taken(total, count, None if isinstance(positions, range) else np.asarray(positions))
-            total += count
-            times.append(time_)
-            latency.append(np.full(count, latency_ms))
-            proba.extend(_pick(orjson.loads(probabilities), positions))
-            columns.add(orjson.loads(features) if features else None, positions)
-        feedback = np.full(total, np.nan)
-        if taken:
-            labels = db.execute(
-                f"SELECT f.request_key, f.position, f.label FROM feedback f JOIN requests r ON r.key = f.request_key "
-                f"WHERE {where}",
-                args,
-            )
-            for key, position, label in labels:
-                if (at := _row_index(taken.get(key), position)) is not None:
-                    feedback[at] = label
+            return query.empty()
+        return read_window(db.execute, SQLITE_STATEMENTS, query)
+
+
+def read_window(execute: Callable, statements: LogStatements, query: WindowQuery) -> LoggedRows:
+    """The rows of `query`, read with `execute(sql, parameters)` (an iterable cursor) from either backend's tables."""
+    names = [*query.numeric, *query.categorical]
+    where, args = query.condition()
+    cursor = execute(statements.window(where, bool(names)), args)
+    taken, times, proba, latency, columns = {}, [], [], [], _Columns(names, query.numeric)
+    total, max_rows = 0, query.max_rows
+    for row in cursor:
+        if max_rows is not None and total >= max_rows:
+            break
+        key, time_, latency_ms, champion, challenger, arms, probabilities, features = row
+        versions = {CHAMPION: champion, CHALLENGER: challenger}
+        positions = _positions(orjson.loads(arms), versions, query.model_version, query.arm)
+        if max_rows is not None:
+            positions = positions[: max_rows - total]
+        if not (count := len(positions)):
+            continue
+        taken[key] = _Taken(total, count, None if isinstance(positions, range) else np.asarray(positions))
+        total += count
+        times.append(time_)
+        latency.append(np.full(count, latency_ms))
+        proba.extend(_pick(orjson.loads(probabilities), positions))
+        columns.add(orjson.loads(features) if features else None, positions)
+    feedback = np.full(total, np.nan)
+    if taken:
+        for key, position, label in execute(statements.window_feedback(where), args):
+            if (at := _row_index(taken.get(key), position)) is not None:
+                feedback[at] = label
     return _rows_of(proba, latency, times, columns, feedback)
-
-
-def _window_condition(model_version: str, since: str, arm: str | None, until: str | None) -> tuple[str, list]:
-    where, args = "r.time >= ?", [since]
-    if until is not None:
-        where, args = where + " AND r.time < ?", [*args, until]
-    if arm is not None:
-        return f"{where} AND r.{arm}_version = ?", [*args, model_version]
-    return f"{where} AND (r.champion_version = ? OR r.challenger_version = ?)", [*args, model_version, model_version]
 
 
 def _positions(arms: list[str], versions: dict[str, str | None], model_version: str, arm: str | None) -> Sequence[int]:

@@ -20,11 +20,12 @@ from retrainer.serving.prediction_log import (
     LOGGER,
     FeedbackOutcome,
     Journal,
+    LogUnavailable,
     LogWriter,
-    PredictionLog,
     Recovery,
     RequestLog,
     new_request_key,
+    open_prediction_log,
     prediction_ids,
     replay_journal,
 )
@@ -141,7 +142,7 @@ class ServingRuntime:
         self.routing_fields = params.serve.routing_key or params.data.key_columns
         workspace = Workspace(config.root, config.home)
         self.source = source or open_source(config.root, params.tracking.registered_model, workspace.registry_lock)
-        self.log = PredictionLog(workspace.prediction_log, params.features.numeric, params.features.categorical)
+        self.log = open_prediction_log(workspace.prediction_log, params.features.numeric, params.features.categorical)
         self.state_file = state_path(config.home)
         self._lock = threading.Lock()
         self.workspace = workspace
@@ -302,15 +303,22 @@ class ServingRuntime:
         log does not hold, ConflictingFeedback when a different label was recorded first (it stands).
         """
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        outcome = self.log.record_feedback(prediction_id, label, now)
+        outcome = self._record_feedback(prediction_id, label, now)
         if outcome is FeedbackOutcome.UNKNOWN:
             self.log_writer.wait_for_owed(timeout=FEEDBACK_WAIT_SECONDS)
-            outcome = self.log.record_feedback(prediction_id, label, now)
+            outcome = self._record_feedback(prediction_id, label, now)
         if outcome is FeedbackOutcome.UNKNOWN:
             raise UnknownPrediction(prediction_id)
         if outcome is FeedbackOutcome.CONFLICT:
             raise ConflictingFeedback(prediction_id, 1 - int(label), int(label))
         return outcome
+
+    def _record_feedback(self, prediction_id: str, label: int, now: str) -> FeedbackOutcome:
+        """The log's answer; LogUnavailable, naming the log, when it could not be asked (a database that is down)."""
+        try:
+            return self.log.record_feedback(prediction_id, label, now)
+        except self.log.errors as exc:
+            raise LogUnavailable(f"the prediction log {self.log.location} cannot record feedback: {exc}") from exc
 
     def set_weight(self, weight: float) -> RolloutState:
         """Give the challenger a share of traffic, loading it (from the state, else the alias) first."""

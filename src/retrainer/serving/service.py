@@ -153,11 +153,13 @@ class RetrainerService:
     def feedback(self, prediction_id: UUID, label: int) -> dict:
         """Record the observed label (0/1) of an earlier prediction, once: the same label again is a no-op (200,
         `already_recorded`), a different one 409 (the first label stands); 404 for an unknown prediction id."""
-        from retrainer.serving.prediction_log import FeedbackOutcome
+        from retrainer.serving.prediction_log import FeedbackOutcome, LogUnavailable
         from retrainer.serving.runtime import ConflictingFeedback, UnknownPrediction
 
         try:
             outcome = self.runtime.feedback(str(prediction_id), label)
+        except LogUnavailable as exc:
+            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
         except UnknownPrediction:
             return error_response(HTTPStatus.NOT_FOUND, f"prediction_id {prediction_id} is unknown")
         except ConflictingFeedback as exc:
