@@ -413,9 +413,29 @@ def team_up() -> None:
     typer.echo(f"team stack up; settings in {stack.env_file}: source it to run against the stack")
 
 
+@team_app.command("serve")
+def team_serve(
+    replicas: Annotated[int, typer.Option(min=1, help="How many `retrainer serve` replicas.")] = 2,
+    port: Annotated[
+        int | None, typer.Option(help="The proxy's port on 127.0.0.1 (default: the port of canary.service_url).")
+    ] = None,
+) -> None:
+    """Serve the champion from several replicas (free loopback ports) behind HAProxy (the system package); `team down`
+    stops them. Run it with the settings the replicas should share (e.g. after `source .retrainer/team/team.env`)."""
+    from urllib.parse import urlparse
+
+    from retrainer.io.project import home_dir
+    from retrainer.team import serve_replicas
+
+    params = _params()
+    port = port or urlparse(params.canary.service_url).port or 3000
+    stack = serve_replicas(home_dir(), Path.cwd(), port, replicas)
+    typer.echo(f"{len(stack.replicas)} replicas ({', '.join(stack.replicas)}) behind {stack.url}")
+
+
 @team_app.command("down")
 def team_down() -> None:
-    """Stop the stack `team up` started (its data stays under .retrainer/team/)."""
+    """Stop the stack `team up` started and the replicas `team serve` started (data stays under .retrainer/team/)."""
     from retrainer.io.project import home_dir
     from retrainer.team import team_down as stop
 

@@ -176,6 +176,12 @@ class ServeConfig(_Frozen):
         default=(), description="record fields whose values pick the arm (sticky); empty: data.key_columns"
     )
     golden_rows: int = Field(default=200, ge=10, description="rows in the golden set `retrainer rollback` replays")
+    state_refresh_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="each service process re-reads the saved rollout state this often (replicas share it)",
+    )
 
 
 class RetrainConfig(_Frozen):

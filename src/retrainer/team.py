@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrainer.io import servers
-from retrainer.io.processes import wait_until_ready
+from retrainer.io import proxy, servers
+from retrainer.io.processes import free_port, wait_until_ready
 
 TEAM_DIR = "team"
 ENV_FILE = "team.env"
 WORK_POOL = "retrainer"
 BUCKET = "retrainer"
+REPLICA_START_TIMEOUT_S = 600  # BentoML took over 90 s to answer at load 10+ on 2 cores
 PREFECT_START_TIMEOUT_S = 900  # the first start migrates the database: ~76 s measured under load, more when busier
 
 
@@ -99,7 +100,7 @@ def team_up(home: Path) -> TeamStack:
     """Start PostgreSQL, SeaweedFS (with a bucket), a Prefect server on PostgreSQL and a worker under `home/team`;
     write `team.env`. Raises ServerError when a stack is already running there or a server fails to start."""
     folder = home / TEAM_DIR
-    if any(folder.glob("*.pid")) or (folder / "postgres.port").exists():
+    if any(folder.glob("*.pid")) or (folder / "postgres.port").exists():  # replicas too: they would miss team.env
         raise servers.ServerError(f"a team stack runs in {folder} already: `retrainer team down` first")
     folder.mkdir(parents=True, exist_ok=True)
     postgres = servers.start_postgres(folder / "postgres")
@@ -140,10 +141,54 @@ def _stop_pid(pid_file: Path, sig: signal.Signals, timeout_s: float = 30) -> Non
     pid_file.unlink()
 
 
+@dataclass(frozen=True)
+class ServingStack:
+    """Service replicas behind the proxy: where clients go (`url`) and each replica's own URL."""
+
+    url: str
+    replicas: list[str]
+
+
+def serve_replicas(home: Path, root: Path, port: int, count: int = 2) -> ServingStack:
+    """Start `count` replicas of `retrainer serve` for the project at `root` on free loopback ports (pid files
+    `replica-N.pid` under `home/team`), wait until each is ready (it needs a champion), then HAProxy on 127.0.0.1:
+    `port` in front of them (`haproxy.pid`). The replicas share the home: rollout state, prediction log, journal.
+
+    Raises ServerError when replicas run there already, or a replica or the proxy does not start.
+    """
+    folder = home / TEAM_DIR
+    if any(folder.glob("replica-*.pid")) or (folder / "haproxy.pid").exists():
+        raise servers.ServerError(f"replicas run from {folder} already: `retrainer team down` first")
+    folder.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for index in range(1, count + 1):
+        replica_port, name = free_port(), f"replica-{index}"
+        command = [sys.executable, "-m", "retrainer.cli", "serve", "--port", str(replica_port)]
+        env = {**os.environ, "RETRAINER_ROOT": str(root), "BENTOML_DO_NOT_TRACK": "true"}
+        process = _spawn(folder, name, command, env)
+        urls.append(f"http://127.0.0.1:{replica_port}")
+        wait_until_ready(process, f"{urls[-1]}/readyz", folder / f"{name}.log", REPLICA_START_TIMEOUT_S, name)
+    started = proxy.start_proxy(folder / "proxy", port, urls)
+    return ServingStack(started.url, urls)
+
+
+def stop_replicas(folder: Path) -> list[str]:
+    """Stop the proxy and the replicas `serve_replicas` started from `folder`; returns their names."""
+    stopped = []
+    if (folder / "proxy" / "haproxy.pid").is_file():
+        proxy.stop_pid_file(folder / "proxy" / "haproxy.pid")
+        stopped.append("haproxy")
+    for pid_file in sorted(folder.glob("replica-*.pid")):
+        _stop_pid(pid_file, signal.SIGTERM)
+        stopped.append(pid_file.stem)
+    return stopped
+
+
 def team_down(home: Path) -> list[str]:
     """Stop what `team_up` started under `home/team` (worker with SIGINT: it ignores SIGTERM once its server is
     gone); returns what was stopped. Data stays in the folder."""
-    folder, stopped = home / TEAM_DIR, []
+    folder = home / TEAM_DIR
+    stopped = stop_replicas(folder)
     for name, sig in (("worker", signal.SIGINT), ("prefect-server", signal.SIGTERM), ("seaweedfs", signal.SIGTERM)):
         if _pid_file(folder, name).is_file():
             _stop_pid(_pid_file(folder, name), sig)

@@ -20,7 +20,7 @@ from retrainer.serving.prediction_log import (
     prediction_ids,
     recover_dead_letter,
 )
-from retrainer.serving.runtime import ServingConfig, ServingRuntime, UnknownPrediction
+from retrainer.serving.runtime import PendingPrediction, ServingConfig, ServingRuntime, UnknownPrediction
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_a_failed_log_write_keeps_the_answered_rows_in_the_dead_letter_file(
     assert request["probability"] == [p["probability"] for p in scored.predictions]
     assert request["versions"] == {"champion": "1"} and len(request["features_digest"]) == 4
     assert request["features"]["carrier"] == list(scored.request_log.features["carrier"])
-    with pytest.raises(UnknownPrediction):  # nothing is owed any more: it fails at once
+    with pytest.raises(PendingPrediction):  # answered moments ago and not in the log (kept for recover-log): retry
         runtime.feedback(ids[0], 1)
 
 

@@ -237,3 +237,27 @@ def write_state(path: Path, payload: dict) -> None:
         write_document(url, path.name, payload)
         return
     write_json(payload, path)
+
+
+def read_document_stamp(url: str, name: str) -> object | None:
+    """When the document `name` was last written (the row's `updated_at`), or None when none was written yet."""
+    import sqlalchemy as sa
+
+    table = documents(url)
+    with connect_database(url) as connection:
+        row = connection.execute(sa.select(table.c.updated_at).where(table.c.name == name)).first()
+    return None if row is None else row[0]
+
+
+def state_stamp(path: Path) -> object | None:
+    """A cheap token that changes whenever the state document of `path` is written: the database row's `updated_at`
+    (one indexed read), else the file's (inode, mtime in ns, size) from one stat(2), as `write_state` replaces the
+    file by a rename. None when none was saved yet. Compare tokens for equality only."""
+    url = database_url()
+    if url is not None:
+        return read_document_stamp(url, path.name)
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return (found.st_ino, found.st_mtime_ns, found.st_size)

@@ -146,11 +146,15 @@ _STATUSES = {
     413: ("The body is over serve.max_request_bytes", "Error"),
     415: ("The body is not application/json", "Error"),
     500: ("Internal Server Error", "Error"),
-    503: ("Not ready: no champion loaded, or the prediction log cannot record predictions", "Error"),
+    503: (
+        "Not ready: no champion loaded, or the prediction log cannot record predictions; at /feedback: the prediction"
+        " was issued moments ago and is not in the shared log yet (another replica's; retry after Retry-After)",
+        "Error",
+    ),
 }
 _ROUTE_ERRORS = {
     "/predict": (400, 413, 415, 500, 503),
-    "/feedback": (400, 404, 409, 413, 415, 500),
+    "/feedback": (400, 404, 409, 413, 415, 500, 503),
 }
 _ADMIN_ERRORS = (400, 401, 403, 409, 413, 415, 500)
 

@@ -29,14 +29,20 @@ from retrainer.serving.prediction_log import (
     prediction_ids,
     replay_journal,
 )
+from retrainer.serving.replicas import StateWatcher, issued_at, wait_until
 from retrainer.serving.routing import CHALLENGER, CHAMPION, RolloutState, routing_key
 from retrainer.serving.schema import record_schema
-from retrainer.serving.state import load_state, save_state, state_path
+from retrainer.serving.state import load_state, save_state, saved_stamp, state_path
 
 ROOT_ENV = "RETRAINER_ROOT"
 TOKEN_ENV = "RETRAINER_ADMIN_TOKEN"
 THREADS_ENV = "RETRAINER_SERVING_THREADS"
 FEEDBACK_WAIT_SECONDS = 10.0
+# Feedback for an id no process of this service has logged yet: poll the shared log this long (another replica's
+# writer thread commits within milliseconds), then answer "retry" for an id issued within PENDING_SECONDS (it may be
+# in a killed replica's journal until recovery), "unknown" for an older one.
+FEEDBACK_POLL_SECONDS = 2.0
+PENDING_SECONDS = 120.0
 
 
 _THREAD_LIMIT = threading.local()
@@ -69,6 +75,11 @@ class ScoringError(RuntimeError):
 
 class UnknownPrediction(KeyError):
     """Feedback for a prediction id that was never logged."""
+
+
+class PendingPrediction(UnknownPrediction):
+    """Feedback for a recently issued prediction id that the shared log does not hold yet (retry shortly): another
+    replica may have answered it and not logged it yet, or its journal waits for `retrainer recover-log`."""
 
 
 class ConflictingFeedback(ValueError):
@@ -149,7 +160,10 @@ class ServingRuntime:
         self.recovered = self._replay_journal()
         self.log_writer = LogWriter(self.log, workspace.dead_letter, Journal(workspace.prediction_journal))
         self._models: dict[str, LoadedModel] = {}
+        self._stamp = saved_stamp(self.state_file)
         self.state = self._start_state()
+        # Other processes (workers, replicas) change the saved state too: adopt it within state_refresh_seconds.
+        self.watcher = StateWatcher(self.refresh_state, params.serve.state_refresh_seconds).start()
 
     def _replay_journal(self) -> Recovery:
         """Log what a service that was killed had answered but not logged (its journal segments)."""
@@ -186,6 +200,28 @@ class ServingRuntime:
             if version not in self._models:
                 self._models[version] = self.source.load(version)
         return state
+
+    def refresh_state(self) -> bool:
+        """Adopt the rollout state another process saved since this one last adopted it; True when it changed.
+
+        Cheap when nothing changed (one stat(2), or one indexed read in the team database); a model the new state
+        serves is loaded before the lock is taken, so requests are not held up by it (the watcher thread calls this).
+        """
+        stamp = saved_stamp(self.state_file)
+        if stamp == self._stamp:
+            return False
+        saved = load_state(self.state_file)
+        loaded = {v: self.source.load(v) for v in _serving_versions(saved) if v not in self._models} if saved else {}
+        with self._lock:
+            if saved_stamp(self.state_file) != stamp:  # saved again meanwhile (maybe by this process): next tick
+                return False
+            self._stamp = stamp
+            if saved is None or saved == self.state:
+                return False
+            self._models.update(loaded)
+            self._commit(saved, save=False)
+        LOGGER.info("rollout state adopted from another process: %s", saved.to_dict())
+        return True
 
     def reload(self) -> RolloutState:
         """Adopt a champion changed outside the service (`retrainer rollback`, a direct promotion), and saved state."""
@@ -306,7 +342,7 @@ class ServingRuntime:
         outcome = self._record_feedback(prediction_id, label, now)
         if outcome is FeedbackOutcome.UNKNOWN:
             self.log_writer.wait_for_owed(timeout=FEEDBACK_WAIT_SECONDS)
-            outcome = self._record_feedback(prediction_id, label, now)
+            outcome = self._record_when_shared(prediction_id, label, now)
         if outcome is FeedbackOutcome.UNKNOWN:
             raise UnknownPrediction(prediction_id)
         if outcome is FeedbackOutcome.CONFLICT:
@@ -319,6 +355,25 @@ class ServingRuntime:
             return self.log.record_feedback(prediction_id, label, now)
         except self.log.errors as exc:
             raise LogUnavailable(f"the prediction log {self.log.location} cannot record feedback: {exc}") from exc
+
+    def _record_when_shared(self, prediction_id: str, label: int, now: str) -> FeedbackOutcome:
+        """Record feedback for an id this process does not owe: poll the shared log (another replica may log it any
+        moment) for up to FEEDBACK_POLL_SECONDS. Raises PendingPrediction when it is still missing and was issued
+        within PENDING_SECONDS; UNKNOWN for an older id or text that is not one."""
+        issued = issued_at(prediction_id)
+        outcome = [self._record_feedback(prediction_id, label, now)]
+        if issued is None or outcome[0] is not FeedbackOutcome.UNKNOWN:
+            return outcome[0]
+
+        def logged() -> bool:
+            outcome[0] = self._record_feedback(prediction_id, label, now)
+            return outcome[0] is not FeedbackOutcome.UNKNOWN
+
+        if time.time() - issued <= FEEDBACK_WAIT_SECONDS:
+            wait_until(logged, FEEDBACK_POLL_SECONDS)
+        if outcome[0] is FeedbackOutcome.UNKNOWN and abs(time.time() - issued) <= PENDING_SECONDS:
+            raise PendingPrediction(prediction_id)
+        return outcome[0]
 
     def set_weight(self, weight: float) -> RolloutState:
         """Give the challenger a share of traffic, loading it (from the state, else the alias) first."""
@@ -359,8 +414,9 @@ class ServingRuntime:
                     raise RolloutConflict(reason)
             return self._commit(target)
 
-    def _commit(self, state: RolloutState) -> RolloutState:
-        save_state(state, self.state_file)
+    def _commit(self, state: RolloutState, save: bool = True) -> RolloutState:
+        if save:
+            save_state(state, self.state_file)
         self.state = state
         keep = {state.champion_version, state.challenger_version, state.previous_champion_version}
         for version in [v for v in self._models if v not in keep]:
@@ -368,9 +424,16 @@ class ServingRuntime:
         return state
 
     def close(self) -> None:
-        """Write what is still queued for the log, then close it."""
+        """Stop following the saved rollout state; write what is still queued for the log, then close it."""
+        self.watcher.stop()
         self.log_writer.close()
         self.log.close()
+
+
+def _serving_versions(state: RolloutState) -> list[str]:
+    """The versions a state serves: its champion, and its challenger while it has a share of traffic."""
+    champion = [state.champion_version] if state.champion_version else []
+    return champion + ([state.challenger_version] if state.effective_weight > 0 else [])
 
 
 def _decide(served: dict[str, LoadedModel], arms: list[str], proba: np.ndarray) -> tuple[list[str], list[int]]:

@@ -29,6 +29,7 @@ from retrainer.serving.http_guard import (
 from retrainer.serving.schema import FeedbackRequest, PredictRequest, PredictResponse, WeightsRequest
 
 GIL_SWITCH_SECONDS = 0.0005
+RETRY_AFTER_SECONDS = 1
 LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 
 # bentoml.metrics builds these lazily, inside the server process, in Prometheus multiprocess mode.
@@ -152,14 +153,20 @@ class RetrainerService:
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     def feedback(self, prediction_id: UUID, label: int) -> dict:
         """Record the observed label (0/1) of an earlier prediction, once: the same label again is a no-op (200,
-        `already_recorded`), a different one 409 (the first label stands); 404 for an unknown prediction id."""
+        `already_recorded`), a different one 409 (the first label stands); 404 for an unknown prediction id; 503 with
+        Retry-After for one issued moments ago that no replica has logged yet, 503 when the log cannot be reached."""
         from retrainer.serving.prediction_log import FeedbackOutcome, LogUnavailable
-        from retrainer.serving.runtime import ConflictingFeedback, UnknownPrediction
+        from retrainer.serving.runtime import ConflictingFeedback, PendingPrediction, UnknownPrediction
 
         try:
             outcome = self.runtime.feedback(str(prediction_id), label)
         except LogUnavailable as exc:
             return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        except PendingPrediction:  # answered moments ago, maybe by another replica: the client retries
+            message = f"prediction_id {prediction_id} is not in the log yet: retry shortly"
+            response = error_response(HTTPStatus.SERVICE_UNAVAILABLE, message)
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         except UnknownPrediction:
             return error_response(HTTPStatus.NOT_FOUND, f"prediction_id {prediction_id} is unknown")
         except ConflictingFeedback as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrainer.io.backend import read_state, write_state
+from retrainer.io.backend import read_state, state_stamp, write_state
 from retrainer.serving.routing import RolloutState
 
 STATE_FILE = "rollout.json"
@@ -25,3 +25,9 @@ def load_state(path: Path) -> RolloutState | None:
 def save_state(state: RolloutState, path: Path) -> None:
     """Save the state atomically: a fsynced temporary file renamed over the old one, or one database upsert."""
     write_state(path, state.to_dict())
+
+
+def saved_stamp(path: Path) -> object | None:
+    """A token that changes whenever the state at `path` is saved (by any process or replica); None when none was
+    saved yet. Cheap: one stat(2), or one indexed read in the team database."""
+    return state_stamp(path)
