@@ -1,4 +1,5 @@
-"""Two real service replicas behind a real HAProxy (the system package): traffic through the proxy, one replica
+"""Two real service replicas behind a real HAProxy (the system package), sharing the team's PostgreSQL (rollout
+state, prediction log, feedback), as replicas on different hosts would: traffic through the proxy, one replica
 SIGKILLed mid-traffic, then: no client error beyond the requests in flight, every answered prediction in the shared
 log once the killed replica's journal is replayed, a weight change made through one replica reaching the other
 within the bound, and a canary analysis over the log that sees both replicas' traffic and decides."""
@@ -26,7 +27,7 @@ from retrainer.io.processes import free_port
 from retrainer.io.project import LOG_FILE
 from retrainer.io.proxy import SERVED_BY_HEADER, haproxy_binary, start_proxy
 from retrainer.io.servers import ServerError
-from retrainer.serving.prediction_log import PredictionLog
+from retrainer.serving.prediction_log import open_prediction_log
 from retrainer.serving.replay import read_arm
 from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary
 
@@ -49,9 +50,12 @@ def haproxy() -> Path:
 
 
 @pytest.fixture
-def replicas(haproxy, registry_home: Registry, tmp_path: Path):
-    """Two replicas from source on one fresh home (the test registry's models), and HAProxy in front of them."""
+def replicas(haproxy, registry_home: Registry, fresh_database: str, tmp_path: Path, monkeypatch):
+    """Two replicas from source (the test registry's models) whose shared state is a fresh PostgreSQL database, and
+    HAProxy in front of them. (Replicas of one host sharing the SQLite files: tests/serving/test_replicas.py.)"""
+    monkeypatch.setenv("RETRAINER_DATABASE_URL", fresh_database)  # this process reads the same log
     env = {
+        "RETRAINER_DATABASE_URL": fresh_database,
         "MLFLOW_TRACKING_URI": registry_home.env["MLFLOW_TRACKING_URI"],
         "RETRAINER_HOME": str(tmp_path / "home"),
         "RETRAINER_ROOT": str(ROOT),
@@ -207,7 +211,7 @@ def test_two_replicas_behind_the_proxy_survive_a_sigkill_and_the_canary_reads_bo
         timeout=600,
     )
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
-    log = PredictionLog(Path(env["RETRAINER_HOME"]) / LOG_FILE)
+    log = open_prediction_log(Path(env["RETRAINER_HOME"]) / LOG_FILE)
     try:
         missing = [i for i, _, _ in traffic.answered if log.get(i) is None]
         assert not missing, f"{len(missing)} answered predictions are not in the log, e.g. {missing[:3]}"
@@ -219,6 +223,7 @@ def test_two_replicas_behind_the_proxy_survive_a_sigkill_and_the_canary_reads_bo
         log.close()
 
     log_path = Path(env["RETRAINER_HOME"]) / LOG_FILE
+    assert not log_path.exists(), "the log is the database's, not a file of the home"
     rows = {arm: read_arm(log_path, arm, version, since) for arm, version in (("champion", "1"), ("challenger", "2"))}
     answered_by_arm = {arm: sum(a == arm for _, a, _ in traffic.answered) for arm in rows}
     for arm, arm_rows in rows.items():
