@@ -431,6 +431,7 @@ def team_serve(
     port = port or urlparse(params.canary.service_url).port or 3000
     stack = serve_replicas(home_dir(), Path.cwd(), port, replicas)
     typer.echo(f"{len(stack.replicas)} replicas ({', '.join(stack.replicas)}) behind {stack.url}")
+    typer.echo(f"for the canary's counters, in params.yaml: canary.replica_urls: [{', '.join(stack.replicas)}]")
 
 
 @team_app.command("down")

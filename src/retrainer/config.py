@@ -7,7 +7,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -143,6 +143,9 @@ class GateConfig(_Frozen):
 class CanaryConfig(_Frozen):
     enabled: bool = True
     service_url: str = Field(default="http://127.0.0.1:3000", pattern=r"^https?://", description="`retrainer serve`")
+    replica_urls: tuple[Annotated[str, Field(pattern=r"^https?://")], ...] = Field(
+        default=(), description="each replica behind service_url (a proxy): the canary sums their /metrics counters"
+    )
     steps: tuple[float, ...] = Field(default=(10, 25, 50, 100), min_length=1, description="challenger traffic, %")
     min_requests_per_step: int = Field(default=200, ge=1, description="challenger requests before a step is judged")
     min_seconds_per_step: float = Field(default=60, ge=0)

@@ -21,14 +21,14 @@ import psutil
 import pytest
 from conftest import ROOT, THRESHOLDS, TOKEN, Registry, Server
 
-from retrainer.app.canary import labelled_traffic
-from retrainer.config import Params
+from retrainer.app.canary import labelled_traffic, metrics_urls
+from retrainer.config import CanaryConfig, Params
 from retrainer.io.processes import free_port
 from retrainer.io.project import LOG_FILE
 from retrainer.io.proxy import SERVED_BY_HEADER, haproxy_binary, start_proxy
 from retrainer.io.servers import ServerError
 from retrainer.serving.prediction_log import open_prediction_log
-from retrainer.serving.replay import read_arm
+from retrainer.serving.replay import read_arm, scrape_counters
 from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary
 
 pytestmark = pytest.mark.team
@@ -165,6 +165,25 @@ def _run_traffic(url: str, records, labels, traffic: Traffic, until, on_the_way=
             thread.join(timeout=120)
 
 
+def _check_the_canary_counts_every_replica(first: str, second: str, proxy: str, records: list[dict]) -> None:
+    """Requests through the proxy land on both replicas; the canary's counters (canary.replica_urls) count them all."""
+    policy = CanaryConfig(replica_urls=(first, second))
+    before = scrape_counters(metrics_urls(proxy, policy))
+    sent: list[tuple[set[str], str]] = []
+    with httpx.Client(base_url=proxy, timeout=60) as client:
+        for start in range(0, 8 * RECORDS_PER_REQUEST, RECORDS_PER_REQUEST):
+            answer = client.post("/predict", json={"records": records[start : start + RECORDS_PER_REQUEST]})
+            assert answer.status_code == 200, answer.text
+            sent.append(({p["arm"] for p in answer.json()["predictions"]}, answer.headers[SERVED_BY_HEADER]))
+    after = scrape_counters(metrics_urls(proxy, policy))
+    each = [scrape_counters((url,)) for url in (first, second)]  # what a scrape of one replica (or the proxy) sees
+    assert {replica for _, replica in sent} == {"r1", "r2"}
+    for arm in ("champion", "challenger"):
+        key = ("retrainer_requests_total", arm)
+        counted = after.get(key, 0) - before.get(key, 0)
+        assert counted >= sum(arm in arms for arms, _ in sent) > max(one.get(key, 0) for one in each)
+
+
 def test_two_replicas_behind_the_proxy_survive_a_sigkill_and_the_canary_reads_both(
     replicas, params: Params, seed_flights, registry_home: Registry
 ):
@@ -178,6 +197,7 @@ def test_two_replicas_behind_the_proxy_survive_a_sigkill_and_the_canary_reads_bo
 
     raw = seed_flights.loc[(seed_flights["month"] == 2) & seed_flights["arr_delay"].notna()].iloc[:3000]
     records, labels = labelled_traffic(raw, params)
+    _check_the_canary_counts_every_replica(first.url, second.url, proxy.url, records)
     since = datetime.now(UTC).isoformat(timespec="milliseconds")
     traffic = Traffic()
     killed_at: list[int] = []

@@ -212,6 +212,12 @@ class CanaryPlan:
     poll_seconds: float = 0.25
 
 
+def metrics_urls(base_url: str, policy: CanaryConfig) -> tuple[str, ...]:
+    """Where the canary reads request and error counters: every replica of `canary.replica_urls` when the service
+    is several replicas behind a proxy (a scrape through the proxy reaches one of them), else the service itself."""
+    return policy.replica_urls or (base_url,)
+
+
 def run_canary(
     plan: CanaryPlan,
     on_step: Callable[[StepReport], None] | None = None,
@@ -237,7 +243,7 @@ def run_canary(
             reason = f"service champion is v{rollout['champion_version']}, expected v{plan.expected_champion}"
             aborted = CanaryResult(CanaryOutcome.ABORTED, [reason], plan.challenger_version, plan.expected_champion)
             return dataclasses.replace(aborted, rollout=rollout, champion_version=rollout.get("champion_version"))
-        start = (log_time(), scrape_counters(plan.base_url))
+        start = (log_time(), scrape_counters(metrics_urls(plan.base_url, policy)))
         run = CanaryRun(plan, versions, thresholds, policy, source, workspace, start)
         return step_up(run, admin, on_step or (lambda _report: None), log)
 
@@ -266,7 +272,7 @@ def step_up(
 
 def run_step(run: CanaryRun, step: StepProgress, percent: float) -> tuple[CanaryDecision, ReplayStats]:
     """Replay traffic until the analysis stops saying "wait" (bounded by the step's maximum time and the traffic)."""
-    step_start = (log_time(), scrape_counters(run.base_url))
+    step_start = (log_time(), scrape_counters(metrics_urls(run.base_url, run.policy)))
     started, policy, source = time.monotonic(), run.policy, run.source
     traffic = ReplayStats()
     while True:
@@ -323,7 +329,7 @@ def gather_arms(run: CanaryRun, step_start: tuple[str, dict]) -> tuple[ArmStats,
 
     Feedback labels of both arms count from the start of the canary: labels arrive slowly.
     """
-    counters = scrape_counters(run.base_url)
+    counters = scrape_counters(metrics_urls(run.base_url, run.policy))
     log_path, canary_since = run.workspace.prediction_log, run.canary_start[0]
     arms = {}
     for arm, (since, before) in (("champion", run.canary_start), ("challenger", step_start)):
