@@ -37,14 +37,14 @@ def sqlite_files(folder: Path) -> set[str]:
     return found
 
 
-def _flow_run_names(api: str) -> set[str]:
-    """The names of the flows with runs on the Prefect server at `api`."""
+def _flow_run_names(api: str, root: Path) -> set[str]:
+    """The names of the flows with runs on workspace `root` on the Prefect server at `api`."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         flows = {flow.id: flow.name for flow in client.read_flows()}
-        return {flows[run.flow_id] for run in client.read_flow_runs()}
+        return {flows[run.flow_id] for run in client.read_flow_runs() if run.parameters.get("root") == str(root)}
 
 
 def _demo(project_root: Path, workdir: Path, env: dict) -> subprocess.CompletedProcess:
@@ -62,6 +62,8 @@ def _demo(project_root: Path, workdir: Path, env: dict) -> subprocess.CompletedP
 def test_a_short_demo_on_the_team_stack_keeps_its_state_on_the_servers_and_a_rerun_is_refused(
     prefect_api, postgres_server, s3_server, project_root, tmp_path
 ):
+    import mlflow
+
     from retrainer.config import load_params
     from retrainer.io import registry
     from retrainer.io.servers import create_database
@@ -77,13 +79,16 @@ def test_a_short_demo_on_the_team_stack_keeps_its_state_on_the_servers_and_a_rer
     assert f'--backend-store-uri "${DATABASE_ENV}"' in demo.stdout
 
     assert sqlite_files(workdir) == ALLOWED_SQLITE
-    assert {"retrain", "monitor"} <= _flow_run_names(prefect_api)
+    assert {"retrain", "monitor"} <= _flow_run_names(prefect_api, workdir)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(DATABASE_ENV, env[DATABASE_ENV])
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         connect(tmp_path)
         model = load_params(params_file).tracking.registered_model
         champion = registry.alias_version(model, registry.CHAMPION)
+        run_id = mlflow.MlflowClient().get_model_version(model, champion).run_id
+        artifact_uri = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
+    assert artifact_uri.startswith("s3://demo-on-stack/mlflow/"), artifact_uri
     assert champion is not None and f"champion is v{champion}." in demo.stdout
 
     again = _demo(project_root, tmp_path / "again", env)
