@@ -11,7 +11,15 @@ import pytest
 
 from retrainer.app.monitor import MonitorResult
 from retrainer.app.results import CycleResult
-from retrainer.demo import AppendingFile, DemoData, batch_month, monitor_lines, month_row, select_months
+from retrainer.demo import (
+    AppendingFile,
+    DemoData,
+    batch_month,
+    demo_tracking_uri,
+    monitor_lines,
+    month_row,
+    select_months,
+)
 from retrainer.outcomes import CycleStatus, MonitorStatus
 
 GATE = {"checks": [{"name": "improvement:roc_auc", "values": {"ci_low": 0.055, "ci_high": 0.073}}]}
@@ -126,3 +134,11 @@ def test_a_trailing_month_too_small_to_be_a_batch_is_left_to_the_month_before(tm
     assert data_months(seed, "ts", "2019-06-01", min_rows=500) == [pd.Period("2019-07", "M")]
     data = DemoData(seed, "ts", "x", pd.Period("2019-07", "M"))
     assert len(data.month_rows(pd.Period("2019-07", "M"))) == 602
+
+
+def test_the_demo_keeps_its_mlflow_store_in_the_team_database_when_one_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    monkeypatch.delenv("RETRAINER_DATABASE_URL", raising=False)
+    assert demo_tracking_uri(tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("RETRAINER_DATABASE_URL", "postgresql://db-host:5432/team")
+    assert demo_tracking_uri(tmp_path) == "postgresql://db-host:5432/team"

@@ -373,11 +373,13 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: bootstrap a model with `dvc repro`, then retrain month by month on the
     dataset the params name (params.yaml: real 2013 flights; `--params examples/car_loan/params.yaml`: car loans)."""
-    from retrainer.demo import plan_months, run_demo
+    from retrainer.demo import check_fresh_team_state, plan_months, run_demo
+    from retrainer.io.backend import DatabaseUnreachable
 
     try:
         span = plan_months(Path.cwd(), os.environ.get(PARAMS_ENV), months)
-    except (ConfigError, ValueError) as exc:
+        check_fresh_team_state()
+    except (ConfigError, ValueError, DatabaseUnreachable) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     if trigger not in ("drift", "monthly"):

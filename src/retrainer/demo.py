@@ -23,7 +23,8 @@ from retrainer.app.results import CycleResult, canary_lines
 from retrainer.app.retrain import recorded
 from retrainer.config import PARAMS_ENV, Params, load_params
 from retrainer.flow_runs import MONITOR, load_flow, run_cycle
-from retrainer.io.batch_record_pg import open_batch_record
+from retrainer.io.backend import DATABASE_ENV, database_url, describe_url
+from retrainer.io.batch_record_pg import PostgresBatchRecord, open_batch_record
 from retrainer.io.monitoring import DECISIONS_FILE, monitor_dir
 from retrainer.io.project import (
     HOME_DIR,
@@ -314,15 +315,22 @@ class Demo:
         return self.source.write_traffic(month, self.workdir / "data" / "traffic", purpose)
 
 
+def demo_tracking_uri(home: Path) -> str:
+    """The demo's MLflow store: the team database when $RETRAINER_DATABASE_URL is set (no SQLite file then), else
+    a fresh SQLite store under the demo's home (whatever MLFLOW_TRACKING_URI says: the demo starts from nothing)."""
+    return database_url() or f"sqlite:///{home / MLFLOW_DB_FILE}"
+
+
 def demo_environment(home: Path) -> dict[str, str]:
-    """The environment the demo runs in: its own home, MLflow store and Prefect home, and a quiet console.
+    """The environment the demo runs in: its own home, MLflow store (`demo_tracking_uri`) and Prefect home, and a
+    quiet console. With PREFECT_API_URL set (a team's server) flows run there, else on Prefect's temporary server.
 
     Prefect's console handler (which also prints every library's warnings) is held to errors, so the table is not
     interleaved with log lines (the flow runs' logs still reach the Prefect API); see also `Demo.library_output`.
     """
     return {
         "RETRAINER_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / MLFLOW_DB_FILE}",
+        "MLFLOW_TRACKING_URI": demo_tracking_uri(home),
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # a fresh Prefect database is migrated at first start: allow for that on a busy 2-core machine
@@ -478,7 +486,8 @@ def print_summary(demo: Demo) -> None:
             f"(every decision: {monitor_dir(home) / DECISIONS_FILE}; drift reports: {monitor_dir(home) / 'reports'})"
         )
     demo.console.print("look closer:")
-    demo.console.print(f"  mlflow ui --backend-store-uri sqlite:///{home / MLFLOW_DB_FILE} --workers 1")
+    store = f"sqlite:///{home / MLFLOW_DB_FILE}" if database_url() is None else f'"${DATABASE_ENV}"'
+    demo.console.print(f"  mlflow ui --backend-store-uri {store} --workers 1")
     demo.console.print(f"  cd {demo.workdir} && retrainer status && retrainer lineage {final}")
 
 
@@ -488,6 +497,19 @@ def plan_months(root: Path, params_file: str | None, spec: str | None) -> list[p
     params = load_params(params_file or root / "params.yaml")
     data, min_rows = params.data, params.validate.row_count.min
     return select_months(spec, data_months(root / data.batch_source, data.time_column, data.bootstrap.end, min_rows))
+
+
+def check_fresh_team_state() -> None:
+    """Nothing with the embedded default; with $RETRAINER_DATABASE_URL, raises ValueError when that database already
+    records processed batches: the team's batch record is shared, so the demo's months (the same content) would be
+    skipped as already processed instead of telling the story."""
+    url = database_url()
+    if url is None or not PostgresBatchRecord(url).recent(1):
+        return
+    raise ValueError(
+        f"{DATABASE_ENV} ({describe_url(url)}) already records processed batches, which the demo would skip: "
+        "run it on an empty database (e.g. a fresh `retrainer team up` after removing the old stack's folder)"
+    )
 
 
 def run_demo(

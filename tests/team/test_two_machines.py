@@ -5,16 +5,15 @@ promotes, the other ends "stale champion", and each version's lineage names its 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
+from team_kit import create_team_workspace, cut_batch, team_environment, write_team_params
 
-from retrainer.io.backend import ARTIFACT_ROOT_ENV, DATABASE_ENV, DVC_REMOTE_ENV, S3_ENDPOINT_ENV
+from retrainer.io.backend import DATABASE_ENV
 
 pytestmark = pytest.mark.team
 
@@ -40,68 +39,10 @@ print(json.dumps(result.to_dict(), default=str), flush=True)
 """
 
 
-def _team_params(project_root: Path, dest: Path) -> Path:
-    """The real params, small: a one-month bootstrap, two search candidates, no canary (a gate pass promotes), and
-    a gate that any sane challenger passes: this test is about who may promote, not about the gate (table-tested)."""
-    raw = yaml.safe_load((project_root / "params.yaml").read_text())
-    raw["data"]["bootstrap"] = {"start": "2013-01-01", "end": "2013-02-01"}
-    raw["train"]["search"]["n_candidates"] = 2
-    raw["evaluate"]["importance_rows"] = 200
-    raw["gate"].update(floors={"roc_auc": 0.5, "pr_auc": 0.05}, max_regression={"roc_auc": 0.5, "pr_auc": 0.5})
-    raw["gate"]["improvement"].update(policy="must_not_be_worse", margin=0.5, bootstrap_samples=100)
-    raw["gate"]["slices"]["max_drop"] = 0.5
-    raw["gate"]["budgets"]["latency_p95_ms"] = 5000
-    raw["gate"]["latency_rows"] = 20
-    raw["canary"]["enabled"] = False
-    path = dest / "team-params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def _batch(project_root: Path, month: int, staging: Path, every: int) -> Path:
-    """Every `every`-th flight of a month, cut from the CSV batch the demo writes."""
-    from retrainer.config import load_params
-    from retrainer.demo import DemoData
-
-    seed = DemoData.from_params(load_params(project_root / "params.yaml"), project_root)
-    full = seed.write_batch(pd.Period(year=2013, month=month, freq="M"), staging / f"full-{month:02d}")
-    header, *rows = full.read_text().splitlines(keepends=True)
-    path = staging / f"flights-2013-{month:02d}-sample.csv"
-    path.write_text(header + "".join(rows[::every]))
-    return path
-
-
 @pytest.fixture
-def team_env(fresh_database, s3_server, tmp_path):
+def team_env(fresh_database, s3_server):
     """The environment of both machines: registry and state on PostgreSQL, artifacts and DVC remote in one bucket."""
-    from retrainer.io.servers import s3_client
-
-    s3_client(s3_server.endpoint, s3_server.access_key, s3_server.secret_key).create_bucket(Bucket="two-machines")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RETRAINER_"))}
-    env.update(
-        {
-            DATABASE_ENV: fresh_database,
-            ARTIFACT_ROOT_ENV: "s3://two-machines/mlflow",
-            DVC_REMOTE_ENV: "s3://two-machines/dvc",
-            S3_ENDPOINT_ENV: s3_server.endpoint,
-            "AWS_ACCESS_KEY_ID": s3_server.access_key,
-            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-    )
-    return env
-
-
-def _machine(project_root: Path, folder: Path, params_file: Path, env: dict) -> Path:
-    from retrainer.io.workspace import create_workspace
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(DVC_REMOTE_ENV, env[DVC_REMOTE_ENV])
-        patch.setenv(S3_ENDPOINT_ENV, env[S3_ENDPOINT_ENV])
-        return create_workspace(project_root, folder, params_file)
+    return team_environment(fresh_database, s3_server, "two-machines")
 
 
 def _cycle(workspace: Path, batch: Path, env: dict, hold: bool) -> subprocess.Popen:
@@ -119,10 +60,13 @@ def test_two_machines_retrain_against_one_champion_and_exactly_one_promotes(proj
     from retrainer.io import registry
     from retrainer.io.batches import batch_id
 
-    params_file = _team_params(project_root, tmp_path)
-    machines = [_machine(project_root, tmp_path / name, params_file, team_env) for name in ("machine-a", "machine-b")]
+    params_file = write_team_params(project_root, tmp_path)
+    machines = [
+        create_team_workspace(project_root, tmp_path / name, params_file, team_env)
+        for name in ("machine-a", "machine-b")
+    ]
     assert all("s3://two-machines/dvc" in (m / ".dvc" / "config").read_text() for m in machines)
-    batches = {month: _batch(project_root, month, tmp_path / "provider", every=8) for month in (2, 3, 4)}
+    batches = {month: cut_batch(project_root, month, tmp_path / "provider", every=8) for month in (2, 3, 4)}
 
     first = _result(_cycle(machines[0], batches[2], team_env, hold=False))
     assert first["status"] == "promoted", first["reasons"]
