@@ -1,4 +1,4 @@
-"""The retrain and drain-inbox flows: the retrain use case with each piece run as a Prefect task, and artifacts
+"""The retrain, drain-inbox and ship flows: the retrain use case with each piece run as a Prefect task, and artifacts
 that tell the run's story in the UI (validation, gate report, data counts, MLflow lineage)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from retrainer.app import retrain as retraining
 from retrainer.app.canary import CanaryPlan, CanaryResult
 from retrainer.app.promotion import Verdict
 from retrainer.app.results import CycleResult
+from retrainer.app.ship import ship_change
 from retrainer.app.validate import BatchValidation, validate_batch
 from retrainer.config import Params
 from retrainer.cycle import GATE_MD, data_counts
@@ -130,3 +131,12 @@ def drain_inbox(root: str = ".", canary_traffic: str | None = None) -> list[dict
     """Retrain once on every batch waiting in the inbox (see `retrainer.app.retrain.drain_inbox`)."""
     traffic = Path(canary_traffic) if canary_traffic else None
     return retraining.drain_inbox(Workspace.at(root), traffic, retrain=retrain_subflow)
+
+
+@flow(name="ship", log_prints=True)
+def ship(root: str = ".", force: bool = False, canary_traffic: str | None = None) -> dict:
+    """Ship the workspace's current code and params through the gate and canary, with no new batch (see
+    `retrainer.app.ship.ship_change`); CD starts its deployment on a merge. Returns the cycle's result as a dict."""
+    traffic = Path(canary_traffic) if canary_traffic else None
+    result = ship_change(Workspace.at(root), force=force, canary_traffic=traffic, steps=TASKS, log=get_run_logger())
+    return result.to_dict()

@@ -77,7 +77,25 @@ def test_pull_requests_report_and_comment_and_pushes_to_main_deliver():
     assert "actions/upload-artifact@" in run and report["permissions"]["pull-requests"] == "write"
     assert "origin/${{ github.base_ref }}" in str(report["steps"])
     delivered = steps_of(deliver)
-    for command in ("make install", "dvc repro", "dvc push", "prefect deployment run"):
+    for command in (
+        "make install",
+        "dvc pull",
+        "dvc repro evaluate",
+        "dvc push",
+        'prefect deployment run "$SHIP_DEPLOYMENT"',
+    ):
         assert command in delivered
+    assert delivered.index("dvc push") < delivered.index("prefect deployment run")
     secrets = {value for value in deliver["env"].values() if "secrets." in value}
-    assert {"${{ secrets.MLFLOW_TRACKING_URI }}", "${{ secrets.PREFECT_API_URL }}"} <= secrets
+    assert "${{ secrets.PREFECT_API_URL }}" in secrets and not any("MLFLOW" in value for value in secrets)
+
+
+def test_the_deliver_job_starts_the_ship_deployment_that_retrainer_deploy_registers():
+    """The default deployment CD starts is the ship flow's, under the name `retrainer deploy` gives it."""
+    from retrainer.config import load_params
+    from retrainer.flow_runs import SHIP, load_flow
+
+    deliver = yaml.safe_load(WORKFLOW.read_text())["jobs"]["deliver"]
+    expected = f"{load_flow(SHIP).name}/{load_params(ROOT / 'params.yaml').retrain.ship_deployment}"
+    assert expected == "ship/ship-on-merge"
+    assert deliver["env"]["SHIP_DEPLOYMENT"] == f"${{{{ vars.SHIP_DEPLOYMENT || '{expected}' }}}}"

@@ -121,6 +121,43 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
+EXIT_UNCHANGED = 5
+
+
+@app.command()
+def ship(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    force: Annotated[bool, typer.Option(help="Ship again even if this change was already shipped.")] = False,
+    canary_traffic: Annotated[
+        Path | None,
+        typer.Option(help="A raw batch file replayed to the service during the canary (default: live traffic)."),
+    ] = None,
+) -> None:
+    """Ship the current code and params: a retrain cycle with no new batch, on the batches already accepted.
+
+    The pipeline stages run (DVC skips what did not change), the model they register is gated against the champion
+    with the same gate as a batch's cycle, then packaged and canaried at canary.service_url (or promoted: canary
+    off, or no champion) or rejected. The change is recorded as `change-<short commit>-<digest of params and
+    code>` (`change-<digest>` outside git): shipping it again prints its recorded outcome unless --force. CD starts
+    the same cycle on a merge to main through the ship deployment (`retrainer deploy`). Exit codes: 0 shipped
+    (promoted, rejected or rolled back), 5 no model change (nothing to ship, not an error), 1 failure.
+    """
+    from retrainer.app.results import format_cycle
+    from retrainer.flow_runs import run_ship
+    from retrainer.outcomes import CycleStatus
+
+    if canary_traffic is not None and not canary_traffic.is_file():
+        typer.secho(f"error: canary traffic file not found: {canary_traffic}", fg="red", err=True)
+        raise typer.Exit(2)
+    _params(runs_dvc=True)
+    result = run_ship(Path.cwd(), force=force, canary_traffic=canary_traffic)
+    _print_json(result.to_dict()) if as_json else typer.echo(format_cycle(result))
+    if result.status == CycleStatus.UNCHANGED:
+        raise typer.Exit(EXIT_UNCHANGED)
+    if result.status == CycleStatus.FAILED:
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command()
 def validate(
     batch: Annotated[Path, typer.Option("--batch", help="A batch file (CSV or Parquet) in the raw schema.")],
@@ -174,20 +211,22 @@ def deploy(
         str | None, typer.Option(help="Register the deployments on this Prefect work pool (its workers run them).")
     ] = None,
 ) -> None:
-    """Serve the scheduled deployments that drain the inbox and monitor the champion (crons in params.yaml), or with
-    --pool register them on a work pool (e.g. `retrainer` of `retrainer team up`) and return.
+    """Serve the scheduled deployments that drain the inbox and monitor the champion (crons in params.yaml) and the
+    unscheduled one CD starts on a merge (`ship/<retrain.ship_deployment>`), or with --pool register them on a work
+    pool (e.g. `retrainer` of `retrainer team up`) and return.
 
     Start a server first (`prefect server start`) and point at it with PREFECT_API_URL.
     """
     from prefect import serve as serve_deployments
 
-    from retrainer.flow_runs import DRAIN_INBOX, MONITOR, deploy_to_pool, load_flow
+    from retrainer.flow_runs import DRAIN_INBOX, MONITOR, SHIP, deploy_to_pool, load_flow
 
     params = _params(runs_dvc=True)
     if pool is not None:
         schedules = {
             DRAIN_INBOX: (params.retrain.deployment, params.retrain.schedule_cron),
             MONITOR: (params.monitor.deployment, params.monitor.schedule_cron),
+            SHIP: (params.retrain.ship_deployment, None),
         }
         ids = deploy_to_pool(Path.cwd(), pool, schedules)
         typer.echo(f"registered on work pool '{pool}': {', '.join(ids)}")
@@ -196,12 +235,14 @@ def deploy(
     typer.echo(
         f"serving deployment '{params.retrain.deployment}' (cron '{params.retrain.schedule_cron}'), "
         f"draining {params.retrain.inbox_dir}/, and '{params.monitor.deployment}' "
-        f"(cron '{params.monitor.schedule_cron}') — Ctrl-C to stop"
+        f"(cron '{params.monitor.schedule_cron}'), and 'ship/{params.retrain.ship_deployment}' (no schedule: CD "
+        "starts it) — Ctrl-C to stop"
     )
     root = {"root": str(Path.cwd())}
     serve_deployments(
         drain_inbox.to_deployment(name=params.retrain.deployment, cron=params.retrain.schedule_cron, parameters=root),
         monitor_flow.to_deployment(name=params.monitor.deployment, cron=params.monitor.schedule_cron, parameters=root),
+        load_flow(SHIP).to_deployment(name=params.retrain.ship_deployment, parameters=root),
     )
 
 

@@ -191,6 +191,9 @@ class RetrainConfig(_Frozen):
     inbox_dir: str = "data/incoming"
     schedule_cron: str = "0 6 * * *"
     deployment: str = "retrain-scheduled"
+    ship_deployment: str = Field(
+        default="ship-on-merge", description="the unscheduled deployment of the ship flow, started by CD on a merge"
+    )
     lock_timeout_seconds: float = Field(
         ge=0, default=1800, description="how long a run waits for another run's workspace lock (0: do not wait)"
     )

@@ -13,6 +13,7 @@ from retrainer.outcomes import CycleStatus
 RETRAIN = "flows.retrain:retrain"
 DRAIN_INBOX = "flows.retrain:drain_inbox"
 MONITOR = "flows.monitor:monitor"
+SHIP = "flows.retrain:ship"
 
 
 def load_flow(entrypoint: str) -> Any:
@@ -55,6 +56,18 @@ def run_cycle(
     )
 
 
+def run_ship(root: Path, force: bool = False, canary_traffic: Path | None = None) -> CycleResult:
+    """Run the ship flow on the workspace `root` and return its outcome; a failure returns the status `failed`,
+    naming the error and the champion still serving."""
+    traffic = str(canary_traffic) if canary_traffic else None
+    state = load_flow(SHIP)(str(root), force, canary_traffic=traffic, return_state=True)
+    if state.is_completed():
+        return CycleResult.from_dict(state.result())
+    error = state.result(raise_on_failure=False)
+    reasons = [f"ship of the current code and params: {type(error).__name__}: {error}"]
+    return CycleResult(CycleStatus.FAILED, reasons, champion_version=current_champion(root))
+
+
 def current_champion(root: Path) -> str | None:
     """The registry's champion version (None when there is none or the registry cannot be read)."""
     from mlflow.exceptions import MlflowException
@@ -81,10 +94,11 @@ def flows_source() -> Path:
     return Path(spec.origin).parent.parent
 
 
-def deploy_to_pool(root: Path, pool: str, schedules: dict[str, tuple[str, str]]) -> list[str]:
+def deploy_to_pool(root: Path, pool: str, schedules: dict[str, tuple[str, str | None]]) -> list[str]:
     """Register deployments on work pool `pool`, run by its workers on the workspace `root`.
 
-    `schedules` maps a flow entrypoint ("module:function", e.g. DRAIN_INBOX) to (deployment name, cron). Returns the
+    `schedules` maps a flow entrypoint ("module:function", e.g. DRAIN_INBOX) to (deployment name, cron); a cron of
+    None registers a deployment without a schedule, run when started (`prefect deployment run`). Returns the
     deployment ids. Needs PREFECT_API_URL pointing at a server whose workers can read `root` and the project.
     """
     from prefect import Flow

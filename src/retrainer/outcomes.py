@@ -16,6 +16,7 @@ class CycleStatus(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # claimed by a run that died before recording an outcome; retried like FAILED
     SUPERSEDED = "superseded"  # an accepted batch replaced by a re-delivery of its period (`--replaces`)
+    UNCHANGED = "unchanged"  # a shipped change that trained no new model: nothing to ship (`retrainer ship`)
 
 
 # outcomes after which the next run or inbox drain takes the batch again

@@ -246,6 +246,14 @@ def record_golden(
         log.warning("golden predictions not recorded after promoting v%s: %s", version, exc)
 
 
+def validation_tag(summary: dict | None) -> str:
+    """The `validation` tag of a version: its batch's validation summary, or that a shipped change brought none."""
+    if summary is None:
+        return "no new batch (a shipped code or params change, trained on the batches already accepted)"
+    warnings = summary["warnings"]
+    return f"passed, {len(warnings)} warnings ({', '.join(warnings)[:300]})"
+
+
 def record_lineage(params: Params, result: CycleResult) -> None:
     """Tag the model version with its verdict and lineage, and attach the gate report to its MLflow run.
 
@@ -255,14 +263,13 @@ def record_lineage(params: Params, result: CycleResult) -> None:
     import mlflow
 
     name, version = params.tracking.registered_model, result.challenger_version
-    warnings = result.validation["warnings"]
     tags = {
         "gate_verdict": "pass" if result.gate["passed"] else "fail",
         "gate_status": str(result.status),
         "gate_reasons": " | ".join(result.reasons)[:4000],
         "parent_champion": result.compared_champion or "none",
         "batch_id": result.batch_id,
-        "validation": f"passed, {len(warnings)} warnings ({', '.join(warnings)[:300]})",
+        "validation": validation_tag(result.validation),
         **({"replaces_batch": result.replaces} if result.replaces else {}),
     }
     champion = registry.alias_version(name, registry.CHAMPION)

@@ -22,8 +22,9 @@ class CycleResult:
 
     `gate` is the gate report (`models/gate_report.json`), `registration` the MLflow ids of the challenger,
     `stages` the DVC stages (ran or skipped), `canary` the canary's result as a dict, `replaces` the accepted batch
-    this one re-delivered (set aside, `superseded`). `validation` is the validation
-    summary (a dict), or its text for a quarantined batch. Optional fields left at None are not in `to_dict()`,
+    this one re-delivered (set aside, `superseded`), `change` what names a shipped change (`batch_id` is then
+    `change-...`, `batch` None: see app/ship.py). `validation` is the validation summary (a dict), or its text for
+    a quarantined batch. Optional fields left at None are not in `to_dict()`,
     except the versions, which always are.
     """
 
@@ -45,6 +46,7 @@ class CycleResult:
     quarantine_dir: str | None = None
     trained_with: str | None = None
     replaces: str | None = None
+    change: dict | None = None
     already_processed: bool = False
     reused: bool = False
 
@@ -79,10 +81,11 @@ def metric_line(metrics: dict | None) -> str:
 
 def format_cycle(result: CycleResult) -> str:
     """A human summary of one cycle."""
-    lines = [f"{result.status.upper()}  batch {result.batch_id or '?'} ({result.batch or ''})"]
+    source = f"change {result.batch_id}" if result.change else f"batch {result.batch_id or '?'} ({result.batch or ''})"
+    lines = [f"{result.status.upper()}  {source}"]
     if result.already_processed:
         lines.append("  (already processed earlier; use --force to run it again)")
-    if result.status in (CycleStatus.QUARANTINED, CycleStatus.FAILED):
+    if result.status in (CycleStatus.QUARANTINED, CycleStatus.FAILED, CycleStatus.UNCHANGED):
         lines.append(f"  champion v{result.champion_version or '-'} unchanged")
     if result.challenger_version:
         lines.append(

@@ -105,7 +105,7 @@ class RetrainSteps:
 
 @dataclass(frozen=True)
 class Cycle:
-    """One claimed batch and what its cycle works with.
+    """One claimed batch (or shipped change: `batch` None, `change` what identifies it) and what its cycle works with.
 
     `replaces` names an accepted batch this one re-delivers (`replaced` is its recorded result). The lists record
     what the cycle changed in the accepted batches, so a failed cycle can undo exactly that: batches it accepted
@@ -115,7 +115,7 @@ class Cycle:
     params: Params
     workspace: Workspace
     record: BatchRecord
-    batch: Path
+    batch: Path | None
     identifier: str
     previous: dict | None
     steps: RetrainSteps
@@ -126,6 +126,7 @@ class Cycle:
     included: list[CycleResult] = dataclasses.field(default_factory=list)
     set_aside: list[str] = dataclasses.field(default_factory=list)
     waited: list[str] = dataclasses.field(default_factory=list)
+    change: dict | None = None
 
     @property
     def batches_dir(self) -> Path:
@@ -162,23 +163,36 @@ def retrain_batch(
     run left (`recover_interrupted`); holds the workspace lock (io/locks.py). Raises BatchQuarantined, RuntimeError
     (a live run holds the claim), ValueError (bad `replaces`), ConfigError (params DVC does not read); any other
     failure undoes the cycle's acceptances (`record_failure`) and re-raises."""
-    require_dvc_params(workspace.root)
-    params = workspace.load_params()
-    connect(workspace.root)
-    recover_interrupted(params, workspace, log)
-    record, batch = open_batch_record(workspace.batch_record), Path(batch).resolve()
+    params, record = open_cycle(workspace, log)
+    batch = Path(batch).resolve()
     identifier = batch_id(batch)
     previous = record.get(identifier)
     rejudged = replaces is not None and previous is not None and previous["status"] == CycleStatus.QUARANTINED
     if previous and previous["status"] not in RETRYABLE and not (force or rejudged):
-        return already_processed(previous, batch, log)
+        return already_processed(previous, batch.name, log)
     replaced = check_replacement(record, replaces, identifier, workspace.path(params.data.batches_dir))
-    claim(record, identifier, batch, force or rejudged)
+    claim(record, identifier, str(batch), force or rejudged)
     cycle = Cycle(params, workspace, record, batch, identifier, previous, steps, log, replaces, replaced)
-    purpose, timeout = f"retrain of batch {identifier}", params.retrain.lock_timeout_seconds
+    return run_locked(cycle, f"retrain of batch {identifier}", lambda: train_and_decide(cycle, canary_traffic, earlier))
+
+
+def open_cycle(workspace: Workspace, log: logging.Logger | logging.LoggerAdapter) -> tuple[Params, BatchRecord]:
+    """What every cycle does first: check DVC reads the params, connect to MLflow, repair what a dead run left
+    (`recover_interrupted`); returns the params and the batch record. Raises ConfigError (params DVC does not read)."""
+    require_dvc_params(workspace.root)
+    params = workspace.load_params()
+    connect(workspace.root)
+    recover_interrupted(params, workspace, log)
+    return params, open_batch_record(workspace.batch_record)
+
+
+def run_locked(cycle: Cycle, purpose: str, body: Callable[[], CycleResult]) -> CycleResult:
+    """Run a claimed cycle's `body` holding the workspace lock (io/locks.py); a failure other than a quarantine
+    undoes what the cycle changed and is recorded (`record_failure`), then re-raised."""
+    timeout = cycle.params.retrain.lock_timeout_seconds
     try:
-        with workspace_lock(workspace.workspace_lock, purpose, timeout, lambda line: waited(cycle, line)):
-            return train_and_decide(cycle, canary_traffic, earlier)
+        with workspace_lock(cycle.workspace.workspace_lock, purpose, timeout, lambda line: waited(cycle, line)):
+            return body()
     except BatchQuarantined:
         raise
     except BaseException as exc:
@@ -192,15 +206,15 @@ def waited(cycle: Cycle, line: str) -> None:
     cycle.waited.append(line.replace("waiting up to", "waited (at most"))
 
 
-def already_processed(previous: dict, batch: Path, log: logging.Logger | logging.LoggerAdapter) -> CycleResult:
-    """The recorded outcome of a batch processed before, marked as such."""
-    log.info("batch %s (%s) was already processed: %s", previous["batch_id"], batch.name, previous["status"])
+def already_processed(previous: dict, source: str, log: logging.Logger | logging.LoggerAdapter) -> CycleResult:
+    """The recorded outcome of a batch (or shipped change) processed before, marked as such; `source` names it."""
+    log.info("%s (%s) was already processed: %s", previous["batch_id"], source, previous["status"])
     return recorded(previous).but(already_processed=True)
 
 
-def claim(record: BatchRecord, identifier: str, batch: Path, force: bool) -> None:
-    """Claim the batch for this process; RuntimeError naming the live run that holds it."""
-    if not record.claim(identifier, str(batch), force=force):
+def claim(record: BatchRecord, identifier: str, source: str, force: bool) -> None:
+    """Claim the batch (or change) `identifier` for this process; RuntimeError naming the live run that holds it."""
+    if not record.claim(identifier, source, force=force):
         raise RuntimeError(f"batch {identifier} is being processed by another run (pid {record.owner(identifier)})")
 
 
@@ -260,19 +274,42 @@ def train_and_decide(cycle: Cycle, canary_traffic: Path | None, earlier: Sequenc
     if not validation.passed:
         quarantine(cycle, validation)
     accept_in_cycle(cycle, validation)
-    stages = [steps.run_stage(params, workspace, name) for name in pipeline_stages(params)]
-    registration = read_json(workspace.path(REGISTRATION))
+    stages, registration = run_stages(cycle)
+    return gate_and_roll_out(
+        cycle, stages, registration, canary_traffic, validation.summary(cycle.identifier), included
+    )
+
+
+def run_stages(cycle: Cycle) -> tuple[list[dict], dict]:
+    """Every pipeline stage (DVC skips what did not change); returns the stages and the registration they left."""
+    stages = [cycle.steps.run_stage(cycle.params, cycle.workspace, name) for name in pipeline_stages(cycle.params)]
+    return stages, read_json(cycle.workspace.path(REGISTRATION))
+
+
+def gate_and_roll_out(
+    cycle: Cycle,
+    stages: list[dict],
+    registration: dict,
+    canary_traffic: Path | None,
+    validation: dict | None,
+    included: Sequence[CycleResult] = (),
+) -> CycleResult:
+    """Gate the registered challenger against the champion, roll it out or reject it, and record the outcome.
+
+    `validation` is the batch's validation summary (None for a shipped change, which brings no batch). Reuses the
+    last decision on the same challenger when no stage ran (`reuse_decision`)."""
+    params, steps = cycle.params, cycle.steps
     reused = reuse_decision(cycle, stages, registration["version"])
     if reused is not None:
         return reused
     expected = steps.mark_challenger(params.tracking.registered_model, registration["version"])
-    gate = steps.gate(params, workspace)
+    gate = steps.gate(params, cycle.workspace)
     verdict = roll_out(cycle, gate, expected, canary_traffic)
     result = CycleResult(
         status=verdict.status,
         reasons=verdict.reasons,
         batch_id=cycle.identifier,
-        batch=cycle.batch.name,
+        batch=cycle.batch.name if cycle.batch else None,
         challenger_version=registration["version"],
         compared_champion=expected,
         champion_version=registry.alias_version(params.tracking.registered_model, registry.CHAMPION),
@@ -283,8 +320,9 @@ def train_and_decide(cycle: Cycle, canary_traffic: Path | None, earlier: Sequenc
         included=[outcome.to_dict() for outcome in included],
         bento_tag=verdict.bento_tag,
         canary=verdict.canary,
-        validation=validation.summary(cycle.identifier),
+        validation=validation,
         replaces=cycle.replaces,
+        change=cycle.change,
     )
     return finish(cycle, result)
 
