@@ -106,7 +106,8 @@ def main() -> None:
 
     from retrainer.config import load_params
     from retrainer.serving.features import FeatureBuilder, load_references
-    from retrainer.serving.prediction_log import PredictionLog, read_predictions
+    from retrainer.serving.log_store import read_predictions
+    from retrainer.serving.prediction_log import PredictionLog
     from retrainer.serving.schema import record_schema
 
     params = load_params(ROOT / "params.yaml")

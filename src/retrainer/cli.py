@@ -311,7 +311,8 @@ def recover_log() -> None:
     """
     from retrainer.io.project import Workspace
     from retrainer.serving.features import FeatureBuilder, load_references
-    from retrainer.serving.prediction_log import open_prediction_log, recover_dead_letter, replay_journal
+    from retrainer.serving.log_store import open_prediction_log
+    from retrainer.serving.prediction_log import recover_dead_letter, replay_journal
 
     params, workspace = _params(), Workspace.at()
     dead_letter, journal_dir = workspace.dead_letter, workspace.prediction_journal

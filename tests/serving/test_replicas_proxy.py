@@ -27,7 +27,7 @@ from retrainer.io.processes import free_port
 from retrainer.io.project import LOG_FILE
 from retrainer.io.proxy import SERVED_BY_HEADER, haproxy_binary, start_proxy
 from retrainer.io.servers import ServerError
-from retrainer.serving.prediction_log import open_prediction_log
+from retrainer.serving.log_store import open_prediction_log
 from retrainer.serving.replay import read_arm, scrape_counters
 from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary
 

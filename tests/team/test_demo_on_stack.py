@@ -17,9 +17,6 @@ from retrainer.io.backend import DATABASE_ENV
 pytestmark = pytest.mark.team
 
 DEMO_TIMEOUT_S = 3000  # bootstrap, two small retrains, a service start and a canary on a loaded 2-core machine
-# The SQLite files the demo may still create on the team stack, relative to its workspace: the service's prediction
-# log (serving/prediction_log.py).
-ALLOWED_SQLITE = {".retrainer/predictions.db"}
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -78,7 +75,7 @@ def test_a_short_demo_on_the_team_stack_keeps_its_state_on_the_servers_and_a_rer
     assert "monitor: 1 passes" in demo.stdout, demo.stdout[-3000:]
     assert f'--backend-store-uri "${DATABASE_ENV}"' in demo.stdout
 
-    assert sqlite_files(workdir) == ALLOWED_SQLITE
+    assert sqlite_files(workdir) == set(), "every piece of state is in PostgreSQL: no SQLite file in the workspace"
     assert {"retrain", "monitor"} <= _flow_run_names(prefect_api, workdir)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(DATABASE_ENV, env[DATABASE_ENV])

@@ -20,14 +20,13 @@ import pandas as pd
 import pytest
 
 from retrainer.io.backend import DATABASE_ENV, connect_database
+from retrainer.serving.log_store import open_prediction_log, read_predictions
 from retrainer.serving.prediction_log import (
     FeedbackOutcome,
     PredictionLog,
     RequestLog,
     kept_requests,
     new_request_key,
-    open_prediction_log,
-    read_predictions,
 )
 
 pytestmark = pytest.mark.team

@@ -15,7 +15,7 @@ from retrainer.io.backend import read_state, write_state
 from retrainer.io.batches import BatchRecord, pending_batches
 from retrainer.io.project import MONITOR_DIR
 from retrainer.io.tables import read_table, write_json
-from retrainer.serving.prediction_log import read_predictions
+from retrainer.serving.log_store import read_predictions
 from retrainer.steps.trigger import TriggerState
 
 PROFILE_ARTIFACT = "reports/reference_profile.json"

@@ -685,22 +685,6 @@ class PredictionLog(LogAdapter):
             self._conn.close()
 
 
-def open_prediction_log(path: Path, numeric: Iterable[str] = (), categorical: Iterable[str] = ()) -> LogAdapter:
-    """The prediction log the configuration names: the team database's tables with RETRAINER_DATABASE_URL (no file
-    is created), else the SQLite file `path` (the workspace's `prediction_log`).
-
-    Raises BackendConfigError for a database URL that is not PostgreSQL.
-    """
-    from retrainer.io.backend import database_url
-
-    url = database_url()
-    if url is None:
-        return PredictionLog(path, numeric, categorical)
-    from retrainer.serving.prediction_log_pg import PostgresPredictionLog
-
-    return PostgresPredictionLog(url, numeric, categorical)
-
-
 class LogWriter:
     """Writes answered requests to a PredictionLog, now (`write`) or from a thread of its own (`hand_over`).
 
@@ -870,33 +854,8 @@ class WindowQuery:
         return _rows_of([], [], [], _Columns([*self.numeric, *self.categorical], self.numeric), np.empty(0))
 
 
-def read_predictions(
-    path: Path,
-    model_version: str,
-    since: str,
-    *,
-    arm: str | None = None,
-    until: str | None = None,
-    max_rows: int | None = None,
-    numeric: Sequence[str] = (),
-    categorical: Sequence[str] = (),
-) -> LoggedRows:
-    """Read, read-only, the predictions of one model version (by one arm, if given) logged in [since, until).
-
-    With `max_rows`, only the newest that many. Features are read only when `numeric` or `categorical` name some;
-    requests logged without them (or before a feature was added) read as NaN / None. With RETRAINER_DATABASE_URL the
-    team database's log is read (and `path`, the embedded log's file, is neither read nor created).
-    """
-    if arm is not None and arm not in ARMS:
-        raise ValueError(f"arm must be one of {ARMS}, not {arm!r}")
-    from retrainer.io.backend import database_url
-
-    query = WindowQuery(model_version, since, arm, until, max_rows, tuple(numeric), tuple(categorical))
-    url = database_url()
-    if url is not None:
-        from retrainer.serving.prediction_log_pg import read_postgres_window
-
-        return read_postgres_window(url, query)
+def read_sqlite_window(path: Path, query: WindowQuery) -> LoggedRows:
+    """The rows of `query` from the embedded log's file, opened read-only (an absent file reads as no rows)."""
     if not path.exists():
         return query.empty()
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:

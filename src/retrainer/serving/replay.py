@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from retrainer.serving.prediction_log import read_predictions
+from retrainer.serving.log_store import read_predictions
 
 LOOPBACK_NAMES = {"localhost"}
 

@@ -15,6 +15,7 @@ import numpy as np
 from retrainer.config import Params, load_params, resolve_params_path
 from retrainer.io.project import Workspace, home_dir
 from retrainer.serving.features import FeatureBuilder, load_references
+from retrainer.serving.log_store import open_prediction_log
 from retrainer.serving.models import MANIFEST, LoadedModel, ModelSource, open_source
 from retrainer.serving.prediction_log import (
     LOGGER,
@@ -25,7 +26,6 @@ from retrainer.serving.prediction_log import (
     Recovery,
     RequestLog,
     new_request_key,
-    open_prediction_log,
     prediction_ids,
     replay_journal,
 )
