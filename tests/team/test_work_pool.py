@@ -127,6 +127,8 @@ def _check_team_artifacts(pool: Pool, run_id: str) -> None:
     prefix = artifact_uri.removeprefix(f"s3://{BUCKET}/")
     assert client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount", 0) > 0, "no model artifact in S3"
     assert f"s3://{BUCKET}/dvc" in (ws / ".dvc" / "config").read_text()
+    pushed = client.list_objects_v2(Bucket=BUCKET, Prefix="dvc/").get("KeyCount", 0)
+    assert pushed > 0, "the cycle pushed its data and model to the team's DVC remote, for another machine to pull"
     assert sorted(str(p.relative_to(ws)) for p in ws.rglob("*.db")) == [], "an embedded SQLite store was created"
 
 

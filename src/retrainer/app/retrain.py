@@ -47,7 +47,7 @@ from retrainer.io.project import Workspace
 from retrainer.io.promotion_journal import Phase, PromotionEntry, PromotionJournal
 from retrainer.io.tables import read_json
 from retrainer.io.tracking import connect
-from retrainer.io.workspace import commit_stage, stage_changed
+from retrainer.io.workspace import commit_stage, push_to_team_remote, stage_changed
 from retrainer.outcomes import RETRYABLE, CanaryOutcome, CycleStatus
 from retrainer.stages import REGISTRATION, pipeline_stages, run_stage
 
@@ -101,6 +101,7 @@ class RetrainSteps:
     canary: Callable[[CanaryPlan], CanaryResult] = run_canary
     record_lineage: Callable[[Params, CycleResult], None] = record_lineage
     publish: Callable[[Workspace, CycleResult], None] = publish_nothing
+    push: Callable[[Path], str | None] = push_to_team_remote  # (root) -> the reason it failed, or None
 
 
 @dataclass(frozen=True)
@@ -339,9 +340,14 @@ def accept_in_cycle(cycle: Cycle, validation: BatchValidation) -> None:
 
 
 def finish(cycle: Cycle, result: CycleResult) -> CycleResult:
-    """Tag the challenger's lineage, publish the result, record it for the batch, close its promotion journal."""
+    """Push the outputs to the team's DVC remote (if set), tag the challenger's lineage, publish the result, record
+    it for the batch, close its promotion journal."""
     if cycle.waited:
         result = result.but(reasons=[*result.reasons, *(f"{line})" for line in cycle.waited)])
+    unpushed = cycle.steps.push(cycle.workspace.root)
+    if unpushed is not None:
+        cycle.log.warning("%s", unpushed)
+        result = result.but(reasons=[*result.reasons, unpushed])
     cycle.steps.record_lineage(cycle.params, result)
     cycle.steps.publish(cycle.workspace, result)
     if cycle.replaces is not None:

@@ -165,6 +165,22 @@ def use_remote(root: Path) -> None:
         dvc(root, *args)
 
 
+def push_to_team_remote(root: Path) -> str | None:
+    """`dvc push` of the workspace's tracked data and outputs when the team's remote is configured
+    ($RETRAINER_DVC_REMOTE), so another machine or a CI job can `dvc pull` what this one trained; None then, or
+    without the setting. A failed push is returned as its reason, not raised: the cycle's outcome stands and the next
+    cycle's push sends what this one could not."""
+    from retrainer.io.backend import dvc_remote
+
+    if dvc_remote() is None:
+        return None
+    try:
+        dvc(root, "push", "-q")
+    except PipelineError as exc:
+        return f"outputs not pushed to the DVC remote: {str(exc)[-500:]}"
+    return None
+
+
 def stage_changed(root: Path, name: str) -> bool:
     """Whether DVC would rerun a stage: its deps, params or outs differ from dvc.lock.
 
