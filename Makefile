@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/retrainer demo
 
+# The suite's tests mostly wait on real servers and processes: pytest-xdist runs whole files side by side
+# (module fixtures stay in one worker). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 3
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -13,12 +13,11 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from retrainer.io import proxy, servers
-from retrainer.io.processes import free_port, wait_until_ready
+from retrainer.io.processes import free_port, stop_pid, wait_until_ready
 
 TEAM_DIR = "team"
 ENV_FILE = "team.env"
@@ -128,16 +127,7 @@ def team_up(home: Path) -> TeamStack:
 
 def _stop_pid(pid_file: Path, sig: signal.Signals, timeout_s: float = 30) -> None:
     """Signal the process group named by a pid file; SIGKILL it after `timeout_s`; remove the pid file."""
-    pid = int(pid_file.read_text())
-    try:
-        os.killpg(pid, sig)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.3)
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    stop_pid(int(pid_file.read_text()), sig, timeout_s, group=True)
     pid_file.unlink()
 
 

@@ -54,6 +54,22 @@ def stop_process_group(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=10)
 
 
+def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30, group: bool = False) -> None:
+    """Send `sig` to a process (its whole process group with `group`), wait up to `timeout_s` seconds for it to end,
+    then SIGKILL it (or its group). No-op when it is gone already.
+
+    psutil's wait reaps the process when this one started it (a zombie would otherwise look alive until the timeout)
+    and polls it otherwise (a server started from another shell)."""
+    kill = os.killpg if group else os.kill
+    try:
+        kill(pid, sig)
+        psutil.Process(pid).wait(timeout=timeout_s)
+    except psutil.TimeoutExpired:
+        kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        pass
+
+
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     """Have the kernel send `sig` to this process when its parent dies (Linux; elsewhere nothing is done).
 

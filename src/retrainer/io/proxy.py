@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from retrainer.io.processes import stop_pid
 from retrainer.io.servers import ServerError
 
 HAPROXY_ENV = "RETRAINER_HAPROXY"
@@ -103,16 +103,7 @@ def stop_pid_file(pid_file: Path, timeout_s: float = 10.0) -> None:
     """SIGTERM the process a pid file names, SIGKILL it after `timeout_s` seconds, remove the file (no-op if gone)."""
     if not pid_file.is_file():
         return
-    pid = int(pid_file.read_text().split()[0])
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    stop_pid(int(pid_file.read_text().split()[0]), timeout_s=timeout_s)
     pid_file.unlink(missing_ok=True)
 
 
