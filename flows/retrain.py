@@ -134,9 +134,12 @@ def drain_inbox(root: str = ".", canary_traffic: str | None = None) -> list[dict
 
 
 @flow(name="ship", log_prints=True)
-def ship(root: str = ".", force: bool = False, canary_traffic: str | None = None) -> dict:
-    """Ship the workspace's current code and params through the gate and canary, with no new batch (see
-    `retrainer.app.ship.ship_change`); CD starts its deployment on a merge. Returns the cycle's result as a dict."""
+def ship(root: str = ".", force: bool = False, canary_traffic: str | None = None, commit: str | None = None) -> dict:
+    """Ship the workspace's current code and params (fast-forwarded to `commit` first, if given) through the gate
+    and canary, with no new batch (see `retrainer.app.ship.ship_change`); CD starts its deployment on a merge with
+    the merged commit. Returns the cycle's result as a dict."""
     traffic = Path(canary_traffic) if canary_traffic else None
-    result = ship_change(Workspace.at(root), force=force, canary_traffic=traffic, steps=TASKS, log=get_run_logger())
+    result = ship_change(
+        Workspace.at(root), commit=commit, force=force, canary_traffic=traffic, steps=TASKS, log=get_run_logger()
+    )
     return result.to_dict()

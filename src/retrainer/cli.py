@@ -132,6 +132,10 @@ def ship(
         Path | None,
         typer.Option(help="A raw batch file replayed to the service during the canary (default: live traffic)."),
     ] = None,
+    commit: Annotated[
+        str | None,
+        typer.Option(help="Fast-forward this git checkout to COMMIT first (fetched if needed); CD passes the merge."),
+    ] = None,
 ) -> None:
     """Ship the current code and params: a retrain cycle with no new batch, on the batches already accepted.
 
@@ -150,7 +154,7 @@ def ship(
         typer.secho(f"error: canary traffic file not found: {canary_traffic}", fg="red", err=True)
         raise typer.Exit(2)
     _params(runs_dvc=True)
-    result = run_ship(Path.cwd(), force=force, canary_traffic=canary_traffic)
+    result = run_ship(Path.cwd(), force=force, canary_traffic=canary_traffic, commit=commit)
     _print_json(result.to_dict()) if as_json else typer.echo(format_cycle(result))
     if result.status == CycleStatus.UNCHANGED:
         raise typer.Exit(EXIT_UNCHANGED)

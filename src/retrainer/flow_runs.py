@@ -56,11 +56,13 @@ def run_cycle(
     )
 
 
-def run_ship(root: Path, force: bool = False, canary_traffic: Path | None = None) -> CycleResult:
-    """Run the ship flow on the workspace `root` and return its outcome; a failure returns the status `failed`,
-    naming the error and the champion still serving."""
+def run_ship(
+    root: Path, force: bool = False, canary_traffic: Path | None = None, commit: str | None = None
+) -> CycleResult:
+    """Run the ship flow on the workspace `root` (fast-forwarded to `commit` first, if given) and return its
+    outcome; a failure returns the status `failed`, naming the error and the champion still serving."""
     traffic = str(canary_traffic) if canary_traffic else None
-    state = load_flow(SHIP)(str(root), force, canary_traffic=traffic, return_state=True)
+    state = load_flow(SHIP)(str(root), force, canary_traffic=traffic, commit=commit, return_state=True)
     if state.is_completed():
         return CycleResult.from_dict(state.result())
     error = state.result(raise_on_failure=False)

@@ -134,12 +134,16 @@ def test_a_change_that_trains_no_new_model_has_nothing_to_ship_with_its_own_exit
     assert registry.alias_version(MODEL, registry.CHAMPION) == memo["first"]["challenger_version"]
 
 
-def test_a_clearly_better_params_change_is_gated_against_the_champion_and_promoted(ws, memo):
+def test_a_clearly_better_params_change_merged_elsewhere_is_checked_out_gated_and_promoted(ws, memo):
     champion = memo["first"]["challenger_version"]
+    subprocess.run(["git", "checkout", "-q", "-b", "merged"], cwd=ws, check=True)
     _set_space(ws, max_iter=[60], max_leaf_nodes=[15])
     head = _commit(ws, "a larger model")
-    result = _ship(ws)
+    subprocess.run(["git", "checkout", "-q", "-"], cwd=ws, check=True)  # the worker's checkout, before the merge
+    result = _ship(ws, commit=head)  # as CD starts it: the merged commit
 
+    here = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, check=True, capture_output=True, text=True)
+    assert here.stdout.strip() == head, "the checkout was fast-forwarded to the merged commit"
     assert result.status == "promoted", result.reasons
     assert result.batch_id.startswith(f"change-{head[:8]}-")
     assert result.compared_champion == champion and result.challenger_version not in (None, champion)

@@ -17,7 +17,8 @@ from retrainer.app import retrain as retraining
 from retrainer.app.results import CycleResult
 from retrainer.config import Params, params_hash
 from retrainer.io import registry
-from retrainer.io.git import code_version
+from retrainer.io.git import code_version, fast_forward_to
+from retrainer.io.locks import workspace_lock
 from retrainer.io.project import Workspace
 from retrainer.outcomes import RETRYABLE, CycleStatus
 
@@ -56,6 +57,7 @@ def describe_change(params: Params, root: Path) -> dict:
 def ship_change(
     workspace: Workspace,
     *,
+    commit: str | None = None,
     force: bool = False,
     canary_traffic: Path | None = None,
     steps: retraining.RetrainSteps = retraining.RetrainSteps(),
@@ -67,9 +69,13 @@ def ship_change(
     Returns the cycle's result: status promoted / rejected / rolled_back, or `unchanged` (DVC trained no new model:
     the registered version is the champion, nothing to ship). A change shipped before returns its recorded outcome
     (`already_processed`) unless `force`. Holds the workspace lock and repairs what a dead run left, like
-    `retrain_batch`. Raises RuntimeError (a live run holds the change's claim), ConfigError (params DVC does not
-    read); any other failure is recorded `failed` under the change's id and re-raised.
+    `retrain_batch`. `commit` (CD passes the merged one): the checkout is fast-forwarded to it first, under the
+    workspace lock. Raises CheckoutError (dirty, diverged or unknown commit), RuntimeError (a live run holds the
+    change's claim), ConfigError (params DVC does not read); any other failure is recorded `failed` under the
+    change's id and re-raised.
     """
+    if commit is not None:
+        check_out(workspace, commit, log)
     params, record = retraining.open_cycle(workspace, log)
     change = describe_change(params, workspace.root)
     identifier = change["id"]
@@ -79,6 +85,14 @@ def ship_change(
     retraining.claim(record, identifier, str(workspace.root), force)
     cycle = retraining.Cycle(params, workspace, record, None, identifier, previous, steps, log, change=change)
     return retraining.run_locked(cycle, f"ship of {identifier}", lambda: train_and_ship(cycle, canary_traffic))
+
+
+def check_out(workspace: Workspace, commit: str, log: logging.Logger | logging.LoggerAdapter) -> None:
+    """Fast-forward the workspace's checkout to `commit` while no cycle runs in it (see `fast_forward_to`)."""
+    timeout = workspace.load_params().retrain.lock_timeout_seconds
+    with workspace_lock(workspace.workspace_lock, f"checkout of {commit}", timeout, log.info):
+        moved = fast_forward_to(workspace.root, commit)
+    log.info("checkout %s %s", "moved to" if moved else "already at", commit)
 
 
 def train_and_ship(cycle: retraining.Cycle, canary_traffic: Path | None) -> CycleResult:
