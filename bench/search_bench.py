@@ -9,7 +9,8 @@ standing cluster has imported scikit-learn already). Timed: the search alone (`s
 the whole fit (search, the two refits, threshold: `fit_seconds`), and the child's wall time.
 
 The ceiling: the same pure-Python CPU loop run in 1 process, then in 2 processes at once; 2 x (1-process time) /
-(2-process time) is the speed-up this machine gives two processes at the time of the run (2.0 on two idle cores).
+(2-process time) is the speed-up this machine gives two processes at the time of the run (2.0 on two idle cores),
+measured before and after the two arms.
 
 Run: .venv/bin/python bench/search_bench.py   (prints figures, writes bench/results/search.json; asserts nothing
 about time).
@@ -173,6 +174,9 @@ def main() -> None:
         finally:
             cluster.stop()
         say(f"  search {on_dask['search_seconds']} s, fit {on_dask['fit_seconds']} s; scoring {scoring}")
+    after = measure_ceiling()
+    say(f"ceiling again, after both arms: {after}")
+    ceiling["ceiling_speedup_after_arms"] = after["ceiling_speedup"]
     print_and_write(rows, ceiling, in_process, on_dask, load, scoring)
 
 
