@@ -61,3 +61,20 @@ def test_train_stage_on_dask_fits_on_the_workers_and_matches_in_process(
     rows = training_rows[in_process["features"]].head(500)
     local_proba = load_model(local)["model"].predict_proba(rows)[:, 1]
     np.testing.assert_array_equal(load_model(remote)["model"].predict_proba(rows)[:, 1], local_proba)
+
+
+def test_team_stack_dask_processes_start_with_pid_files_and_stop(tmp_path):
+    import psutil
+
+    from retrainer.team import DASK_WORKERS, TEAM_DIR, start_dask, team_down
+
+    folder = tmp_path / TEAM_DIR
+    folder.mkdir()
+    address = start_dask(folder)
+    pids = {path.stem: int(path.read_text()) for path in folder.glob("dask-*.pid")}
+    assert set(pids) == {"dask-scheduler", *(f"dask-worker-{i}" for i in range(1, DASK_WORKERS + 1))}
+    with connect_dask(address) as client:
+        assert len(client.scheduler_info()["workers"]) == DASK_WORKERS
+    assert set(team_down(tmp_path)) == set(pids)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids.values())
+    assert not list(folder.glob("*.pid"))
