@@ -54,6 +54,16 @@ SUMMARY = {
         ("rss_after_imports_mb", "RSS after imports MB"),
         ("load_average_1m_at_end", "load average (1 min) at end"),
     ],
+    "search": [
+        ("rows_train", "training rows"),
+        ("in_process_search_seconds", "search in-process s"),
+        ("dask_search_seconds", "search on 2 Dask workers s"),
+        ("speedup_search", "search speed-up"),
+        ("speedup_fit", "whole fit speed-up"),
+        ("ceiling_speedup", "ceiling: CPU loop 2 vs 1 process"),
+        ("target_speedup_search", "target search speed-up"),
+        ("same_cv_results", "same CV results"),
+    ],
     "flow": [
         ("rows_train", "training rows"),
         ("plain_seconds", "plain script s"),

@@ -159,3 +159,19 @@ def s3_server():
     yield server
     server.stop(grace_s=2)  # its data is thrown away: no need for the 25 s graceful stop
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """One real Dask scheduler + 2 single-threaded workers for the session (`dask scheduler` / `dask worker`
+    processes on loopback, from the team extra)."""
+    import shutil
+    import tempfile
+
+    from retrainer.io.servers import start_dask
+
+    folder = Path(tempfile.mkdtemp(prefix="retrainer-dask-"))
+    cluster = start_dask(folder, workers=2)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(folder, ignore_errors=True)

@@ -445,7 +445,9 @@ def demo(
     )
 
 
-team_app = typer.Typer(help="A local team stack on loopback: PostgreSQL, SeaweedFS (S3), Prefect server, a worker.")
+team_app = typer.Typer(
+    help="A local team stack on loopback: PostgreSQL, SeaweedFS (S3), Dask, Prefect server, a worker."
+)
 app.add_typer(team_app, name="team")
 
 

@@ -153,20 +153,23 @@ def split(params: Params, root: Path) -> dict:
 
 
 def train(params: Params, root: Path) -> dict:
-    """Search and fit the pipeline on the training window."""
+    """Search and fit the pipeline on the training window: in this process, or on the Dask cluster that
+    $RETRAINER_DASK_SCHEDULER names (io/compute.py; ComputeUnreachable naming it when it does not answer)."""
+    from retrainer.io.compute import search_backend
     from retrainer.steps.train import fit_model
 
     frame = pd.read_parquet(root / TRAIN)
-    result = fit_model(
-        frame,
-        list(params.features.numeric),
-        list(params.features.categorical),
-        params.data.target.name,
-        params.data.time_column,
-        params.train,
-        params.train.feature_selection,
-        params.split.validation_fraction,
-    )
+    with search_backend():
+        result = fit_model(
+            frame,
+            list(params.features.numeric),
+            list(params.features.categorical),
+            params.data.target.name,
+            params.data.time_column,
+            params.train,
+            params.train.feature_selection,
+            params.split.validation_fraction,
+        )
     write_joblib({"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL)
     report = {
         "best_params": result.best_params,
@@ -176,6 +179,7 @@ def train(params: Params, root: Path) -> dict:
         "features": result.features,
         "threshold": result.threshold,
         "fit_seconds": round(result.fit_seconds, 3),
+        "search_seconds": round(result.search_seconds, 3),
         "rows_fit": result.rows_fit,
         "rows_validation": result.rows_validation,
     }

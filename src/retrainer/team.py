@@ -1,7 +1,8 @@
 """`retrainer team up|down`: a local team stack on loopback, from system and PyPI packages, with pid files.
 
 PostgreSQL (MLflow store, shared state, the promotion lock, and the Prefect server's database), SeaweedFS (S3:
-MLflow artifacts and the DVC remote), a Prefect server on PostgreSQL, and a worker of a process work pool. `up` writes
+MLflow artifacts and the DVC remote), a Dask scheduler with two single-threaded workers (the train stage's search),
+a Prefect server on PostgreSQL, and a worker of a process work pool. `up` writes
 `team.env` (shell exports of the settings) into the stack's folder; `source` it, or set the same variables to point at
 servers you already run.
 """
@@ -16,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrainer.io import proxy, servers
+from retrainer.io import compute, proxy, servers
 from retrainer.io.processes import free_port, stop_pid, wait_until_ready
 
 TEAM_DIR = "team"
@@ -24,6 +25,8 @@ ENV_FILE = "team.env"
 WORK_POOL = "retrainer"
 BUCKET = "retrainer"
 REPLICA_START_TIMEOUT_S = 600  # BentoML took over 90 s to answer at load 10+ on 2 cores
+DASK_WORKERS = 2
+DASK_START_TIMEOUT_S = 300
 PREFECT_START_TIMEOUT_S = 900  # the first start migrates the database: ~76 s measured under load, more when busier
 
 
@@ -89,6 +92,18 @@ def start_worker(folder: Path, settings: dict[str, str]) -> None:
     _spawn(folder, "worker", [prefect, "worker", "start", "--pool", WORK_POOL, "--type", "process"], env)
 
 
+def start_dask(folder: Path) -> str:
+    """A Dask scheduler and DASK_WORKERS one-thread workers on loopback, with pid files, waited for; returns the
+    scheduler address."""
+    port = servers.free_low_port()
+    commands = servers.dask_commands(port, DASK_WORKERS, folder / "dask")
+    names = ["dask-scheduler", *(f"dask-worker-{index}" for index in range(1, DASK_WORKERS + 1))]
+    processes = [_spawn(folder, name, command, dict(os.environ)) for name, command in zip(names, commands, strict=True)]
+    cluster = servers.DaskCluster(processes[0], tuple(processes[1:]), port)
+    servers.wait_for_dask(cluster, folder, DASK_START_TIMEOUT_S)
+    return cluster.address
+
+
 def _ensure_bucket(client) -> None:
     existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
     if BUCKET not in existing:
@@ -96,8 +111,9 @@ def _ensure_bucket(client) -> None:
 
 
 def team_up(home: Path) -> TeamStack:
-    """Start PostgreSQL, SeaweedFS (with a bucket), a Prefect server on PostgreSQL and a worker under `home/team`;
-    write `team.env`. Raises ServerError when a stack is already running there or a server fails to start."""
+    """Start PostgreSQL, SeaweedFS (with a bucket), a Dask scheduler + workers, a Prefect server on PostgreSQL and a
+    worker under `home/team`; write `team.env`. Raises ServerError when a stack is already running there or a
+    server fails to start."""
     folder = home / TEAM_DIR
     if any(folder.glob("*.pid")) or (folder / "postgres.port").exists():  # replicas too: they would miss team.env
         raise servers.ServerError(f"a team stack runs in {folder} already: `retrainer team down` first")
@@ -116,6 +132,7 @@ def team_up(home: Path) -> TeamStack:
         "AWS_ACCESS_KEY_ID": keys[0],
         "AWS_SECRET_ACCESS_KEY": keys[1],
         "AWS_DEFAULT_REGION": "us-east-1",
+        compute.DASK_SCHEDULER_ENV: start_dask(folder),
         "PREFECT_API_URL": start_prefect(folder, prefect_database(postgres)),
     }
     start_worker(folder, settings)
@@ -179,7 +196,9 @@ def team_down(home: Path) -> list[str]:
     gone); returns what was stopped. Data stays in the folder."""
     folder = home / TEAM_DIR
     stopped = stop_replicas(folder)
-    for name, sig in (("worker", signal.SIGINT), ("prefect-server", signal.SIGTERM), ("seaweedfs", signal.SIGTERM)):
+    dask = [f"dask-worker-{index}" for index in range(1, DASK_WORKERS + 1)] + ["dask-scheduler"]
+    order = [("worker", signal.SIGINT), *((name, signal.SIGTERM) for name in dask)]
+    for name, sig in [*order, ("prefect-server", signal.SIGTERM), ("seaweedfs", signal.SIGTERM)]:
         if _pid_file(folder, name).is_file():
             _stop_pid(_pid_file(folder, name), sig)
             stopped.append(name)

@@ -241,3 +241,77 @@ def _tail(path: Path, chars: int = 800) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return "(no log)"
+
+
+@dataclass(frozen=True)
+class DaskCluster:
+    """A `dask scheduler` on tcp://127.0.0.1:`port` and its `dask worker` processes (one thread each); each process
+    leads a session of its own, so stopping it stops its nanny's worker too."""
+
+    scheduler: subprocess.Popen
+    workers: tuple[subprocess.Popen, ...]
+    port: int
+
+    @property
+    def address(self) -> str:
+        """The scheduler address clients connect to ($RETRAINER_DASK_SCHEDULER)."""
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop the workers, then the scheduler (SIGTERM to each process group, SIGKILL if one lingers)."""
+        from retrainer.io.processes import stop_process_group
+
+        for process in (*self.workers, self.scheduler):
+            stop_process_group(process)
+
+
+def dask_commands(port: int, workers: int, folder: Path) -> list[list[str]]:
+    """The `dask scheduler` command (loopback, port `port`, dashboard on a free loopback port) and `workers`
+    `dask worker` commands (one thread each, spill folder under `folder`)."""
+    dask = str(Path(sys.executable).with_name("dask"))
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"]
+    worker = [dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--dashboard-address", "127.0.0.1:0"]
+    return [scheduler, *([*worker, "--local-directory", str(folder / f"worker-{i}")] for i in range(workers))]
+
+
+def start_dask(folder: Path, workers: int = 2, timeout_s: float = 300) -> DaskCluster:
+    """Start a Dask scheduler and `workers` single-threaded workers on loopback (logs in `folder`); wait until all
+    workers have joined. Raises ServerError with the logs' tails when Dask is missing, a process exits, or the
+    workers have not joined within `timeout_s` seconds (the cluster is stopped then)."""
+    if not Path(sys.executable).with_name("dask").is_file():
+        raise ServerError("no `dask` command: install the team extra (pip install -e '.[team]', dask[distributed])")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_low_port()
+    processes = []
+    for index, command in enumerate(dask_commands(port, workers, folder)):
+        name = "dask-scheduler" if index == 0 else f"dask-worker-{index}"
+        with (folder / f"{name}.log").open("ab") as log:
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    cluster = DaskCluster(processes[0], tuple(processes[1:]), port)
+    try:
+        wait_for_dask(cluster, folder, timeout_s)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def wait_for_dask(cluster: DaskCluster, folder: Path, timeout_s: float) -> None:
+    """Wait until every worker of `cluster` has joined its scheduler. Raises ServerError with the tails of the
+    `dask-*.log` files in `folder` when a process exits, or when `timeout_s` seconds pass."""
+    from distributed import Client
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        exited = [p for p in (cluster.scheduler, *cluster.workers) if p.poll() is not None]
+        if exited:
+            logs = " | ".join(f"{log.name}: {_tail(log, 400)}" for log in sorted(folder.glob("dask-*.log")))
+            raise ServerError(f"a Dask process exited ({exited[0].returncode}): {logs}")
+        try:
+            with Client(cluster.address, timeout=10, set_as_default=False) as client:
+                client.wait_for_workers(len(cluster.workers), timeout=max(deadline - time.monotonic(), 1))
+            return
+        except (OSError, TimeoutError):
+            time.sleep(0.5)
+    raise ServerError(f"Dask on {cluster.address}: {len(cluster.workers)} workers not joined in {timeout_s:g} s")

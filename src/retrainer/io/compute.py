@@ -1,0 +1,70 @@
+"""Where the train stage's hyperparameter search and CV fits run: in this process (the default) or on a Dask cluster.
+
+One setting chooses: `RETRAINER_DASK_SCHEDULER` (e.g. `tcp://scheduler-host:8786`). Unset, nothing changes from the
+in-process default. Set, every joblib call the search makes (one per round of candidates x folds, and the two final
+fits) goes to the cluster's workers through joblib's Dask backend, scikit-learn's documented way to scale a search
+out (https://scikit-learn.org/stable/computing/parallelism.html, "joblib-based parallelism"; joblib's `dask` backend
+counts every worker thread, whatever the estimator's n_jobs). The fitted model is the same either way: each fit is
+seeded and single-threaded (the nanny that starts a `dask worker` sets OMP_NUM_THREADS=1, as `stages.one_thread`
+does here).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DASK_SCHEDULER_ENV = "RETRAINER_DASK_SCHEDULER"
+CONNECT_TIMEOUT_S = 30  # a scheduler that does not answer within this is reported unreachable
+WORKERS_TIMEOUT_S = 300  # a reachable scheduler with no worker yet: how long joblib waits for one
+
+
+class ComputeUnreachable(RuntimeError):
+    """The configured Dask scheduler could not be reached (or Dask is not installed); the message names its address."""
+
+
+def dask_scheduler() -> str | None:
+    """$RETRAINER_DASK_SCHEDULER (a scheduler address such as `tcp://host:8786`), or None for in-process fits."""
+    return os.environ.get(DASK_SCHEDULER_ENV) or None
+
+
+def connect_dask(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
+    """A `distributed.Client` of the scheduler at `address` (not made the process's default client).
+
+    Raises ComputeUnreachable naming the address when distributed is missing (the `team` extra) or the scheduler
+    does not answer within `timeout_s` seconds.
+    """
+    try:
+        from distributed import Client
+    except ModuleNotFoundError as exc:
+        raise ComputeUnreachable(
+            f"{DASK_SCHEDULER_ENV}={address} but Dask is not installed ({exc.name}): "
+            "install the team extra (pip install -e '.[team]')"
+        ) from exc
+    try:
+        return Client(address, timeout=timeout_s, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ComputeUnreachable(
+            f"Dask scheduler {address} ({DASK_SCHEDULER_ENV}) unreachable after {timeout_s:g} s: {exc}"
+        ) from exc
+
+
+@contextmanager
+def search_backend(address: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[str | None]:
+    """Run the block's joblib calls on the Dask scheduler at `address` (default: $RETRAINER_DASK_SCHEDULER), or in
+    this process when there is none; yields the address used, or None.
+
+    Raises ComputeUnreachable naming the address when the scheduler cannot be reached.
+    """
+    address = address or dask_scheduler()
+    if address is None:
+        yield None
+        return
+    import joblib
+
+    with (
+        connect_dask(address, timeout_s) as client,
+        joblib.parallel_config(backend="dask", client=client, wait_for_workers_timeout=WORKERS_TIMEOUT_S),
+    ):
+        yield address
