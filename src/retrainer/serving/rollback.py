@@ -257,10 +257,13 @@ def sync_service(
     from retrainer.serving.client import adopt_champion, score_records
 
     adoption = adopt_champion(url, token)
-    if adoption.state is None:
+    state = adoption.state
+    if state is None and adoption.reached:  # not told; it still adopts the saved state within its refresh bound
+        state = adopted_state(url, version, params.serve.state_refresh_seconds)
+    if state is None:
         return {"url": url, "reached": adoption.reached, "verified": False, "reason": adoption.message}
-    if adoption.state.get("champion_version") != version:
-        reason = f"the service serves v{adoption.state.get('champion_version')} after reloading, not v{version}"
+    if state.get("champion_version") != version:
+        reason = f"the service serves v{state.get('champion_version')} after reloading, not v{version}"
         return {"url": url, "reached": True, "verified": False, "reason": reason}
 
     def over_http(records: list[dict]) -> np.ndarray:
@@ -275,6 +278,26 @@ def sync_service(
     except RuntimeError as exc:
         return {"url": url, "reached": True, "verified": False, "reason": str(exc)}
     return {"url": url, "reached": True, "verified": check.verified, "reason": check.reason}
+
+
+ADOPTION_SLACK_S = 5.0  # scheduling on a loaded machine, on top of the service's refresh bound
+
+
+def adopted_state(url: str, version: str, refresh_s: float) -> dict | None:
+    """The service's rollout state once it serves `version` by itself (every replica re-reads the saved rollout state
+    within `serve.state_refresh_seconds`), polled over GET /rollout for that bound plus ADOPTION_SLACK_S; None when it
+    did not."""
+    import time
+
+    from retrainer.serving.client import service_state
+
+    deadline = time.monotonic() + refresh_s + ADOPTION_SLACK_S
+    while time.monotonic() < deadline:
+        state = service_state(url)
+        if state is not None and state.get("champion_version") == version:
+            return state
+        time.sleep(0.2)
+    return None
 
 
 def previous_champion(model_name: str) -> tuple[str, str]:
