@@ -21,7 +21,7 @@ demo: install
 # (module fixtures stay in one worker). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 test: install
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 bench: install
 	$(BIN)/python bench/run.py
