@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -451,13 +453,27 @@ team_app = typer.Typer(
 app.add_typer(team_app, name="team")
 
 
+@contextlib.contextmanager
+def _team_errors() -> Iterator[None]:
+    """A server that would not start or stop, or a bad setting, as one red line and exit 2, not a traceback."""
+    from retrainer.io.backend import BackendConfigError, DatabaseUnreachable
+    from retrainer.io.servers import ServerError
+
+    try:
+        yield
+    except (ServerError, BackendConfigError, DatabaseUnreachable) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
 @team_app.command("up")
 def team_up() -> None:
     """Start the stack under .retrainer/team/ and write team.env; `source .retrainer/team/team.env` to use it."""
     from retrainer.io.project import home_dir
     from retrainer.team import team_up as start
 
-    stack = start(home_dir())
+    with _team_errors():
+        stack = start(home_dir())
     for name, value in stack.settings.items():
         typer.echo(f"{name}={'(in team.env)' if 'SECRET' in name else value}")
     typer.echo(f"team stack up; settings in {stack.env_file}: source it to run against the stack")
@@ -479,9 +495,25 @@ def team_serve(
 
     params = _params()
     port = port or urlparse(params.canary.service_url).port or 3000
-    stack = serve_replicas(home_dir(), Path.cwd(), port, replicas)
+    _require_champion(params)
+    with _team_errors():
+        stack = serve_replicas(home_dir(), Path.cwd(), port, replicas)
     typer.echo(f"{len(stack.replicas)} replicas ({', '.join(stack.replicas)}) behind {stack.url}")
     typer.echo(f"for the canary's counters, in params.yaml: canary.replica_urls: [{', '.join(stack.replicas)}]")
+
+
+def _require_champion(params) -> None:
+    """Exit 2 naming the model when the registry has no champion: a replica would wait for one until it times out."""
+    from retrainer.io import registry
+    from retrainer.io.tracking import connect
+
+    connect(Path.cwd())
+    if registry.alias_version(params.tracking.registered_model, registry.CHAMPION) is None:
+        name = params.tracking.registered_model
+        typer.secho(
+            f"error: model '{name}' has no champion to serve: train one first (retrainer run)", fg="red", err=True
+        )
+        raise typer.Exit(2)
 
 
 @team_app.command("down")
@@ -490,7 +522,8 @@ def team_down() -> None:
     from retrainer.io.project import home_dir
     from retrainer.team import team_down as stop
 
-    stopped = stop(home_dir())
+    with _team_errors():
+        stopped = stop(home_dir())
     typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrainer.io import compute, proxy, servers
-from retrainer.io.processes import free_port, stop_pid, wait_until_ready
+from retrainer.io.processes import free_port, port_holders, port_in_use, stop_pid_file, wait_until_ready
 
 TEAM_DIR = "team"
 ENV_FILE = "team.env"
@@ -142,12 +142,6 @@ def team_up(home: Path) -> TeamStack:
     return stack
 
 
-def _stop_pid(pid_file: Path, sig: signal.Signals, timeout_s: float = 30) -> None:
-    """Signal the process group named by a pid file; SIGKILL it after `timeout_s`; remove the pid file."""
-    stop_pid(int(pid_file.read_text()), sig, timeout_s, group=True)
-    pid_file.unlink()
-
-
 @dataclass(frozen=True)
 class ServingStack:
     """Service replicas behind the proxy: where clients go (`url`) and each replica's own URL."""
@@ -161,11 +155,14 @@ def serve_replicas(home: Path, root: Path, port: int, count: int = 2) -> Serving
     `replica-N.pid` under `home/team`), wait until each is ready (it needs a champion), then HAProxy on 127.0.0.1:
     `port` in front of them (`haproxy.pid`). The replicas share the home: rollout state, prediction log, journal.
 
-    Raises ServerError when replicas run there already, or a replica or the proxy does not start.
+    Raises ServerError when replicas run there already, the port is taken, or a replica or the proxy does not start.
     """
     folder = home / TEAM_DIR
     if any(folder.glob("replica-*.pid")) or (folder / "haproxy.pid").exists():
         raise servers.ServerError(f"replicas run from {folder} already: `retrainer team down` first")
+    if port_in_use(port):
+        holders = ", ".join(port_holders(port)) or "another process"
+        raise servers.ServerError(f"the proxy's port 127.0.0.1:{port} is in use by {holders}: choose --port")
     folder.mkdir(parents=True, exist_ok=True)
     urls = []
     for index in range(1, count + 1):
@@ -180,31 +177,52 @@ def serve_replicas(home: Path, root: Path, port: int, count: int = 2) -> Serving
 
 
 def stop_replicas(folder: Path) -> list[str]:
-    """Stop the proxy and the replicas `serve_replicas` started from `folder`; returns their names."""
-    stopped = []
-    if (folder / "proxy" / "haproxy.pid").is_file():
-        proxy.stop_pid_file(folder / "proxy" / "haproxy.pid")
-        stopped.append("haproxy")
+    """Stop the proxy and the replicas `serve_replicas` started from `folder`; returns the names of those that were
+    running (a stale pid file is removed, and the process now holding its pid left alone)."""
+    stopped = ["haproxy"] if stop_pid_file(folder / "proxy" / "haproxy.pid", timeout_s=10) else []
     for pid_file in sorted(folder.glob("replica-*.pid")):
-        _stop_pid(pid_file, signal.SIGTERM)
-        stopped.append(pid_file.stem)
+        if stop_pid_file(pid_file, signal.SIGTERM, group=True):
+            stopped.append(pid_file.stem)
     return stopped
 
 
 def team_down(home: Path) -> list[str]:
     """Stop what `team_up` started under `home/team` (worker with SIGINT: it ignores SIGTERM once its server is
-    gone); returns what was stopped. Data stays in the folder."""
+    gone); returns the names of those that were running. Data stays in the folder. Raises ServerError when
+    PostgreSQL runs and refuses to stop."""
     folder = home / TEAM_DIR
     stopped = stop_replicas(folder)
     dask = [f"dask-worker-{index}" for index in range(1, DASK_WORKERS + 1)] + ["dask-scheduler"]
     order = [("worker", signal.SIGINT), *((name, signal.SIGTERM) for name in dask)]
     for name, sig in [*order, ("prefect-server", signal.SIGTERM), ("seaweedfs", signal.SIGTERM)]:
-        if _pid_file(folder, name).is_file():
-            _stop_pid(_pid_file(folder, name), sig)
+        if stop_pid_file(_pid_file(folder, name), sig, group=True):
             stopped.append(name)
     port_file = folder / "postgres.port"
     if port_file.is_file():
-        servers.PostgresServer(folder / "postgres" / "data", int(port_file.read_text())).stop()
+        if _stop_postgres(folder / "postgres" / "data", int(port_file.read_text())):
+            stopped.append("postgresql")
         port_file.unlink()
-        stopped.append("postgresql")
     return stopped
+
+
+def _stop_postgres(data_dir: Path, port: int) -> bool:
+    """Stop the stack's PostgreSQL; False when it was not running (killed, or its folder gone): `pg_ctl stop` then
+    fails with no server to signal, which must not keep `team down` (and so `team up`) failing for ever."""
+    try:
+        servers.PostgresServer(data_dir, port).stop()
+    except servers.ServerError:
+        if _postmaster_alive(data_dir):
+            raise
+        return False
+    return True
+
+
+def _postmaster_alive(data_dir: Path) -> bool:
+    """Whether the process `postmaster.pid` names (its first line) is alive."""
+    import psutil
+
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        return psutil.pid_exists(int(pid_file.read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return False

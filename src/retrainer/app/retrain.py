@@ -169,7 +169,7 @@ def retrain_batch(
     identifier = batch_id(batch)
     previous = record.get(identifier)
     rejudged = replaces is not None and previous is not None and previous["status"] == CycleStatus.QUARANTINED
-    if previous and previous["status"] not in RETRYABLE and not (force or rejudged):
+    if has_outcome(previous) and not (force or rejudged):
         return already_processed(previous, batch.name, log)
     replaced = check_replacement(record, replaces, identifier, workspace.path(params.data.batches_dir))
     claim(record, identifier, str(batch), force or rejudged)
@@ -207,6 +207,12 @@ def waited(cycle: Cycle, line: str) -> None:
     cycle.waited.append(line.replace("waiting up to", "waited (at most"))
 
 
+def has_outcome(previous: dict | None) -> bool:
+    """Whether a batch record entry holds a finished outcome: not a retryable failure, and not a claim still running
+    (that one goes to `claim`, which names the live run or takes over a dead one's)."""
+    return previous is not None and previous["status"] in set(CycleStatus) - set(RETRYABLE)
+
+
 def already_processed(previous: dict, source: str, log: logging.Logger | logging.LoggerAdapter) -> CycleResult:
     """The recorded outcome of a batch (or shipped change) processed before, marked as such; `source` names it."""
     log.info("%s (%s) was already processed: %s", previous["batch_id"], source, previous["status"])
@@ -216,7 +222,7 @@ def already_processed(previous: dict, source: str, log: logging.Logger | logging
 def claim(record: BatchRecord, identifier: str, source: str, force: bool) -> None:
     """Claim the batch (or change) `identifier` for this process; RuntimeError naming the live run that holds it."""
     if not record.claim(identifier, source, force=force):
-        raise RuntimeError(f"batch {identifier} is being processed by another run (pid {record.owner(identifier)})")
+        raise RuntimeError(f"{identifier} is being processed by another run (pid {record.owner(identifier)})")
 
 
 def check_replacement(record: BatchRecord, replaces: str | None, identifier: str, batches_dir: Path) -> dict | None:

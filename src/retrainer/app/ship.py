@@ -20,7 +20,7 @@ from retrainer.io import registry
 from retrainer.io.git import code_version, fast_forward_to
 from retrainer.io.locks import workspace_lock
 from retrainer.io.project import Workspace
-from retrainer.outcomes import RETRYABLE, CycleStatus
+from retrainer.outcomes import CycleStatus
 
 _log = logging.getLogger(__name__)
 CHANGE_PREFIX = "change-"
@@ -80,7 +80,7 @@ def ship_change(
     change = describe_change(params, workspace.root)
     identifier = change["id"]
     previous = record.get(identifier)
-    if previous and previous["status"] not in RETRYABLE and not force:
+    if retraining.has_outcome(previous) and not force:
         return retraining.already_processed(previous, f"commit {change['commit'] or 'none'}", log)
     retraining.claim(record, identifier, str(workspace.root), force)
     cycle = retraining.Cycle(params, workspace, record, None, identifier, previous, steps, log, change=change)

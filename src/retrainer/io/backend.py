@@ -38,6 +38,18 @@ def database_url() -> str | None:
     return url
 
 
+def redact_uri(uri: str) -> str:
+    """`uri` with any password replaced by `***` (`postgresql://alice:***@db-host/retrainer`), for what is printed or
+    written to a file (a registration record that `dvc push` sends to the team's bucket); other URIs unchanged."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def describe_url(url: str) -> str:
     """`postgresql://db-host:5432/retrainer` from a database URL, without user or password."""
     import sqlalchemy as sa

@@ -54,6 +54,31 @@ def stop_process_group(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=10)
 
 
+PID_FILE_SLACK_S = 2.0  # a pid file is written just after its process starts; allow for clock granularity
+
+
+def stop_pid_file(
+    pid_file: Path, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30, group: bool = False
+) -> bool:
+    """Stop the process a pid file names (first word of its first line) with `stop_pid`, and remove the file.
+
+    A pid file outlives its process (a crash, a reboot), and the pid may since belong to another program: a process
+    that started after the file was written is not the one it names, and is left alone. Returns True when a live
+    process was signalled, False for a stale or missing file."""
+    if not pid_file.is_file():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    written = pid_file.stat().st_mtime
+    pid_file.unlink()
+    try:
+        if psutil.Process(pid).create_time() > written + PID_FILE_SLACK_S:
+            return False
+    except psutil.NoSuchProcess:
+        return False
+    stop_pid(pid, sig, timeout_s, group)
+    return True
+
+
 def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30, group: bool = False) -> None:
     """Send `sig` to a process (its whole process group with `group`), wait up to `timeout_s` seconds for it to end,
     then SIGKILL it (or its group). No-op when it is gone already.

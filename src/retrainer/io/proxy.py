@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from retrainer.io.processes import stop_pid
+from retrainer.io.processes import stop_pid_file
 from retrainer.io.servers import ServerError
 
 HAPROXY_ENV = "RETRAINER_HAPROXY"
@@ -97,14 +97,6 @@ class ProxyServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the proxy named by the pid file (SIGTERM, SIGKILL after `timeout_s`); remove the pid file."""
         stop_pid_file(self.pid_file, timeout_s)
-
-
-def stop_pid_file(pid_file: Path, timeout_s: float = 10.0) -> None:
-    """SIGTERM the process a pid file names, SIGKILL it after `timeout_s` seconds, remove the file (no-op if gone)."""
-    if not pid_file.is_file():
-        return
-    stop_pid(int(pid_file.read_text().split()[0]), timeout_s=timeout_s)
-    pid_file.unlink(missing_ok=True)
 
 
 def start_proxy(folder: Path, port: int, replicas: Sequence[str], timeout_s: float = 30.0) -> ProxyServer:

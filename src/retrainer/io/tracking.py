@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from retrainer.io.backend import redact_uri
 from retrainer.io.project import artifact_location, tracking_uri
 
 
@@ -124,4 +125,4 @@ def log_training_run(
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_model_version_tag(model_name, version, "dataset_digest", dataset.digest)
-    return Registration(run.info.run_id, experiment_id, model_name, version, uri)
+    return Registration(run.info.run_id, experiment_id, model_name, version, redact_uri(uri))

@@ -165,20 +165,28 @@ def use_remote(root: Path) -> None:
         dvc(root, *args)
 
 
-def push_to_team_remote(root: Path) -> str | None:
+DVC_PUSH_TIMEOUT_S = 900  # a store that accepts connections and never answers must not hold the cycle for ever
+
+
+def push_to_team_remote(root: Path, timeout_s: float = DVC_PUSH_TIMEOUT_S) -> str | None:
     """`dvc push` of the workspace's tracked data and outputs when the team's remote is configured
     ($RETRAINER_DVC_REMOTE), so another machine or a CI job can `dvc pull` what this one trained; None then, or
-    without the setting. A failed push is returned as its reason, not raised: the cycle's outcome stands and the next
-    cycle's push sends what this one could not."""
+    without the setting. The push runs in a child the kernel kills with this process (no orphan push after a kill -9)
+    and is stopped after `timeout_s` seconds. A failed push is returned as its reason (DVC's own error lines), not
+    raised: the cycle's outcome stands and the next cycle's push sends what this one could not."""
     from retrainer.io.backend import dvc_remote
+    from retrainer.io.processes import run_tied
 
     if dvc_remote() is None:
         return None
     try:
-        dvc(root, "push", "-q")
-    except PipelineError as exc:
-        return f"outputs not pushed to the DVC remote: {str(exc)[-500:]}"
-    return None
+        done = run_tied(["dvc", "push"], root, timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"outputs not pushed to the DVC remote: `dvc push` gave no answer in {timeout_s:.0f} s"
+    if done.returncode == 0:
+        return None
+    errors = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip().startswith("ERROR")]
+    return f"outputs not pushed to the DVC remote: {'; '.join(errors) or (done.stdout + done.stderr).strip()[-300:]}"
 
 
 def stage_changed(root: Path, name: str) -> bool:

@@ -116,7 +116,9 @@ class PostgresPredictionLog(LogAdapter):
             with connect_database(url) as connection:
                 self._create(connection)
         except self.errors as exc:
-            LOGGER.warning("prediction log %s not reachable yet, requests go to the dead-letter file: %s", url, exc)
+            LOGGER.warning(
+                "prediction log %s not reachable yet, requests go to the dead-letter file: %s", self.location, exc
+            )
 
     @staticmethod
     def _cell(document: bytes) -> str:
