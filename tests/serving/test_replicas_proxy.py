@@ -25,8 +25,7 @@ from retrainer.app.canary import labelled_traffic, metrics_urls
 from retrainer.config import CanaryConfig, Params
 from retrainer.io.processes import free_port
 from retrainer.io.project import LOG_FILE
-from retrainer.io.proxy import SERVED_BY_HEADER, haproxy_binary, start_proxy
-from retrainer.io.servers import ServerError
+from retrainer.io.proxy import SERVED_BY_HEADER, start_proxy
 from retrainer.serving.log_store import open_prediction_log
 from retrainer.serving.replay import read_arm, scrape_counters
 from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary
@@ -37,16 +36,6 @@ CLIENTS = 3
 RECORDS_PER_REQUEST = 5
 SCHEDULING_SLACK_S = 2.0  # thread and process scheduling on a loaded 2-core machine, on top of the stated bound
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def haproxy() -> Path:
-    try:
-        return haproxy_binary()
-    except ServerError as missing:
-        if os.environ.get("RETRAINER_TEAM_TESTS") == "required":
-            raise
-        pytest.skip(f"{missing} (CI sets RETRAINER_TEAM_TESTS=required and installs it)")
 
 
 @pytest.fixture
