@@ -4,8 +4,10 @@ the proxy), both replicas answering, and nothing of the serving stack left runni
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ import yaml
 from team_kit import write_team_params
 
 from retrainer.io.processes import port_holders
-from retrainer.io.project import HOME_DIR
+from retrainer.io.project import HOME_DIR, LOG_FILE
 from retrainer.team import TEAM_DIR
 
 pytestmark = pytest.mark.team
@@ -36,6 +38,17 @@ def answered_by_replica(stdout: str) -> tuple[str, dict[str, dict[str, int]]]:
         answered[url] = {arm: int(n.replace(",", "")) for arm, n in (part.split() for part in arms.split(", "))}
     assert len(answered) == int(found.group(2)), found.group(0)
     return found.group(1), answered
+
+
+def logged_requests_by_arm(log: Path) -> dict[str, int]:
+    """Per arm, the requests in the shared SQLite prediction log that had a record scored by that arm (what each
+    replica's `retrainer_requests_total` counts)."""
+    query = (
+        "SELECT arm, COUNT(*) FROM (SELECT DISTINCT r.seq, a.value AS arm FROM requests r JOIN json_each(r.arm) a) "
+        "GROUP BY arm"
+    )
+    with contextlib.closing(sqlite3.connect(f"file:{log}?mode=ro", uri=True)) as connection:
+        return dict(connection.execute(query).fetchall())
 
 
 def leftovers(workdir: Path, urls: list[str]) -> list[str]:
@@ -70,6 +83,8 @@ def test_the_demo_serves_through_haproxy_to_two_replicas_and_leaves_nothing_runn
     assert len(answered) == 2
     for url, arms in answered.items():
         assert arms.get("champion", 0) > 0 and arms.get("challenger", 0) > 0, (url, arms)
+    summed = {arm: sum(arms.get(arm, 0) for arms in answered.values()) for arm in ("champion", "challenger")}
+    assert summed == logged_requests_by_arm(workdir / HOME_DIR / LOG_FILE), "each replica counts its own requests"
     canary = yaml.safe_load((workdir / "params.yaml").read_text())["canary"]
     assert canary["service_url"] == proxy and canary["replica_urls"] == list(answered)
 
