@@ -139,15 +139,12 @@ class ServingStack:
     replicas: list[str]
 
 
-def replica_bentoml_home(own: Path, root: Path) -> Path:
-    """A BentoML home of one replica's own (`own`) whose model and bento stores are the project's (symlinks).
+def replica_bentoml_home(own: Path, shared: Path) -> Path:
+    """A BentoML home of one replica's own (`own`) whose model and bento stores are those of `shared` (symlinks).
 
     BentoML keeps its Prometheus multiprocess files in its home and empties that folder when a server starts: replicas
     sharing one home would wipe each other's counters, and each /metrics would report the same merged ones.
     """
-    from retrainer.serving.package import bentoml_home
-
-    shared = bentoml_home(root)
     own.mkdir(parents=True, exist_ok=True)
     for store in ("models", "bentos"):
         (shared / store).mkdir(parents=True, exist_ok=True)
@@ -163,6 +160,8 @@ def serve_replicas(home: Path, root: Path, port: int, count: int = 2) -> Serving
 
     Raises ServerError when replicas run there already, or a replica or the proxy does not start.
     """
+    from retrainer.serving.package import bentoml_home
+
     folder = home / TEAM_DIR
     if any(folder.glob("replica-*.pid")) or (folder / "haproxy.pid").exists():
         raise servers.ServerError(f"replicas run from {folder} already: `retrainer team down` first")
@@ -172,7 +171,7 @@ def serve_replicas(home: Path, root: Path, port: int, count: int = 2) -> Serving
         replica_port, name = free_port(), f"replica-{index}"
         command = [sys.executable, "-m", "retrainer.cli", "serve", "--port", str(replica_port)]
         env = {**os.environ, "RETRAINER_ROOT": str(root), "BENTOML_DO_NOT_TRACK": "true"}
-        env["BENTOML_HOME"] = str(replica_bentoml_home(folder / f"{name}-bentoml", root))
+        env["BENTOML_HOME"] = str(replica_bentoml_home(folder / f"{name}-bentoml", bentoml_home(root)))
         process = _spawn(folder, name, command, env)
         urls.append(f"http://127.0.0.1:{replica_port}")
         wait_until_ready(process, f"{urls[-1]}/readyz", folder / f"{name}.log", REPLICA_START_TIMEOUT_S, name)

@@ -29,6 +29,7 @@ from retrainer.io.proxy import SERVED_BY_HEADER, start_proxy
 from retrainer.serving.log_store import open_prediction_log
 from retrainer.serving.replay import read_arm, scrape_counters
 from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary
+from retrainer.team import replica_bentoml_home
 
 pytestmark = pytest.mark.team
 
@@ -52,7 +53,10 @@ def replicas(haproxy, registry_home: Registry, fresh_database: str, tmp_path: Pa
         "BENTOML_HOME": str(registry_home.home / "bentoml"),
     }
     target = "retrainer.serving.service:RetrainerService"
-    started = [Server(target, env, tmp_path / f"replica-{i}.log").start() for i in (1, 2)]
+    shared = registry_home.home / "bentoml"  # each replica a BentoML home of its own, as serve_replicas gives them
+    homes = [str(replica_bentoml_home(tmp_path / f"bentoml-{i}", shared)) for i in (1, 2)]
+    started = [Server(target, {**env, "BENTOML_HOME": homes[i - 1]}, tmp_path / f"replica-{i}.log") for i in (1, 2)]
+    started = [server.start() for server in started]
     proxy = start_proxy(tmp_path / "proxy", free_port(), [s.url for s in started])
     yield started, proxy, env
     proxy.stop()
@@ -170,7 +174,7 @@ def _check_the_canary_counts_every_replica(first: str, second: str, proxy: str, 
     for arm in ("champion", "challenger"):
         key = ("retrainer_requests_total", arm)
         counted = after.get(key, 0) - before.get(key, 0)
-        assert counted >= sum(arm in arms for arms, _ in sent) > max(one.get(key, 0) for one in each)
+        assert counted == sum(arm in arms for arms, _ in sent) > max(one.get(key, 0) for one in each)
 
 
 def test_two_replicas_behind_the_proxy_survive_a_sigkill_and_the_canary_reads_both(

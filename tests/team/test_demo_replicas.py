@@ -78,6 +78,7 @@ def test_the_demo_serves_through_haproxy_to_two_replicas_and_leaves_nothing_runn
     )
     assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
     assert re.search(r"canary (PROMOTED|ROLLED_BACK): ", demo.stdout), demo.stdout[-3000:]
+    assert "after promotion is unexpected" not in demo.stdout, "every replica adopts the promotion"
 
     proxy, answered = answered_by_replica(demo.stdout)
     assert len(answered) == 2
