@@ -150,6 +150,20 @@ def fresh_database(postgres_server) -> str:
     return create_database(postgres_server.url(), f"t_{uuid.uuid4().hex[:12]}")
 
 
+@pytest.fixture(scope="session")
+def haproxy() -> Path:
+    """The HAProxy binary (the system package); skips the test when it is missing, unless team tests are required."""
+    from retrainer.io.proxy import haproxy_binary
+    from retrainer.io.servers import ServerError
+
+    try:
+        return haproxy_binary()
+    except ServerError as missing:
+        if os.environ.get(TEAM_TESTS_ENV) == "required":
+            raise
+        pytest.skip(f"{missing} (CI sets {TEAM_TESTS_ENV}=required and installs it)")
+
+
 S3_ACCESS_KEY = "retrainer-test"
 S3_SECRET_KEY = "retrainer-test-secret"  # a throwaway server's key, not a secret
 

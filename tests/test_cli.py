@@ -72,3 +72,16 @@ def test_a_params_file_with_the_same_content_as_params_yaml_is_honoured(project_
     done = _retrainer(tmp_path, "--params", str(tmp_path / "same.yaml"), "stage", "reference@nowhere")
     assert done.returncode == 2
     assert "no reference table 'nowhere' in data.references (weather, planes)" in done.stderr
+
+
+def test_a_demo_with_replicas_and_no_haproxy_stops_before_the_bootstrap(project_root, tmp_path):
+    """`--replicas 2` needs HAProxy: said at once, not after minutes of bootstrap; nothing is built."""
+    import os
+
+    env = {**os.environ, "RETRAINER_HAPROXY": str(tmp_path / "no-haproxy")}
+    env.pop("RETRAINER_PARAMS", None)
+    command = [sys.executable, "-m", "retrainer.cli", "demo", "--replicas", "2", "--workdir", str(tmp_path / "demo")]
+    done = subprocess.run(command, cwd=project_root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no `haproxy` binary: install the system package (apt-get install haproxy)" in done.stderr
+    assert not (tmp_path / "demo").exists()

@@ -19,6 +19,7 @@ from retrainer.demo import (
     monitor_lines,
     month_row,
     select_months,
+    serving_line,
 )
 from retrainer.outcomes import CycleStatus, MonitorStatus
 
@@ -142,3 +143,13 @@ def test_the_demo_keeps_its_mlflow_store_in_the_team_database_when_one_is_set(tm
     assert demo_tracking_uri(tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("RETRAINER_DATABASE_URL", "postgresql://db-host:5432/team")
     assert demo_tracking_uri(tmp_path) == "postgresql://db-host:5432/team"
+
+
+def test_the_serving_line_names_the_proxy_and_what_each_replica_answered_by_arm():
+    first, second = "http://127.0.0.1:4001", "http://127.0.0.1:4002"
+    answered = {first: {"champion": 1200, "challenger": 310}, second: {"champion": 7}}
+    assert serving_line("http://127.0.0.1:4000", answered) == (
+        "serving: through HAProxy at http://127.0.0.1:4000 to 2 replicas; prediction requests each answered (its "
+        "/metrics, by arm): http://127.0.0.1:4001 1,510 (challenger 310, champion 1,200); "
+        "http://127.0.0.1:4002 7 (champion 7)"
+    )

@@ -418,16 +418,26 @@ def demo(
         str,
         typer.Option(help="drift: serve each month and let the monitor decide when to retrain; monthly: every batch."),
     ] = "drift",
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Serve from this many `retrainer serve` replicas behind HAProxy (system package); 1: no proxy."
+        ),
+    ] = 1,
 ) -> None:
     """The main job on embedded defaults: bootstrap a model with `dvc repro`, then retrain month by month on the
     dataset the params name (params.yaml: real 2013 flights; `--params examples/car_loan/params.yaml`: car loans)."""
     from retrainer.demo import check_fresh_team_state, plan_months, run_demo
     from retrainer.io.backend import DatabaseUnreachable
+    from retrainer.io.proxy import haproxy_binary
+    from retrainer.io.servers import ServerError
 
     try:
         span = plan_months(Path.cwd(), os.environ.get(PARAMS_ENV), months)
         check_fresh_team_state()
-    except (ConfigError, ValueError, DatabaseUnreachable) as exc:
+        if replicas > 1:
+            haproxy_binary()  # before the bootstrap, not minutes later
+    except (ConfigError, ValueError, DatabaseUnreachable, ServerError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     if trigger not in ("drift", "monthly"):
@@ -444,6 +454,7 @@ def demo(
         params_file=os.environ.get(PARAMS_ENV),
         canary=canary,
         trigger=trigger,
+        replicas=replicas,
     )
 
 

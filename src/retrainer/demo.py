@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from retrainer.serving.launch import RunningService
+    from retrainer.team import ServingStack
 
 
 def _stream(line: str) -> None:
@@ -272,19 +273,52 @@ class AppendingFile(io.TextIOBase):
             return sink.write(text)
 
 
+@dataclass(frozen=True)
+class ReplicatedService:
+    """The `retrainer serve` replicas and the HAProxy in front of them that the demo started (`team.serve_replicas`,
+    pid files in `folder`): clients and the canary go to `url`, the proxy."""
+
+    stack: ServingStack
+    folder: Path
+
+    @property
+    def url(self) -> str:
+        """The proxy's URL."""
+        return self.stack.url
+
+    def stop(self) -> None:
+        """Stop the proxy and every replica."""
+        from retrainer.team import stop_replicas
+
+        stop_replicas(self.folder)
+
+    def requests_by_replica(self) -> dict[str, dict[str, int]]:
+        """Each replica's URL -> the prediction requests it answered per arm, from its own /metrics."""
+        from retrainer.serving.replay import scrape_counters
+
+        answered = {}
+        for url in self.stack.replicas:
+            counters = scrape_counters([url])
+            answered[url] = {arm: int(n) for (name, arm), n in counters.items() if name == "retrainer_requests_total"}
+        return answered
+
+
 @dataclass
 class Demo:
-    """One demo run: its workspace, its console, what it has decided so far, and the service it started."""
+    """One demo run: its workspace, its console, what it has decided so far, and the service it started (one
+    `retrainer serve`, or `replicas` of them behind HAProxy)."""
 
     root: Path
     workdir: Path
     console: Console
     canary: bool = True
     drift: bool = True
+    replicas: int = 1
     results: list[CycleResult] = field(default_factory=list)
     passes: list[MonitorResult] = field(default_factory=list)
-    service: RunningService | None = None
+    service: RunningService | ReplicatedService | None = None
     data: DemoData | None = None
+    answered: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def workspace(self) -> Workspace:
@@ -399,15 +433,40 @@ def print_cycle(demo: Demo, month: pd.Period, result: CycleResult, seconds: floa
     demo.results.append(result)
 
 
+def start_replicas(demo: Demo) -> ReplicatedService:
+    """`demo.replicas` replicas of `retrainer serve` sharing the demo's home, and HAProxy in front of them on a free
+    loopback port (`team.serve_replicas`); when one of them fails to start, those started are stopped again."""
+    from retrainer.io.processes import free_port
+    from retrainer.team import TEAM_DIR, serve_replicas, stop_replicas
+
+    home = demo.workspace.home
+    try:
+        return ReplicatedService(serve_replicas(home, demo.workdir, free_port(), demo.replicas), home / TEAM_DIR)
+    except BaseException:
+        stop_replicas(home / TEAM_DIR)
+        raise
+
+
 def start_service_once(demo: Demo) -> None:
-    """Start `retrainer serve` with the champion once there is one, and point the canary at it."""
+    """Start `retrainer serve` (or replicas behind HAProxy) with the champion once there is one, and point the canary
+    at it (at the proxy, with every replica's /metrics for the canary's counters)."""
     champion = demo.results[-1].champion_version if demo.results else None
     if not champion or demo.service is not None:
         return
-    with demo.console.status("starting the service (`retrainer serve`) with the champion ..."):
-        demo.service = start_service(demo.workdir, demo.workspace.home / "logs" / "serve.log")
-    set_section(demo.workdir, "canary", {"service_url": demo.service.url})
-    demo.console.print(f"   service up at {demo.service.url}, serving champion v{champion}")
+    if demo.replicas == 1:
+        with demo.console.status("starting the service (`retrainer serve`) with the champion ..."):
+            demo.service = start_service(demo.workdir, demo.workspace.home / "logs" / "serve.log")
+        set_section(demo.workdir, "canary", {"service_url": demo.service.url})
+        demo.console.print(f"   service up at {demo.service.url}, serving champion v{champion}")
+        return
+    with demo.console.status(f"starting {demo.replicas} `retrainer serve` replicas behind HAProxy ..."):
+        demo.service = start_replicas(demo)
+    replicas = demo.service.stack.replicas
+    set_section(demo.workdir, "canary", {"service_url": demo.service.url, "replica_urls": replicas})
+    demo.console.print(
+        f"   service up at {demo.service.url}: HAProxy in front of {len(replicas)} replicas "
+        f"({', '.join(replicas)}), serving champion v{champion}"
+    )
 
 
 def retrain_month(demo: Demo, batch: Path, month: pd.Period) -> None:
@@ -485,10 +544,24 @@ def print_summary(demo: Demo) -> None:
             f"monitor: {len(demo.passes)} passes, {fired} fired a retrain, {len(demo.passes) - fired} suppressed "
             f"(every decision: {monitor_dir(home) / DECISIONS_FILE}; drift reports: {monitor_dir(home) / 'reports'})"
         )
+    if demo.answered:
+        demo.console.print(serving_line(demo.service.url, demo.answered), highlight=False)
     demo.console.print("look closer:")
     store = f"sqlite:///{home / MLFLOW_DB_FILE}" if database_url() is None else f'"${DATABASE_ENV}"'
     demo.console.print(f"  mlflow ui --backend-store-uri {store} --workers 1")
     demo.console.print(f"  cd {demo.workdir} && retrainer status && retrainer lineage {final}")
+
+
+def serving_line(proxy_url: str, answered: dict[str, dict[str, int]]) -> str:
+    """How the traffic was served: through HAProxy to N replicas, the prediction requests each answered per arm."""
+    per_replica = "; ".join(
+        f"{url} {sum(arms.values()):,} (" + ", ".join(f"{arm} {n:,}" for arm, n in sorted(arms.items())) + ")"
+        for url, arms in answered.items()
+    )
+    return (
+        f"serving: through HAProxy at {proxy_url} to {len(answered)} replicas; prediction requests each answered "
+        f"(its /metrics, by arm): {per_replica}"
+    )
 
 
 def plan_months(root: Path, params_file: str | None, spec: str | None) -> list[pd.Period]:
@@ -519,6 +592,7 @@ def run_demo(
     params_file: str | None = None,
     canary: bool = True,
     trigger: str = "drift",
+    replicas: int = 1,
 ) -> list[CycleResult]:
     """Bootstrap a model with `dvc repro`, then feed the following months one by one; return every retrain's result.
 
@@ -526,16 +600,20 @@ def run_demo(
     and the service starts with it. With `trigger="drift"`, each later month's records are served (with labels as
     feedback) and a monitor flow run decides whether to retrain on the batches waiting in the inbox; with "monthly",
     every batch is retrained at once. With `canary`, a gate pass is canaried on the service with the next month's
-    records as traffic; without, it promotes directly.
+    records as traffic; without, it promotes directly. With `replicas` > 1, the service is that many replicas behind
+    HAProxy (`team.serve_replicas`): every request goes through the proxy, and the canary counts every replica's.
     """
     from rich.console import Console
 
-    demo = Demo(root, workdir, Console(soft_wrap=True), canary=canary, drift=trigger == "drift")
+    console = Console(soft_wrap=True)
+    demo = Demo(root, workdir, console, canary=canary, drift=trigger == "drift", replicas=replicas)
     set_up(demo, params_file)
     print_plan(demo, months)
     try:
         for month in months:
             run_month(demo, month)
+        if isinstance(demo.service, ReplicatedService):
+            demo.answered = demo.service.requests_by_replica()
     finally:
         if demo.service is not None:
             demo.service.stop()

@@ -150,6 +150,20 @@ class ServingStack:
     replicas: list[str]
 
 
+def replica_bentoml_home(own: Path, shared: Path) -> Path:
+    """A BentoML home of one replica's own (`own`) whose model and bento stores are those of `shared` (symlinks).
+
+    BentoML keeps its Prometheus multiprocess files in its home and empties that folder when a server starts: replicas
+    sharing one home would wipe each other's counters, and each /metrics would report the same merged ones.
+    """
+    own.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        if not (own / store).is_symlink():
+            (own / store).symlink_to(shared / store, target_is_directory=True)
+    return own
+
+
 def serve_replicas(home: Path, root: Path, port: int, count: int = 2) -> ServingStack:
     """Start `count` replicas of `retrainer serve` for the project at `root` on free loopback ports (pid files
     `replica-N.pid` under `home/team`), wait until each is ready (it needs a champion), then HAProxy on 127.0.0.1:
@@ -157,6 +171,8 @@ def serve_replicas(home: Path, root: Path, port: int, count: int = 2) -> Serving
 
     Raises ServerError when replicas run there already, the port is taken, or a replica or the proxy does not start.
     """
+    from retrainer.serving.package import bentoml_home
+
     folder = home / TEAM_DIR
     if any(folder.glob("replica-*.pid")) or (folder / "haproxy.pid").exists():
         raise servers.ServerError(f"replicas run from {folder} already: `retrainer team down` first")
@@ -169,6 +185,7 @@ def serve_replicas(home: Path, root: Path, port: int, count: int = 2) -> Serving
         replica_port, name = free_port(), f"replica-{index}"
         command = [sys.executable, "-m", "retrainer.cli", "serve", "--port", str(replica_port)]
         env = {**os.environ, "RETRAINER_ROOT": str(root), "BENTOML_DO_NOT_TRACK": "true"}
+        env["BENTOML_HOME"] = str(replica_bentoml_home(folder / f"{name}-bentoml", bentoml_home(root)))
         process = _spawn(folder, name, command, env)
         urls.append(f"http://127.0.0.1:{replica_port}")
         wait_until_ready(process, f"{urls[-1]}/readyz", folder / f"{name}.log", REPLICA_START_TIMEOUT_S, name)

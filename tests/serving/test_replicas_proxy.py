@@ -25,11 +25,11 @@ from retrainer.app.canary import labelled_traffic, metrics_urls
 from retrainer.config import CanaryConfig, Params
 from retrainer.io.processes import free_port
 from retrainer.io.project import LOG_FILE
-from retrainer.io.proxy import SERVED_BY_HEADER, haproxy_binary, start_proxy
-from retrainer.io.servers import ServerError
+from retrainer.io.proxy import SERVED_BY_HEADER, start_proxy
 from retrainer.serving.log_store import open_prediction_log
 from retrainer.serving.replay import read_arm, scrape_counters
 from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary
+from retrainer.team import replica_bentoml_home
 
 pytestmark = pytest.mark.team
 
@@ -37,16 +37,6 @@ CLIENTS = 3
 RECORDS_PER_REQUEST = 5
 SCHEDULING_SLACK_S = 2.0  # thread and process scheduling on a loaded 2-core machine, on top of the stated bound
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def haproxy() -> Path:
-    try:
-        return haproxy_binary()
-    except ServerError as missing:
-        if os.environ.get("RETRAINER_TEAM_TESTS") == "required":
-            raise
-        pytest.skip(f"{missing} (CI sets RETRAINER_TEAM_TESTS=required and installs it)")
 
 
 @pytest.fixture
@@ -63,7 +53,10 @@ def replicas(haproxy, registry_home: Registry, fresh_database: str, tmp_path: Pa
         "BENTOML_HOME": str(registry_home.home / "bentoml"),
     }
     target = "retrainer.serving.service:RetrainerService"
-    started = [Server(target, env, tmp_path / f"replica-{i}.log").start() for i in (1, 2)]
+    shared = registry_home.home / "bentoml"  # each replica a BentoML home of its own, as serve_replicas gives them
+    homes = [str(replica_bentoml_home(tmp_path / f"bentoml-{i}", shared)) for i in (1, 2)]
+    started = [Server(target, {**env, "BENTOML_HOME": homes[i - 1]}, tmp_path / f"replica-{i}.log") for i in (1, 2)]
+    started = [server.start() for server in started]
     proxy = start_proxy(tmp_path / "proxy", free_port(), [s.url for s in started])
     yield started, proxy, env
     proxy.stop()
@@ -181,7 +174,7 @@ def _check_the_canary_counts_every_replica(first: str, second: str, proxy: str, 
     for arm in ("champion", "challenger"):
         key = ("retrainer_requests_total", arm)
         counted = after.get(key, 0) - before.get(key, 0)
-        assert counted >= sum(arm in arms for arms, _ in sent) > max(one.get(key, 0) for one in each)
+        assert counted == sum(arm in arms for arms, _ in sent) > max(one.get(key, 0) for one in each)
 
 
 def test_two_replicas_behind_the_proxy_survive_a_sigkill_and_the_canary_reads_both(

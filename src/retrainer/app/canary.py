@@ -373,11 +373,42 @@ def promote(run: CanaryRun, admin: AdminClient, decision: CanaryDecision) -> Can
         # A Bento-packed service promotes locally only: move the registry alias, still compare-and-set.
         lock = run.workspace.registry_lock
         reasons.append(registry.promote_if_current(run.model_name, run.challenger, run.expected, lock).reason)
-    state = admin.rollout()
-    if state["champion_version"] != run.challenger or state["challenger_weight"] != 0.0:
-        reasons.append(f"service state after promotion is unexpected: {state}")
+    states = served_states(run, admin)
+    for url, state in states.items():
+        if not serves_promoted(state, run.challenger):
+            where = f" at {url}" if run.policy.replica_urls else ""
+            reasons.append(f"service state after promotion is unexpected{where}: {state}")
     record_verdict(run, CanaryOutcome.PROMOTED, reasons)
-    return run.ended(CanaryOutcome.PROMOTED, reasons, state)
+    return run.ended(CanaryOutcome.PROMOTED, reasons, next(iter(states.values())))
+
+
+def serves_promoted(state: dict, version: str) -> bool:
+    """Whether a rollout state serves `version` as the champion with no challenger traffic."""
+    return state.get("champion_version") == version and state.get("challenger_weight") == 0.0
+
+
+REPLICA_ADOPTION_S = 60.0  # a replica adopts a saved change within serve.state_refresh_seconds, plus a model load
+
+
+def served_states(run: CanaryRun, admin: AdminClient) -> dict[str, dict]:
+    """The rollout state the service serves after a promotion: its own (read once), or with canary.replica_urls each
+    replica's, waited for (up to REPLICA_ADOPTION_S) until it adopts the promotion that reached one of them."""
+    if not run.policy.replica_urls:
+        return {run.base_url: admin.rollout()}
+    import httpx
+
+    from retrainer.serving.replicas import wait_until
+
+    states: dict[str, dict] = {}
+
+    def adopted(url: str) -> bool:
+        states[url] = httpx.get(f"{url}/rollout", timeout=10).json()
+        return serves_promoted(states[url], run.challenger)
+
+    for url in run.policy.replica_urls:
+        check_loopback(url)
+        wait_until(lambda url=url: adopted(url), REPLICA_ADOPTION_S, every_s=0.2)
+    return states
 
 
 def roll_back(run: CanaryRun, admin: AdminClient, decision: CanaryDecision) -> CanaryResult:
