@@ -1,6 +1,7 @@
-"""The demo's story served by two real `retrainer serve` replicas behind a real HAProxy (`retrainer demo --replicas
-2`, embedded defaults): the shortest run that still canaries (a first champion, then one retrain canaried through
-the proxy), both replicas answering, and nothing of the serving stack left running afterwards."""
+"""The demo's story with training on a real Dask cluster (RETRAINER_DASK_SCHEDULER) and traffic served by two real
+`retrainer serve` replicas behind a real HAProxy (`retrainer demo --replicas 2`): the shortest run that still
+canaries (a first champion, then one retrain canaried through the proxy), the fits on the cluster's workers, both
+replicas answering, and nothing of the serving stack left running afterwards."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +20,7 @@ import pytest
 import yaml
 from team_kit import write_team_params
 
+from retrainer.io.compute import DASK_SCHEDULER_ENV, connect_dask
 from retrainer.io.processes import port_holders
 from retrainer.io.project import HOME_DIR, LOG_FILE
 from retrainer.team import TEAM_DIR
@@ -61,22 +64,30 @@ def leftovers(workdir: Path, urls: list[str]) -> list[str]:
     return left
 
 
-def test_the_demo_serves_through_haproxy_to_two_replicas_and_leaves_nothing_running(
-    haproxy, project_root: Path, tmp_path: Path
+def test_the_demo_trains_on_dask_serves_through_haproxy_to_two_replicas_and_leaves_nothing_running(
+    haproxy, dask_cluster, project_root: Path, tmp_path: Path
 ):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RETRAINER_"))}
     env.update(RETRAINER_PARAMS=str(write_team_params(project_root, tmp_path)), OMP_NUM_THREADS="1")
+    env[DASK_SCHEDULER_ENV] = dask_cluster.address
     workdir = tmp_path / "demo"
     command = ["demo", "--workdir", str(workdir), "--months", "2-3", "--trigger", "monthly", "--replicas", "2"]
-    demo = subprocess.run(
-        [str(Path(sys.executable).with_name("retrainer")), *command],
-        cwd=project_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEMO_TIMEOUT_S,
-    )
+    with connect_dask(dask_cluster.address) as client:
+        client.get_task_stream()  # registers the scheduler's task-stream plugin, which records from now on
+        started = time.time()
+        demo = subprocess.run(
+            [str(Path(sys.executable).with_name("retrainer")), *command],
+            cwd=project_root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEMO_TIMEOUT_S,
+        )
+        stream = client.get_task_stream(start=started)
+        workers = set(client.scheduler_info()["workers"])
     assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
+    fitted_on = {task["worker"] for task in stream if "fit" in str(task["key"]).lower()}  # joblib batches of fits
+    assert fitted_on == workers, "the demo's searches ran on both Dask workers"
     assert re.search(r"canary (PROMOTED|ROLLED_BACK): ", demo.stdout), demo.stdout[-3000:]
     assert "after promotion is unexpected" not in demo.stdout, "every replica adopts the promotion"
 
