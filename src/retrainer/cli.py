@@ -486,7 +486,7 @@ def team_up() -> None:
     with _team_errors():
         stack = start(home_dir())
     for name, value in stack.settings.items():
-        typer.echo(f"{name}={'(in team.env)' if 'SECRET' in name else value}")
+        typer.echo(f"{name}={'(in team.env)' if 'SECRET' in name or 'TOKEN' in name else value}")
     typer.echo(f"team stack up; settings in {stack.env_file}: source it to run against the stack")
 
 

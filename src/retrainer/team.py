@@ -129,6 +129,9 @@ def team_up(home: Path) -> TeamStack:
         "RETRAINER_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow",
         "RETRAINER_DVC_REMOTE": f"s3://{BUCKET}/dvc",
         "RETRAINER_S3_ENDPOINT_URL": store.endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": store.endpoint,  # for `mlflow ui` and other MLflow clients started by hand
+        # The worker's canaries call the service's admin routes, and services started from team.env take the same.
+        "RETRAINER_ADMIN_TOKEN": os.environ.get("RETRAINER_ADMIN_TOKEN") or secrets.token_urlsafe(24),
         "AWS_ACCESS_KEY_ID": keys[0],
         "AWS_SECRET_ACCESS_KEY": keys[1],
         "AWS_DEFAULT_REGION": "us-east-1",
