@@ -101,22 +101,31 @@ def median_ms(call, requests: list) -> float:
     return round(float(np.median(times)) * 1000, 4)
 
 
-def main() -> None:
+def february_records() -> tuple:
+    """(params, the service's FeatureBuilder, 20,000 real February flights as validated request records): what both
+    log benches build their requests from."""
     import pandas as pd
 
     from retrainer.config import load_params
     from retrainer.serving.features import FeatureBuilder, load_references
-    from retrainer.serving.log_store import read_predictions
-    from retrainer.serving.prediction_log import PredictionLog
     from retrainer.serving.schema import record_schema
 
     params = load_params(ROOT / "params.yaml")
-    numeric, categorical = list(params.features.numeric), list(params.features.categorical)
     builder = FeatureBuilder(params, load_references(params, ROOT))
     flights = pd.read_parquet(ROOT / "seeds" / "flights.parquet")
     outcomes = ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]
     february = flights.loc[flights["month"] == 2].drop(columns=outcomes).head(20_000)
     records = record_schema(params).json_records(json.loads(february.to_json(orient="records", date_format="iso")))
+    return params, builder, records
+
+
+def main() -> None:
+
+    from retrainer.serving.log_store import read_predictions
+    from retrainer.serving.prediction_log import PredictionLog
+
+    params, builder, records = february_records()
+    numeric, categorical = list(params.features.numeric), list(params.features.categorical)
     rng = np.random.default_rng(5)
     folder = Path(tempfile.mkdtemp(prefix="retrainer-log-bench-"))
     try:

@@ -55,22 +55,13 @@ def writer_figures(log, prefill: list, batches: list) -> dict:
 
 def measure_writers(folder: Path, url: str) -> dict:
     """The writer figures of the SQLite log (a file in `folder`) and of the PostgreSQL log at `url`."""
-    import pandas as pd
-    from prediction_log_bench import requests_of
+    from prediction_log_bench import february_records, requests_of
 
-    from retrainer.config import load_params
-    from retrainer.serving.features import FeatureBuilder, load_references
     from retrainer.serving.prediction_log import PredictionLog, new_request_key
     from retrainer.serving.prediction_log_pg import PostgresPredictionLog
-    from retrainer.serving.schema import record_schema
 
-    params = load_params(ROOT / "params.yaml")
+    params, builder, records = february_records()
     numeric, categorical = list(params.features.numeric), list(params.features.categorical)
-    builder = FeatureBuilder(params, load_references(params, ROOT))
-    flights = pd.read_parquet(ROOT / "seeds" / "flights.parquet")
-    outcomes = ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]
-    february = flights.loc[flights["month"] == 2].drop(columns=outcomes).head(20_000)
-    records = record_schema(params).json_records(json.loads(february.to_json(orient="records", date_format="iso")))
     rng = np.random.default_rng(5)
     prefill = requests_of(builder, records, BATCH, PREFILL, rng)
     batches = requests_of(builder, records, BATCH, N_BATCHES, rng)
