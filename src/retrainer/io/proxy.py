@@ -96,7 +96,7 @@ class ProxyServer:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the proxy named by the pid file (SIGTERM, SIGKILL after `timeout_s`); remove the pid file."""
-        stop_pid_file(self.pid_file, timeout_s)
+        stop_pid_file(self.pid_file, timeout_s=timeout_s)
 
 
 def start_proxy(folder: Path, port: int, replicas: Sequence[str], timeout_s: float = 30.0) -> ProxyServer:
