@@ -86,8 +86,12 @@ def start_prefect(folder: Path, database_url: str) -> str:
 
 
 def start_worker(folder: Path, settings: dict[str, str]) -> None:
-    """A worker of the process work pool (created if missing), running flows with the stack's settings."""
-    env = {**os.environ, **settings, "PREFECT_HOME": str(folder / "prefect")}
+    """A worker of the process work pool (created if missing), running flows with the stack's settings.
+
+    The caller's own MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI are not passed on (unless `settings` names them): they
+    would win over the stack's database, and the worker's runs would register in another store than the team's."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = {**inherited, **settings, "PREFECT_HOME": str(folder / "prefect")}
     prefect = str(Path(sys.executable).with_name("prefect"))
     _spawn(folder, "worker", [prefect, "worker", "start", "--pool", WORK_POOL, "--type", "process"], env)
 
