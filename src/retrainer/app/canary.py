@@ -395,14 +395,13 @@ def served_states(run: CanaryRun, admin: AdminClient) -> dict[str, dict]:
     replica's, waited for (up to REPLICA_ADOPTION_S) until it adopts the promotion that reached one of them."""
     if not run.policy.replica_urls:
         return {run.base_url: admin.rollout()}
-    import httpx
-
+    from retrainer.serving.client import service_state
     from retrainer.serving.replicas import wait_until
 
     states: dict[str, dict] = {}
 
     def adopted(url: str) -> bool:
-        states[url] = httpx.get(f"{url}/rollout", timeout=10).json()
+        states[url] = service_state(url, timeout_s=10) or {}
         return serves_promoted(states[url], run.challenger)
 
     for url in run.policy.replica_urls:
