@@ -102,7 +102,8 @@ def start_dask(folder: Path) -> str:
     port = servers.free_low_port()
     commands = servers.dask_commands(port, DASK_WORKERS, folder / "dask")
     names = ["dask-scheduler", *(f"dask-worker-{index}" for index in range(1, DASK_WORKERS + 1))]
-    processes = [_spawn(folder, name, command, dict(os.environ)) for name, command in zip(names, commands, strict=True)]
+    env = {**os.environ, **servers.DASK_WORKER_ENV}
+    processes = [_spawn(folder, name, command, env) for name, command in zip(names, commands, strict=True)]
     cluster = servers.DaskCluster(processes[0], tuple(processes[1:]), port)
     servers.wait_for_dask(cluster, folder, DASK_START_TIMEOUT_S)
     return cluster.address

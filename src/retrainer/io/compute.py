@@ -63,8 +63,42 @@ def search_backend(address: str | None = None, timeout_s: float = CONNECT_TIMEOU
         return
     import joblib
 
+    joblib.register_parallel_backend(SEARCH_BACKEND, _dask_backend_with_sequential_nesting)
     with (
         connect_dask(address, timeout_s) as client,
-        joblib.parallel_config(backend="dask", client=client, wait_for_workers_timeout=WORKERS_TIMEOUT_S),
+        joblib.parallel_config(backend=SEARCH_BACKEND, client=client, wait_for_workers_timeout=WORKERS_TIMEOUT_S),
     ):
         yield address
+
+
+SEARCH_BACKEND = "retrainer-dask"
+
+
+def _dask_backend_with_sequential_nesting(**kwargs):
+    """joblib's Dask backend (same arguments), except that a joblib call made inside a task runs in that task.
+
+    Written here because joblib's Dask backend runs every task under `parallel_config(backend="dask")` (joblib 1.5,
+    `joblib._dask.Batch`), with no setting to change it: each candidate's fit runs a ColumnTransformer, whose
+    per-column fit/transform joblib calls became tasks of their own; the waiting fit seceded from its worker's one
+    thread, that worker took another candidate, and one worker ended up running three fits at once while the other
+    idled (the full year's search on 2 workers: 1.08x in-process before this, bench/results/search.json after).
+    """
+    from joblib import parallel_config
+    from joblib._dask import DaskDistributedBackend  # the class joblib registers as its "dask" backend
+
+    class InTask:
+        # Defined here, not at module level, so that cloudpickle ships it by value: a cluster's workers need
+        # scikit-learn, not retrainer.
+        def __init__(self, func):
+            self.func, self.__name__ = func, getattr(func, "__name__", "call")
+
+        def __call__(self, *args, **kwargs):
+            with parallel_config(backend="sequential"):
+                return self.func(*args, **kwargs)
+
+    class DaskBackendSequentialNesting(DaskDistributedBackend):
+        def submit(self, func, callback=None):
+            func.items = [(InTask(f), args, kw) for f, args, kw in func.items]
+            return super().submit(func, callback)
+
+    return DaskBackendSequentialNesting(**kwargs)

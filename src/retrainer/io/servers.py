@@ -265,6 +265,16 @@ class DaskCluster:
             stop_process_group(process)
 
 
+# Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (distributed.yaml, to hand freed memory back to
+# the OS sooner). Measured here on the full year's search run in one process: 41.0 s without it, 51.8 s with it
+# (+26 %: every fold's copy of the rows is mapped and faulted in again). Its documented way to unset a pre-spawn
+# variable is a None value in the config; the environment carries it to the nanny.
+DASK_WORKER_ENV = {
+    "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": "{'MALLOC_TRIM_THRESHOLD_': None}",
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+}
+
+
 def dask_commands(port: int, workers: int, folder: Path) -> list[list[str]]:
     """The `dask scheduler` command (loopback, port `port`, dashboard on a free loopback port) and `workers`
     `dask worker` commands (one thread each, spill folder under `folder`)."""
@@ -287,7 +297,15 @@ def start_dask(folder: Path, workers: int = 2, timeout_s: float = 300) -> DaskCl
     for index, command in enumerate(dask_commands(port, workers, folder)):
         name = "dask-scheduler" if index == 0 else f"dask-worker-{index}"
         with (folder / f"{name}.log").open("ab") as log:
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={**os.environ, **DASK_WORKER_ENV},
+                )
+            )
     cluster = DaskCluster(processes[0], tuple(processes[1:]), port)
     try:
         wait_for_dask(cluster, folder, timeout_s)

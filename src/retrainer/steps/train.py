@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from joblib import parallel_config
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -190,7 +191,9 @@ def fit_model(
     search_seconds = time.perf_counter() - search_started
     best = clone(pipeline).set_params(**search.best_params_)
     validated, final = fit_best(best, [(fit_part[chosen], fit_part[label]), (train[chosen], train[label])], config)
-    threshold = choose_threshold(validation[label].to_numpy(), validated.predict_proba(validation[chosen])[:, 1])
+    with parallel_config(backend="sequential"):  # the ColumnTransformer's per-column calls: here, never a cluster's
+        proba = validated.predict_proba(validation[chosen])[:, 1]
+    threshold = choose_threshold(validation[label].to_numpy(), proba)
     return TrainResult(
         model=final,
         threshold=threshold,
