@@ -16,20 +16,26 @@ frame (pandas `memory_usage(deep=True)`).
   trained at 330k. Reading the window out of the prediction log is left out: writing 10M predictions into a log
   costs more than the whole curve (bench/monitor_bench.py times a full pass over 1M logged predictions).
 
-A step that has not finished after STEP_TIMEOUT_S seconds is stopped and recorded as such.
+A step that has not finished after --step-timeout seconds (STEP_TIMEOUT_S by default), or at --stop-at (a UTC
+time), is stopped and recorded as such. From the second size on, train runs last, after the monitoring pass (which
+needs only the first size's model), so a stopped train leaves the other steps measured. Every step records the
+1-minute load average at its start and end (the machine may be shared; a step's time is only as good as its load).
+The results file is rewritten after each size, so a run that is stopped keeps the sizes it finished.
 
-Run: .venv/bin/python bench/scale_bench.py [ROWS ...]   (prints figures, writes bench/results/scale.json;
-asserts nothing about time).
+Run: .venv/bin/python bench/scale_bench.py [--step-timeout S] [--stop-at HH:MM] [ROWS ...]   (prints figures, writes
+bench/results/scale.json; asserts nothing about time).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +81,21 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
     return next((round(int(line.split()[1]) / 1024, 1) for line in lines if line.startswith("VmHWM:")), None)
 
 
-def run_child(step: str, data: Path, work: Path, log: Path) -> dict:
-    """Run one step in a child, polling its peak RSS; stop it after STEP_TIMEOUT_S. Its figures, or why not."""
+def load_1m() -> float:
+    """The machine's 1-minute load average."""
+    return round(os.getloadavg()[0], 2)
+
+
+def run_child(step: str, data: Path, work: Path, log: Path, limit: float) -> dict:
+    """Run one step in a child, polling its peak RSS; stop it after `limit` seconds. Its figures, or why not, with
+    the load average at its start and end."""
+    load = {"load_1m_start": load_1m()}
+    figures = run_child_for(step, data, work, log, limit)
+    return {**figures, **load, "load_1m_end": load_1m()}
+
+
+def run_child_for(step: str, data: Path, work: Path, log: Path, limit: float) -> dict:
+    """The child's figures, or why it did not finish within `limit` seconds."""
     started = time.perf_counter()
     with log.open("w") as sink:
         child = subprocess.Popen(
@@ -86,7 +105,7 @@ def run_child(step: str, data: Path, work: Path, log: Path) -> dict:
             stderr=sink,
         )
         peak = 0.0
-        while child.poll() is None and time.perf_counter() - started < STEP_TIMEOUT_S:
+        while child.poll() is None and time.perf_counter() - started < limit:
             peak = max(peak, peak_rss_mb(child.pid) or 0.0)
             time.sleep(0.5)
         if child.poll() is None:
@@ -96,7 +115,7 @@ def run_child(step: str, data: Path, work: Path, log: Path) -> dict:
                 "finished": False,
                 "wall_seconds": round(time.perf_counter() - started, 1),
                 "peak_rss_mb": peak,
-                "why": f"stopped after {STEP_TIMEOUT_S} s",
+                "why": f"stopped after {round(limit)} s",
             }
         out = child.stdout.read().decode()
     wall = round(time.perf_counter() - started, 1)
@@ -129,7 +148,7 @@ def child_validate(params, data: Path, work: Path) -> dict:
 
 def child_train(params, data: Path, work: Path) -> dict:
     """The train stage on work/data/processed/train.parquet (a link to `data`)."""
-    from retrainer.stages import TRAIN, run_stage
+    from retrainer.stages import TRAIN, load_model, run_stage
 
     (work / TRAIN).parent.mkdir(parents=True, exist_ok=True)
     (work / TRAIN).unlink(missing_ok=True)
@@ -139,11 +158,15 @@ def child_train(params, data: Path, work: Path) -> dict:
     before = peak_rss_mb()
     started = time.perf_counter()
     report = run_stage("train", params, work)
+    seconds = round(time.perf_counter() - started, 2)
+    final = load_model(work)["model"].steps[-1][1]
     return {
-        "step_seconds": round(time.perf_counter() - started, 2),
+        "step_seconds": seconds,
+        "search_seconds": report["search_seconds"],
         "rss_before_data_mb": before,
         "cv_best_score": report["cv_best_score"],
         "best_params": report["best_params"],
+        "final_fit_boosting_iterations": getattr(final, "n_iter_", None),
     }
 
 
@@ -204,10 +227,23 @@ def write_profile(params, dataset: pd.DataFrame, work: Path) -> np.ndarray:
     return proba
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How long a step may run: `step_seconds`, and never past `stop_at` (epoch seconds, None: no end)."""
+
+    step_seconds: float
+    stop_at: float | None
+
+    def now(self) -> float:
+        """The seconds the next step may run."""
+        left = self.step_seconds if self.stop_at is None else self.stop_at - time.time()
+        return max(1.0, min(self.step_seconds, left))
+
+
 def measure_size(
-    params, rows: int, dataset: pd.DataFrame, tmp: Path, proba: np.ndarray | None
+    params, rows: int, dataset: pd.DataFrame, tmp: Path, proba: np.ndarray | None, limits: Limits
 ) -> tuple[dict, np.ndarray]:
-    """Write the three inputs at `rows` rows and run the steps; the figures per step."""
+    """Write the three inputs at `rows` rows and run the steps (train last once a profile exists); figures per step."""
     from validation_bench import upsample_flights
 
     numeric = list(params.features.numeric)
@@ -220,19 +256,21 @@ def measure_size(
     out["train"] = {"input_mb": frame_mb(train)}
     train.to_parquet(tmp / f"train-{rows}.parquet")
     del train
+    inputs = {"validate": tmp / "raw.parquet", "train": tmp / f"train-{rows}.parquet"}
+    if proba is not None:
+        out["monitor"] = measure_monitor(params, rows, dataset, proba, tmp, limits)
     for step in ("validate", "train"):
         say(f"  {rows:,} rows: {step} ...")
-        data = tmp / ("raw.parquet" if step == "validate" else f"train-{rows}.parquet")
-        out[step].update(run_child(step, data, work, tmp / f"{step}-{rows}.log"))
+        out[step].update(run_child(step, inputs[step], work, tmp / f"{step}-{rows}.log", limits.now()))
         say(f"    {out[step]}")
     if proba is None:
         proba = write_profile(params, dataset, work)
-    out["monitor"] = measure_monitor(params, rows, dataset, proba, tmp)
+        out["monitor"] = measure_monitor(params, rows, dataset, proba, tmp, limits)
     return out, proba
 
 
-def measure_monitor(params, rows: int, dataset: pd.DataFrame, proba: np.ndarray, tmp: Path) -> dict:
-    """An N-prediction window (features jittered, the 330k model's probabilities, 30 % labelled) and its pass."""
+def measure_monitor(params, rows: int, dataset: pd.DataFrame, proba: np.ndarray, tmp: Path, limits: Limits) -> dict:
+    """An N-prediction window (features jittered, the first size's model's probabilities, 30 % labelled), its pass."""
     rng = np.random.default_rng(SEED + 1)
     marked = dataset.assign(proba=proba, label=dataset[params.data.target.name].astype(int))
     window = jitter_rows(marked, rows, list(params.features.numeric), params.data.time_column, SEED + 2)
@@ -241,36 +279,37 @@ def measure_monitor(params, rows: int, dataset: pd.DataFrame, proba: np.ndarray,
     window.to_parquet(tmp / f"window-{rows}.parquet")
     del window
     say(f"  {rows:,} rows: monitor ...")
-    figures.update(run_child("monitor", tmp / f"window-{rows}.parquet", tmp / "work", tmp / f"monitor-{rows}.log"))
+    path = tmp / f"window-{rows}.parquet"
+    figures.update(run_child("monitor", path, tmp / "work", tmp / f"monitor-{rows}.log", limits.now()))
     say(f"    {figures}")
     return figures
 
 
-def main(sizes: tuple[int, ...]) -> None:
-    """Measure each size in turn, print and write the figures."""
+def main(sizes: tuple[int, ...], limits: Limits) -> None:
+    """Measure each size in turn; print the figures and write them after each size."""
     sys.path.insert(0, str(ROOT / "src"))
     from retrainer.config import load_params
 
     params = load_params(ROOT / "params.yaml")
     dataset = integrated_dataset(params)
-    curve, load = {}, [round(os.getloadavg()[0], 2)]
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    curve, load = {}, [load_1m()]
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         proba = None
         for rows in sizes:
-            curve[str(rows)], proba = measure_size(params, rows, dataset, Path(tmp), proba)
-            load.append(round(os.getloadavg()[0], 2))
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    figures = {
-        "sizes": list(sizes),
-        "curve": curve,
-        "summary": summarise(curve),
-        "step_timeout_seconds": STEP_TIMEOUT_S,
-        "memory_measure": "child process peak RSS (VmHWM), interpreter and imports included",
-        "load_average_1m_before_and_after_each_size": load,
-        "cpus": os.cpu_count(),
-        "git_commit": git.stdout.strip(),
-    }
-    out = write_results("scale", figures)
+            curve[str(rows)], proba = measure_size(params, rows, dataset, Path(tmp), proba, limits)
+            load.append(load_1m())
+            figures = {
+                "sizes": list(sizes),
+                "curve": curve,
+                "summary": summarise(curve),
+                "step_timeout_seconds": limits.step_seconds,
+                "memory_measure": "child process peak RSS (VmHWM), interpreter and imports included",
+                "load_average_1m_before_and_after_each_size": load,
+                "cpus": os.cpu_count(),
+                "git_commit": git.stdout.strip(),
+            }
+            out = write_results("scale", figures)
     print(f"\nscale curve -> {out}")
     for step in ("validate", "train", "monitor"):
         print(step, json.dumps(figures["summary"][step]))
@@ -299,4 +338,14 @@ if __name__ == "__main__":
         sys.path.insert(0, str(ROOT / "src"))
         print(json.dumps(run_in_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
     else:
-        main(tuple(int(a) for a in sys.argv[1:]) or SIZES)
+        parser = argparse.ArgumentParser(description="The scale curve: validate, train, monitor at each size.")
+        parser.add_argument("rows", nargs="*", type=int, default=list(SIZES), help="sizes, in rows")
+        parser.add_argument("--step-timeout", type=float, default=STEP_TIMEOUT_S, help="seconds a step may run")
+        parser.add_argument("--stop-at", help="UTC HH:MM after which no step runs on (today, or tomorrow if past)")
+        args = parser.parse_args()
+        stop_at = None
+        if args.stop_at:
+            now = pd.Timestamp.now(tz="UTC")
+            at = now.normalize() + pd.Timedelta(f"{args.stop_at}:00")
+            stop_at = (at if at > now else at + pd.Timedelta(days=1)).timestamp()
+        main(tuple(args.rows), Limits(args.step_timeout, stop_at))

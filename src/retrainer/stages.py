@@ -158,7 +158,8 @@ def train(params: Params, root: Path) -> dict:
     from retrainer.io.compute import search_backend
     from retrainer.steps.train import fit_model
 
-    frame = pd.read_parquet(root / TRAIN)
+    columns = list(dict.fromkeys([*params.features.all, params.data.target.name, params.data.time_column]))
+    frame = pd.read_parquet(root / TRAIN, columns=columns)  # the other columns (identifiers, leaks) are not trained on
     with search_backend():
         result = fit_model(
             frame,

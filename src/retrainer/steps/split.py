@@ -17,16 +17,20 @@ def select_window(frame: pd.DataFrame, time_column: str, window_months: int) -> 
 
 
 def split_by_time(frame: pd.DataFrame, time_column: str, newest_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split into (older, newest) at a timestamp so the newest part holds about `newest_fraction` of rows."""
+    """Split into (older, newest) at a timestamp so the newest part holds about `newest_fraction` of rows.
+
+    Both parts are row slices of the frame in time order (stable): views that share its memory when the frame is
+    already in time order, as the pipeline's frames are, so a split of N rows costs no copy of them.
+    """
     if len(frame) < 2:
         raise ValueError(f"need at least 2 rows to split by time, got {len(frame)}")
-    ordered = frame.sort_values(time_column, kind="stable")
-    cut_time = ordered[time_column].iloc[int(len(ordered) * (1 - newest_fraction))]
-    older = ordered.loc[ordered[time_column] < cut_time]
-    newest = ordered.loc[ordered[time_column] >= cut_time]
-    if older.empty or newest.empty:
+    ordered = frame if frame[time_column].is_monotonic_increasing else frame.sort_values(time_column, kind="stable")
+    times = ordered[time_column]
+    cut_time = times.iloc[int(len(ordered) * (1 - newest_fraction))]
+    cut = int(times.searchsorted(cut_time, side="left"))
+    if cut == 0:
         raise ValueError(f"all rows share one timestamp near the cut at {cut_time}: cannot split by time")
-    return older.reset_index(drop=True), newest.reset_index(drop=True)
+    return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
 
 
 def make_train_holdout(frame: pd.DataFrame, time_column: str, config: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
