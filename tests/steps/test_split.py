@@ -1,5 +1,6 @@
 """Time-aware window and holdout: the holdout is the newest slice and never overlaps training."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -37,3 +38,13 @@ def test_single_timestamp_cannot_be_split():
     frame = pd.DataFrame({"t": pd.to_datetime(["2013-01-01T00:00Z"] * 10), "x": range(10)})
     with pytest.raises(ValueError, match="share one timestamp"):
         split_by_time(frame, "t", 0.2)
+
+
+def test_split_of_a_time_ordered_frame_is_views_with_the_same_rows_as_of_a_shuffled_one():
+    shuffled = _frame(100)
+    ordered = shuffled.sort_values("t")
+    older, newest = split_by_time(ordered, "t", 0.2)
+    assert np.shares_memory(older["x"].to_numpy(), ordered["x"].to_numpy())
+    assert np.shares_memory(newest["x"].to_numpy(), ordered["x"].to_numpy())
+    for part, expected in zip((older, newest), split_by_time(shuffled, "t", 0.2), strict=True):
+        pd.testing.assert_frame_equal(part, expected)

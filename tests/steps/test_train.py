@@ -52,6 +52,16 @@ def test_pipeline_accepts_unseen_categories_and_missing_values(labelled, params)
     assert np.isfinite(pipeline.predict_proba(odd)).all()
 
 
+def test_pipeline_fitted_on_categoricals_predicts_as_the_one_fitted_on_strings(labelled, params):
+    features, categorical = params.features.all, list(params.features.categorical)
+    on_strings = build_pipeline(list(params.features.numeric), categorical, params.train)
+    on_categoricals = build_pipeline(list(params.features.numeric), categorical, params.train)
+    on_strings.fit(labelled[features], labelled["delayed"])
+    on_categoricals.fit(labelled[features].astype(dict.fromkeys(categorical, "category")), labelled["delayed"])
+    rows = labelled[features]
+    np.testing.assert_array_equal(on_strings.predict_proba(rows), on_categoricals.predict_proba(rows))
+
+
 @pytest.mark.parametrize("method", ["mutual_info", "l1"])
 def test_select_features_keeps_k_informative_columns(method):
     rng = np.random.default_rng(0)

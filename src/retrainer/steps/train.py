@@ -95,8 +95,8 @@ def select_features(
     sample = frame.sample(n=min(config.sample_rows, len(frame)), random_state=seed)
     y = target.loc[sample.index].to_numpy()
     codes = sample[columns].copy()
-    for column in categorical:
-        codes[column] = codes[column].astype("category").cat.codes
+    for column in categorical:  # the sample's own categories, also when the frame's column is already categorical
+        codes[column] = codes[column].astype("category").cat.remove_unused_categories().cat.codes
     codes = codes.fillna(codes.median(numeric_only=True)).fillna(0)
     if config.method == "mutual_info":
         discrete = [c in categorical for c in columns]
