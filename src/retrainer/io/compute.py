@@ -77,7 +77,7 @@ SEARCH_BACKEND = "retrainer-dask"
 def _dask_backend_with_sequential_nesting(**kwargs):
     """joblib's Dask backend (same arguments), except that a joblib call made inside a task runs in that task.
 
-    Written here because joblib's Dask backend runs every task under `parallel_config(backend="dask")` (joblib 1.5,
+    Written here because joblib's Dask backend runs every task under `parallel_config(backend="dask")` (joblib 1.6,
     `joblib._dask.Batch`), with no setting to change it: each candidate's fit runs a ColumnTransformer, whose
     per-column fit/transform joblib calls became tasks of their own; the waiting fit seceded from its worker's one
     thread, that worker took another candidate, and one worker ended up running three fits at once while the other

@@ -268,7 +268,9 @@ class DaskCluster:
 # Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (distributed.yaml, to hand freed memory back to
 # the OS sooner). Measured here on the full year's search run in one process: 41.0 s without it, 51.8 s with it
 # (+26 %: every fold's copy of the rows is mapped and faulted in again). Its documented way to unset a pre-spawn
-# variable is a None value in the config; the environment carries it to the nanny.
+# variable is a None value in the config; the environment carries it to the nanny. The worker's statistical profiler
+# (a sample of the task thread's stack every 10 ms, taken under the GIL) is off as well: bench/results/search.json was
+# measured so; its own share was not measured apart.
 DASK_WORKER_ENV = {
     "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": "{'MALLOC_TRIM_THRESHOLD_': None}",
     "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
