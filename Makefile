@@ -18,11 +18,10 @@ demo: install
 	$(BIN)/retrainer demo
 
 # The suite's tests mostly wait on real servers and processes: pytest-xdist runs whole files side by side
-# (module fixtures stay in one worker), in the order tests/conftest.py gives them: the whole-story files first, so that
-# none of them is left to run alone at the end. TEST_WORKERS=0 runs them in this process.
+# (module fixtures stay in one worker). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 test: install
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 bench: install
 	$(BIN)/python bench/run.py

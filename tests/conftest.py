@@ -13,26 +13,6 @@ import pytest
 from retrainer.config import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-# The files (and then folders) that take longest, longest first, as a run of the whole suite measured them (test
-# seconds under load 7: test_retrain_flow 1,503, test_dvc_pipeline 673, test_model_ci 599, test_second_dataset 503,
-# the demo on the team stack 394 + 235, test_work_pool 380, test_two_machines 355, test_ship 311,
-# test_batch_catalogue 292; the other 54 files 1,500 together). `make test` hands files to its pytest-xdist workers
-# in collection order (--no-loadscope-reorder): the longest first, then the short files fill the workers up to the
-# end (longest-processing-time-first scheduling). xdist's own order, files with the most tests first, left the
-# whole-story files, one or two long tests each, to the end, with one worker busy alone for minutes.
-LONGEST_FIRST = (
-    "integration/test_retrain_flow.py",
-    "integration/test_dvc_pipeline.py",
-    "integration/test_model_ci.py",
-    "e2e/",
-    "team/test_demo_on_stack.py",
-    "team/test_work_pool.py",
-    "team/test_two_machines.py",
-    "integration/",
-    "validation/test_batch_catalogue.py",
-    "team/",
-    "serving/",
-)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,17 +21,6 @@ def pytest_configure(config: pytest.Config) -> None:
     contention (the HGB search of a 1,350-row unit test took 243 s with it at load 7). Speed only, not results."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the tests by the first LONGEST_FIRST entry their path starts with, keeping the collection's order
-    within each (the sort is stable); the rest last."""
-
-    def rank(item: pytest.Item) -> int:
-        path = item.path.relative_to(ROOT / "tests").as_posix()
-        return next((i for i, prefix in enumerate(LONGEST_FIRST) if path.startswith(prefix)), len(LONGEST_FIRST))
-
-    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
