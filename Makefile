@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,team]'
 	touch $(STAMP)
 
+# Options of `retrainer demo` (see its --help), e.g. `make demo DEMO_ARGS="--months 4-6 --trigger monthly"`.
+DEMO_ARGS ?=
 demo: install
-	$(BIN)/retrainer demo
+	$(BIN)/retrainer demo $(DEMO_ARGS)
 
 # The suite's tests mostly wait on real servers and processes: pytest-xdist runs whole files side by side
 # (module fixtures stay in one worker). TEST_WORKERS=0 runs them in this process.

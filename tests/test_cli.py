@@ -85,3 +85,28 @@ def test_a_demo_with_replicas_and_no_haproxy_stops_before_the_bootstrap(project_
     assert done.returncode == 2, done.stderr
     assert "no `haproxy` binary: install the system package (apt-get install haproxy)" in done.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_train_stage_whose_dask_scheduler_is_unreachable_says_so_in_one_line(project_root, tmp_path):
+    """It printed a 29-frame traceback, the address in its last line, after reading the training rows."""
+    import os
+    import shutil
+
+    from retrainer.io.compute import DASK_SCHEDULER_ENV
+    from retrainer.io.processes import free_port
+
+    shutil.copy2(project_root / "params.yaml", tmp_path / "params.yaml")  # no training rows: they are not read
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k != "RETRAINER_PARAMS"}
+    env |= {DASK_SCHEDULER_ENV: address, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    done = subprocess.run(
+        [sys.executable, "-m", "retrainer.cli", "stage", "train"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: Dask scheduler {address} ({DASK_SCHEDULER_ENV}) unreachable after 2 s" in done.stderr

@@ -62,6 +62,7 @@ def stage(
     ],
 ) -> None:
     """Run one pipeline stage in the current folder (this is what `dvc repro` calls)."""
+    from retrainer.io.compute import ComputeUnreachable
     from retrainer.stages import run_stage
 
     params = _params(runs_dvc=True)
@@ -70,6 +71,9 @@ def stage(
     except KeyError as exc:
         typer.secho(f"error: {exc.args[0]}", fg="red", err=True)
         raise typer.Exit(2) from None
+    except ComputeUnreachable as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"{name}: done " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, dict | list)))
 
 
@@ -234,8 +238,8 @@ def deploy(
             MONITOR: (params.monitor.deployment, params.monitor.schedule_cron),
             SHIP: (params.retrain.ship_deployment, None),
         }
-        ids = deploy_to_pool(Path.cwd(), pool, schedules)
-        typer.echo(f"registered on work pool '{pool}': {', '.join(ids)}")
+        names = deploy_to_pool(Path.cwd(), pool, schedules)
+        typer.echo(f"registered on work pool '{pool}': {', '.join(names)}")
         return
     drain_inbox, monitor_flow = load_flow(DRAIN_INBOX), load_flow(MONITOR)
     typer.echo(
@@ -479,7 +483,11 @@ def _team_errors() -> Iterator[None]:
 
 @team_app.command("up")
 def team_up() -> None:
-    """Start the stack under .retrainer/team/ and write team.env; `source .retrainer/team/team.env` to use it."""
+    """Start the stack under .retrainer/team/ and write team.env; `source .retrainer/team/team.env` to use it.
+
+    Starts, on loopback: PostgreSQL, SeaweedFS (S3) with a bucket, a Dask scheduler and 2 workers, a Prefect server
+    on PostgreSQL and a worker of the process work pool 'retrainer'. `retrainer team serve` adds the service replicas
+    behind HAProxy; `retrainer team down` stops everything."""
     from retrainer.io.project import home_dir
     from retrainer.team import team_up as start
 

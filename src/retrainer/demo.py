@@ -7,6 +7,7 @@ import io
 import os
 import re
 import secrets
+import textwrap
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,8 +49,9 @@ if TYPE_CHECKING:
 
 
 def _stream(line: str) -> None:
+    """Echo `dvc repro`'s stage lines, wrapped (never cut: a cut figure reads as the real one)."""
     if line.startswith(("Running stage", "Stage '")) or ": done" in line:
-        typer.echo(f"  | {line[:150]}")
+        typer.echo(textwrap.fill(line, 150, initial_indent="  | ", subsequent_indent="  |   ", break_long_words=False))
 
 
 @cache

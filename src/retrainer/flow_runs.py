@@ -101,13 +101,15 @@ def deploy_to_pool(root: Path, pool: str, schedules: dict[str, tuple[str, str | 
 
     `schedules` maps a flow entrypoint ("module:function", e.g. DRAIN_INBOX) to (deployment name, cron); a cron of
     None registers a deployment without a schedule, run when started (`prefect deployment run`). Returns the
-    deployment ids. Needs PREFECT_API_URL pointing at a server whose workers can read `root` and the project.
+    deployments' names as `prefect deployment run` takes them ('flow-name/deployment-name'). Needs PREFECT_API_URL
+    pointing at a server whose workers can read `root` and the project.
     """
     from prefect import Flow
 
-    ids = []
+    names = []
     for entrypoint, (name, cron) in schedules.items():
         module, function = entrypoint.split(":")
         source = Flow.from_source(source=str(flows_source()), entrypoint=f"{module.replace('.', '/')}.py:{function}")
-        ids.append(str(source.deploy(name=name, work_pool_name=pool, cron=cron, parameters={"root": str(root)})))
-    return ids
+        source.deploy(name=name, work_pool_name=pool, cron=cron, parameters={"root": str(root)})
+        names.append(f"{source.name}/{name}")
+    return names

@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import joblib
 import pandas as pd
 
 from retrainer.config import Params, Reference, params_hash
@@ -159,8 +158,8 @@ def train(params: Params, root: Path) -> dict:
     from retrainer.steps.train import fit_model
 
     columns = list(dict.fromkeys([*params.features.all, params.data.target.name, params.data.time_column]))
-    frame = pd.read_parquet(root / TRAIN, columns=columns)  # the other columns (identifiers, leaks) are not trained on
-    with search_backend():
+    with search_backend() as scheduler:  # first: an unreachable scheduler is reported before the rows are read
+        frame = pd.read_parquet(root / TRAIN, columns=columns)  # not the other columns (identifiers, leaks)
         result = fit_model(
             frame,
             list(params.features.numeric),
@@ -181,6 +180,7 @@ def train(params: Params, root: Path) -> dict:
         "threshold": result.threshold,
         "fit_seconds": round(result.fit_seconds, 3),
         "search_seconds": round(result.search_seconds, 3),
+        "search_on": scheduler or "in-process",  # the Dask scheduler's address when the search ran on a cluster
         "rows_fit": result.rows_fit,
         "rows_validation": result.rows_validation,
     }
@@ -190,6 +190,8 @@ def train(params: Params, root: Path) -> dict:
 
 def load_model(root: Path) -> dict:
     """The trained bundle: {'model', 'threshold', 'features'}."""
+    import joblib  # here: the stages that never load a model skip its import
+
     return joblib.load(root / MODEL)
 
 
@@ -341,15 +343,20 @@ def run_stage(name: str, params: Params, root: Path) -> dict:
         return reference(params, root, find_reference(params, key))
     if name not in STAGES:
         raise KeyError(f"unknown stage '{name}'; choose from {', '.join(STAGES)}, {REFERENCE}@NAME")
-    with one_thread():
+    with one_thread(loads_model=name in MODEL_STAGES):
         return STAGES[name](params, root)
 
 
-def one_thread() -> contextlib.AbstractContextManager:
+MODEL_STAGES = frozenset({"train", "evaluate", "register"})  # the stages that fit, score or load a model
+
+
+def one_thread(loads_model: bool = True) -> contextlib.AbstractContextManager:
     """A context with one OpenMP and one BLAS thread. threadpoolctl limits only the libraries already loaded, and
-    the stages import scikit-learn lazily: its OpenMP runtime is loaded first (without it, a `dvc repro` train stage
-    ran on two spinning OpenMP threads: 315 s on a loaded 2-core machine against 8 s with one)."""
-    import sklearn.ensemble  # noqa: F401  # loads the OpenMP (HistGradientBoosting) and BLAS runtimes
+    the stages import scikit-learn lazily: for a stage that `loads_model`, its OpenMP runtime is loaded first
+    (without it, a `dvc repro` train stage ran on two spinning OpenMP threads: 315 s on a loaded 2-core machine
+    against 8 s with one). The other stages never import scikit-learn, so they skip its import (about 1 s a stage)."""
+    if loads_model:
+        import sklearn.ensemble  # noqa: F401  # loads the OpenMP (HistGradientBoosting) and BLAS runtimes
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1)

@@ -75,7 +75,7 @@ def _deploy(pool: Pool, cron: str | None = None) -> None:
         raw["retrain"]["schedule_cron"] = cron
         (pool.workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     deployed = _run([_bin("retrainer"), "deploy", "--pool", WORK_POOL], pool)
-    assert f"registered on work pool '{WORK_POOL}'" in deployed.stdout
+    assert f"registered on work pool '{WORK_POOL}': drain-inbox/" in deployed.stdout
 
 
 def _deliver(pool: Pool, project_root: Path, month: int) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 DASK_SCHEDULER_ENV = "RETRAINER_DASK_SCHEDULER"
-CONNECT_TIMEOUT_S = 30  # a scheduler that does not answer within this is reported unreachable
+CONNECT_TIMEOUT_CONFIG = "distributed.comm.timeouts.connect"  # Dask's own setting (30 s by default)
 WORKERS_TIMEOUT_S = 300  # a reachable scheduler with no worker yet: how long joblib waits for one
 
 
@@ -29,33 +29,41 @@ def dask_scheduler() -> str | None:
     return os.environ.get(DASK_SCHEDULER_ENV) or None
 
 
-def connect_dask(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
+def connect_dask(address: str, timeout_s: float | None = None):
     """A `distributed.Client` of the scheduler at `address` (not made the process's default client).
 
+    `timeout_s` defaults to Dask's connect timeout (config `distributed.comm.timeouts.connect`, 30 s unless set, e.g.
+    by DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s): the client retries until then, as a scheduler may be starting.
     Raises ComputeUnreachable naming the address when distributed is missing (the `team` extra) or the scheduler
-    does not answer within `timeout_s` seconds.
+    does not answer in time.
     """
     try:
+        import dask
+        from dask.utils import parse_timedelta
         from distributed import Client
     except ModuleNotFoundError as exc:
         raise ComputeUnreachable(
             f"{DASK_SCHEDULER_ENV}={address} but Dask is not installed ({exc.name}): "
             "install the team extra (pip install -e '.[team]')"
         ) from exc
+    if timeout_s is None:
+        timeout_s = parse_timedelta(dask.config.get(CONNECT_TIMEOUT_CONFIG), default="s")
     try:
         return Client(address, timeout=timeout_s, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise ComputeUnreachable(
-            f"Dask scheduler {address} ({DASK_SCHEDULER_ENV}) unreachable after {timeout_s:g} s: {exc}"
+            f"Dask scheduler {address} ({DASK_SCHEDULER_ENV}) unreachable after {timeout_s:g} s "
+            f"(Dask's {CONNECT_TIMEOUT_CONFIG}): {exc}"
         ) from exc
 
 
 @contextmanager
-def search_backend(address: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[str | None]:
+def search_backend(address: str | None = None, timeout_s: float | None = None) -> Iterator[str | None]:
     """Run the block's joblib calls on the Dask scheduler at `address` (default: $RETRAINER_DASK_SCHEDULER), or in
     this process when there is none; yields the address used, or None.
 
-    Raises ComputeUnreachable naming the address when the scheduler cannot be reached.
+    Raises ComputeUnreachable naming the address when the scheduler cannot be reached within `timeout_s` seconds
+    (default: Dask's connect timeout, see `connect_dask`).
     """
     address = address or dask_scheduler()
     if address is None:
