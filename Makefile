@@ -8,10 +8,15 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# Bytecode is compiled at install (uv's --compile-bytecode, compileall for the project's own code): every pipeline
+# stage, service and flow is a fresh Python process, and where PYTHONDONTWRITEBYTECODE is set none of them would
+# write a .pyc, so each compiled its imports from source again (importing scikit-learn's ensemble took 4.4 s of CPU
+# against 1.5 s from bytecode).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,team]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev,team]'
+	$(BIN)/python -m compileall -q src flows
 	touch $(STAMP)
 
 # Options of `retrainer demo` (see its --help), e.g. `make demo DEMO_ARGS="--months 4-6 --trigger monthly"`.
