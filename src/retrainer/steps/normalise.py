@@ -42,7 +42,8 @@ def drop_empty_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
 def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[dict]]:
     """Text columns without surrounding whitespace (Python's `str.strip`, as pydantic's `str_strip_whitespace` in the
     service), one warning per column that had any, with the count and a few original values. A cell of nothing but
-    whitespace is empty once trimmed, and an empty cell is missing."""
+    whitespace is empty once trimmed, and an empty cell is missing (one warning per column that had empty cells: a
+    Parquet file can hold "", which the service's request schema and a CSV batch read as missing)."""
     notes, out = [], frame
     for column in columns:
         if column not in frame or not isinstance(frame[column].dtype, pd.StringDtype):
@@ -50,9 +51,17 @@ def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd
         values = frame[column]
         stripped = values.str.strip()
         changed = ((stripped != values) & values.notna()).to_numpy(dtype=bool)
-        if not changed.any():
+        already_empty = (values == "").fillna(False).to_numpy(dtype=bool)  # a Parquet file keeps "" (a CSV reads NA)
+        if not changed.any() and not already_empty.any():
             continue
         out = out.assign(**{column: stripped.mask(stripped == "")})
+        if already_empty.any():
+            count = int(already_empty.sum())
+            rows = [int(i) for i in frame.index[already_empty][:MAX_EXAMPLES]]
+            reason = f"{plural(count, 'empty value')}: missing, as in a CSV batch and a request"
+            notes.append(read_entry(f"empty.{column}", column, "warn", count, reason, rows=rows))
+        if not changed.any():
+            continue
         count = int(changed.sum())
         rows = [int(i) for i in frame.index[changed][:MAX_EXAMPLES]]
         examples = [shorten(str(v)) for v in values[changed].unique()[:MAX_EXAMPLES]]
