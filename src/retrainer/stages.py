@@ -154,21 +154,24 @@ def split(params: Params, root: Path) -> dict:
 def train(params: Params, root: Path) -> dict:
     """Search and fit the pipeline on the training window: in this process, or on the Dask cluster that
     $RETRAINER_DASK_SCHEDULER names (io/compute.py; ComputeUnreachable naming it when it does not answer)."""
-    from retrainer.io.compute import search_backend
+    from retrainer.io.compute import retry_lost_worker, search_backend
     from retrainer.steps.train import fit_model
 
     columns = list(dict.fromkeys([*params.features.all, params.data.target.name, params.data.time_column]))
     with search_backend() as scheduler:  # first: an unreachable scheduler is reported before the rows are read
         frame = pd.read_parquet(root / TRAIN, columns=columns)  # not the other columns (identifiers, leaks)
-        result = fit_model(
-            frame,
-            list(params.features.numeric),
-            list(params.features.categorical),
-            params.data.target.name,
-            params.data.time_column,
-            params.train,
-            params.train.feature_selection,
-            params.split.validation_fraction,
+        result = retry_lost_worker(
+            lambda: fit_model(
+                frame,
+                list(params.features.numeric),
+                list(params.features.categorical),
+                params.data.target.name,
+                params.data.time_column,
+                params.train,
+                params.train.feature_selection,
+                params.split.validation_fraction,
+            ),
+            scheduler,
         )
     write_joblib({"model": result.model, "threshold": result.threshold, "features": result.features}, root / MODEL)
     report = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from retrainer.io.compute import DASK_SCHEDULER_ENV, ComputeUnreachable, search_backend
@@ -21,4 +23,11 @@ def test_an_unreachable_scheduler_is_an_error_naming_its_address(monkeypatch):
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv(DASK_SCHEDULER_ENV, address)
     with pytest.raises(ComputeUnreachable, match=f"{address}.*{DASK_SCHEDULER_ENV}"), search_backend(timeout_s=1):
+        pass
+
+
+def test_an_address_of_an_unknown_scheme_is_an_error_naming_it(monkeypatch):
+    monkeypatch.setenv(DASK_SCHEDULER_ENV, "notascheme://127.0.0.1:1")
+    wrong = re.escape("notascheme://127.0.0.1:1 is not a Dask scheduler address")
+    with pytest.raises(ComputeUnreachable, match=wrong), search_backend(timeout_s=1):
         pass

@@ -12,12 +12,16 @@ does here).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 DASK_SCHEDULER_ENV = "RETRAINER_DASK_SCHEDULER"
 CONNECT_TIMEOUT_CONFIG = "distributed.comm.timeouts.connect"  # Dask's own setting (30 s by default)
 WORKERS_TIMEOUT_S = 300  # a reachable scheduler with no worker yet: how long joblib waits for one
+LOST_WORKER_ATTEMPTS = 3  # a search that a lost worker cut short is run again, at most this many times in all
+
+T = TypeVar("T")
 
 
 class ComputeUnreachable(RuntimeError):
@@ -50,6 +54,12 @@ def connect_dask(address: str, timeout_s: float | None = None):
         timeout_s = parse_timedelta(dask.config.get(CONNECT_TIMEOUT_CONFIG), default="s")
     try:
         return Client(address, timeout=timeout_s, set_as_default=False)
+    except ValueError as exc:  # Dask's own message names what is wrong, e.g. an unknown scheme
+        raise ComputeUnreachable(f"{DASK_SCHEDULER_ENV}={address} is not a Dask scheduler address: {exc}") from exc
+    except MemoryError as exc:  # a server of another protocol: its first bytes read as a huge frame length
+        raise ComputeUnreachable(
+            f"{address} ({DASK_SCHEDULER_ENV}) answered, but not as a Dask scheduler (another server's port?)"
+        ) from exc
     except (OSError, TimeoutError) as exc:
         raise ComputeUnreachable(
             f"Dask scheduler {address} ({DASK_SCHEDULER_ENV}) unreachable after {timeout_s:g} s "
@@ -77,6 +87,40 @@ def search_backend(address: str | None = None, timeout_s: float | None = None) -
         joblib.parallel_config(backend=SEARCH_BACKEND, client=client, wait_for_workers_timeout=WORKERS_TIMEOUT_S),
     ):
         yield address
+
+
+def lost_a_worker(exc: BaseException) -> bool:
+    """True for the errors a joblib call on Dask ends with when a worker dies under it: its tasks `KilledWorker`, or
+    cancelled (`FutureCancelledError`, "already forgotten") because the rows joblib scattered to it were lost."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    return isinstance(exc, KilledWorker | FutureCancelledError)
+
+
+def retry_lost_worker(call: Callable[[], T], scheduler: str | None, attempts: int = LOST_WORKER_ATTEMPTS) -> T:
+    """`call()`, run again from the start (at most `attempts` times in all) when it fails because a Dask worker died
+    under it; in process (`scheduler` None) it runs once. The last error is raised as it was.
+
+    joblib's Dask backend scatters each call's rows to one worker (no broadcast), and Dask cannot recompute
+    scattered data: when that worker dies, every task needing the rows is cancelled, though other workers live. A
+    fresh start scatters them again to a live worker. Each fit is seeded, so the result is the one an undisturbed
+    run gives. Retries by tenacity.
+    """
+    if scheduler is None:
+        return call()
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+    def say(state) -> None:
+        lost = state.outcome.exception()
+        print(f"a Dask worker of {scheduler} was lost mid-search ({lost!r}): starting the search again", flush=True)
+
+    for attempt in Retrying(
+        retry=retry_if_exception(lost_a_worker), stop=stop_after_attempt(attempts), before_sleep=say, reraise=True
+    ):
+        with attempt:
+            return call()
+    raise AssertionError("unreachable: tenacity returns or re-raises")
 
 
 SEARCH_BACKEND = "retrainer-dask"
