@@ -346,10 +346,6 @@ def run_stage(name: str, params: Params, root: Path) -> dict:
         return reference(params, root, find_reference(params, key))
     if name not in STAGES:
         raise KeyError(f"unknown stage '{name}'; choose from {', '.join(STAGES)}, {REFERENCE}@NAME")
-    if name in MODEL_STAGES:
-        from retrainer.io.memory import fix_mmap_threshold
-
-        fix_mmap_threshold()  # the training set's large arrays go back to the system once freed
     with one_thread(loads_model=name in MODEL_STAGES):
         return STAGES[name](params, root)
 
