@@ -198,6 +198,25 @@ def test_canary_decision(challenger, progress, policy, action, reason):
         assert all("not a failure" in r for r in proxies), decision.reasons
 
 
+def _stalled(arm: ArmStats, share: float, seed: int) -> ArmStats:
+    """`arm` with a share of its requests stalled at 40 ms, as on a busy machine (its other latencies ~5 ms)."""
+    latencies = np.array(arm.latencies_ms)
+    stalls = np.random.default_rng(seed).choice(len(latencies), int(share * len(latencies)), replace=False)
+    latencies[stalls] = 40.0
+    return replace(arm, latencies_ms=list(latencies))
+
+
+def test_a_p95_that_lands_on_a_load_stall_is_not_a_slower_model():
+    """Both arms see the machine's stalls (4 % and 6 % of their requests): the challenger's p95 lands on one and the
+    champion's does not, so the p95 ratio is far over 2x; the arms' latencies are not significantly different
+    (Mann-Whitney), so it is a note, not a rollback. A whole distribution 3x slower still rolls back (CASES)."""
+    decision = analyse_canary(_stalled(CHAMPION, 0.04, 1), _stalled(HEALTHY, 0.06, 2), MIDDLE, POLICY)
+    assert decision.numbers["p95_latency_ratio"] > 2 * POLICY.max_p95_latency_ratio
+    assert decision.numbers["latency_p_value"] > POLICY.significance
+    assert decision.action == "continue", decision.reasons
+    assert any("not significantly slower" in r and "not a failure" in r for r in decision.reasons), decision.reasons
+
+
 def test_numbers_carry_the_measurements():
     decision = analyse_canary(CHAMPION, _arm(2, 300, 200, errors=15), MIDDLE, POLICY)
     assert decision.numbers["challenger_error_rate"] == pytest.approx(15 / 315)

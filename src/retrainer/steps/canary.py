@@ -198,8 +198,24 @@ def _check_latency(champion, challenger, policy, numbers, failures, notes) -> No
         return
     ratio = ch / max(cp, LATENCY_FLOOR_MS)
     numbers["p95_latency_ratio"] = ratio
-    if ratio > policy.max_p95_latency_ratio:
-        failures.append(f"challenger p95 latency {ratio:.2f}x the champion's > max {policy.max_p95_latency_ratio:g}x")
+    if ratio <= policy.max_p95_latency_ratio:
+        return
+    p_value = latency_slower_p_value(champion.latencies_ms, challenger.latencies_ms)
+    numbers["latency_p_value"] = p_value
+    reason = f"challenger p95 latency {ratio:.2f}x the champion's > max {policy.max_p95_latency_ratio:g}x"
+    if p_value < policy.significance:
+        failures.append(f"{reason} (Mann-Whitney p={p_value:.3g} < {policy.significance:g})")
+    else:  # a few stalls in one arm's tail (a busy machine), not a slower model
+        notes.append(f"{reason}, but its latencies are not significantly slower (p={p_value:.3g}): not a failure")
+
+
+def latency_slower_p_value(champion_ms: Sequence[float], challenger_ms: Sequence[float]) -> float:
+    """One-sided p-value that the challenger's request latencies (ms, one per request) are stochastically greater
+    than the champion's: scipy's Mann-Whitney U test, `alternative="greater"`. Both arms serve side by side within
+    a step, so a machine's load spike lands on both; a slower model shifts the challenger's whole distribution."""
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(challenger_ms, champion_ms, alternative="greater").pvalue)
 
 
 def _check_distribution(champion, challenger, policy, numbers, divergence, notes) -> None:
