@@ -35,6 +35,11 @@ def to_parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def batch_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """The frame as a batch file's bytes in `fmt` ("csv" or "parquet")."""
+    return to_csv_bytes(frame) if fmt == "csv" else to_parquet_bytes(frame)
+
+
 def set_rows(frame: pd.DataFrame, column: str, value, rows: int = 7) -> pd.DataFrame:
     """A copy with the first `rows` values of a column replaced."""
     out = frame.copy()
@@ -380,7 +385,7 @@ def test_same_bad_batch_twice_reuses_its_quarantine(march, params, suite_runner,
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_clean_batch_passes(fmt, march, params, suite_runner, tmp_path):
     source = tmp_path / f"march.{fmt}"
-    source.write_bytes(to_csv_bytes(march) if fmt == "csv" else to_parquet_bytes(march))
+    source.write_bytes(batch_bytes(march, fmt))
     outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
     assert outcome.passed, format_outcome(outcome)
     assert outcome.failures == [] and outcome.warnings == []
@@ -525,7 +530,7 @@ def test_training_reads_a_csv_seed_exactly_as_a_batch(march, params, tmp_path):
 def test_the_text_NA_is_a_code_in_csv_as_in_parquet(fmt, march, params, suite_runner, tmp_path):
     coded = set_rows(march, "carrier", "NA", rows=50).astype({"carrier": "str"})
     source = tmp_path / f"na.{fmt}"
-    source.write_bytes(to_csv_bytes(coded) if fmt == "csv" else to_parquet_bytes(coded))
+    source.write_bytes(batch_bytes(coded, fmt))
     outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
     assert outcome.passed, format_outcome(outcome)
     assert [(w["check"], w["unexpected_count"]) for w in outcome.warnings] == [("categories.carrier", 50)]
@@ -611,7 +616,7 @@ def test_an_empty_text_cell_is_missing_in_parquet_as_in_csv(fmt, march, params, 
     """A Parquet file kept "" as a value: trained on as a category of its own, while a request's "" is missing."""
     blank = set_rows(march, "dest", "", rows=3).astype({"dest": "str"})
     source = tmp_path / f"blank.{fmt}"
-    source.write_bytes(to_csv_bytes(blank) if fmt == "csv" else to_parquet_bytes(blank))
+    source.write_bytes(batch_bytes(blank, fmt))
     outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
     failure = next(f for f in outcome.failures if f["check"] == "not_null.dest")  # dest may not be missing
     assert failure["unexpected_count"] == 3 and failure["rows"] == [0, 1, 2]

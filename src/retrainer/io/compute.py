@@ -115,12 +115,10 @@ def retry_lost_worker(call: Callable[[], T], scheduler: str | None, attempts: in
         lost = state.outcome.exception()
         print(f"a Dask worker of {scheduler} was lost mid-search ({lost!r}): starting the search again", flush=True)
 
-    for attempt in Retrying(
+    retrying = Retrying(
         retry=retry_if_exception(lost_a_worker), stop=stop_after_attempt(attempts), before_sleep=say, reraise=True
-    ):
-        with attempt:
-            return call()
-    raise AssertionError("unreachable: tenacity returns or re-raises")
+    )
+    return retrying(call)
 
 
 SEARCH_BACKEND = "retrainer-dask"

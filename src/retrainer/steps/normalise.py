@@ -52,9 +52,8 @@ def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd
         stripped = values.str.strip()
         changed = ((stripped != values) & values.notna()).to_numpy(dtype=bool)
         already_empty = (values == "").fillna(False).to_numpy(dtype=bool)  # a Parquet file keeps "" (a CSV reads NA)
-        if not changed.any() and not already_empty.any():
-            continue
-        out = out.assign(**{column: stripped.mask(stripped == "")})
+        if changed.any() or already_empty.any():
+            out = out.assign(**{column: stripped.mask(stripped == "")})
         if already_empty.any():
             count = int(already_empty.sum())
             rows = [int(i) for i in frame.index[already_empty][:MAX_EXAMPLES]]
