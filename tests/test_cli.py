@@ -110,3 +110,27 @@ def test_a_train_stage_whose_dask_scheduler_is_unreachable_says_so_in_one_line(p
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert f"error: Dask scheduler {address} ({DASK_SCHEDULER_ENV}) unreachable after 2 s" in done.stderr
+
+
+def test_a_scheduler_address_of_an_unknown_scheme_is_one_line(project_root, tmp_path):
+    """It printed the line, then a traceback while a half-built Dask client closed at exit (after a 10 s wait)."""
+    import os
+    import shutil
+
+    from retrainer.io.compute import DASK_SCHEDULER_ENV
+
+    shutil.copy2(project_root / "params.yaml", tmp_path / "params.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "RETRAINER_PARAMS"} | {DASK_SCHEDULER_ENV: "foo://127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "retrainer.cli", "stage", "train"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: {DASK_SCHEDULER_ENV}=foo://127.0.0.1:1 is not a Dask scheduler address: unknown address scheme 'foo'"
+    )

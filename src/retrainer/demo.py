@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 def _stream(line: str) -> None:
     """Echo `dvc repro`'s stage lines, wrapped (never cut: a cut figure reads as the real one)."""
     if line.startswith(("Running stage", "Stage '")) or ": done" in line:
-        typer.echo(textwrap.fill(line, 150, initial_indent="  | ", subsequent_indent="  |   ", break_long_words=False))
+        indents = {"initial_indent": "  | ", "subsequent_indent": "  |   "}
+        typer.echo(textwrap.fill(line, 150, break_long_words=False, break_on_hyphens=False, **indents))  # paths whole
 
 
 @cache

@@ -50,12 +50,17 @@ def connect_dask(address: str, timeout_s: float | None = None):
             f"{DASK_SCHEDULER_ENV}={address} but Dask is not installed ({exc.name}): "
             "install the team extra (pip install -e '.[team]')"
         ) from exc
+    from distributed.comm.core import parse_address
+    from distributed.comm.registry import get_backend
+
+    try:  # before a Client exists: a half-built one waits 10 s at exit to close
+        get_backend(parse_address(address)[0])
+    except ValueError as exc:  # Dask's own message names what is wrong, e.g. an unknown scheme
+        raise ComputeUnreachable(f"{DASK_SCHEDULER_ENV}={address} is not a Dask scheduler address: {exc}") from exc
     if timeout_s is None:
         timeout_s = parse_timedelta(dask.config.get(CONNECT_TIMEOUT_CONFIG), default="s")
     try:
         return Client(address, timeout=timeout_s, set_as_default=False)
-    except ValueError as exc:  # Dask's own message names what is wrong, e.g. an unknown scheme
-        raise ComputeUnreachable(f"{DASK_SCHEDULER_ENV}={address} is not a Dask scheduler address: {exc}") from exc
     except MemoryError as exc:  # a server of another protocol: its first bytes read as a huge frame length
         raise ComputeUnreachable(
             f"{address} ({DASK_SCHEDULER_ENV}) answered, but not as a Dask scheduler (another server's port?)"
