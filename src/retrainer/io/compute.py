@@ -60,16 +60,42 @@ def connect_dask(address: str, timeout_s: float | None = None):
     if timeout_s is None:
         timeout_s = parse_timedelta(dask.config.get(CONNECT_TIMEOUT_CONFIG), default="s")
     try:
+        scheduler_identity(address, timeout_s)
         return Client(address, timeout=timeout_s, set_as_default=False)
+    except TypeError as exc:  # e.g. tls:// without Dask's TLS settings
+        raise ComputeUnreachable(f"{DASK_SCHEDULER_ENV}={address} cannot be used: {exc}") from exc
+    except TimeoutError as exc:  # a port that took the connection and never answered
+        raise ComputeUnreachable(
+            f"{address} ({DASK_SCHEDULER_ENV}) took the connection but did not answer as a Dask scheduler within "
+            f"{timeout_s:g} s (Dask's {CONNECT_TIMEOUT_CONFIG}; another server's port?)"
+        ) from exc
     except MemoryError as exc:  # a server of another protocol: its first bytes read as a huge frame length
         raise ComputeUnreachable(
             f"{address} ({DASK_SCHEDULER_ENV}) answered, but not as a Dask scheduler (another server's port?)"
         ) from exc
-    except (OSError, TimeoutError) as exc:
+    except OSError as exc:
         raise ComputeUnreachable(
             f"Dask scheduler {address} ({DASK_SCHEDULER_ENV}) unreachable after {timeout_s:g} s "
             f"(Dask's {CONNECT_TIMEOUT_CONFIG}): {exc}"
         ) from exc
+
+
+def scheduler_identity(address: str, timeout_s: float) -> dict:
+    """The scheduler's answer to Dask's `identity` call (its type, id, workers), asked within `timeout_s` seconds.
+
+    Asked before a Client is made because `Client(timeout=)` bounds the connection, not the answer: a port that
+    takes the connection and stays silent (an HTTP server's, a stuck process's) kept the train stage waiting without
+    end. Raises TimeoutError when no answer comes in time, OSError when the connection cannot be made.
+    """
+    import asyncio
+
+    from distributed.core import rpc
+
+    async def ask() -> dict:
+        async with rpc(address, timeout=timeout_s) as scheduler:
+            return await scheduler.identity()
+
+    return asyncio.run(asyncio.wait_for(ask(), timeout_s))
 
 
 @contextmanager
