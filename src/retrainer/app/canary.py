@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pandas as pd
 
 from retrainer.app.results import field_names
@@ -149,6 +150,7 @@ class CanaryRun:
     source: TrafficSource
     workspace: Workspace
     canary_start: tuple[str, dict]
+    http: httpx.Client  # for the polls of /metrics and /rollout, without the admin token
     steps: list[dict] = field(default_factory=list)
 
     @property
@@ -237,14 +239,14 @@ def run_canary(
     versions = {"champion": plan.expected_champion, "challenger": plan.challenger_version}
     thresholds = {arm: version_threshold(plan.model_name, v) for arm, v in versions.items()}
     source = TrafficSource(*load_traffic(Path(plan.traffic), params)) if plan.traffic else TrafficSource.live()
-    with AdminClient(plan.base_url, token) as admin:
+    with AdminClient(plan.base_url, token) as admin, httpx.Client() as http:
         rollout = admin.rollout()
         if rollout["champion_version"] != plan.expected_champion:
             reason = f"service champion is v{rollout['champion_version']}, expected v{plan.expected_champion}"
             aborted = CanaryResult(CanaryOutcome.ABORTED, [reason], plan.challenger_version, plan.expected_champion)
             return dataclasses.replace(aborted, rollout=rollout, champion_version=rollout.get("champion_version"))
-        start = (log_time(), scrape_counters(metrics_urls(plan.base_url, policy)))
-        run = CanaryRun(plan, versions, thresholds, policy, source, workspace, start)
+        start = (log_time(), scrape_counters(metrics_urls(plan.base_url, policy), client=http))
+        run = CanaryRun(plan, versions, thresholds, policy, source, workspace, start, http)
         return step_up(run, admin, on_step or (lambda _report: None), log)
 
 
@@ -272,7 +274,7 @@ def step_up(
 
 def run_step(run: CanaryRun, step: StepProgress, percent: float) -> tuple[CanaryDecision, ReplayStats]:
     """Replay traffic until the analysis stops saying "wait" (bounded by the step's maximum time and the traffic)."""
-    step_start = (log_time(), scrape_counters(metrics_urls(run.base_url, run.policy)))
+    step_start = (log_time(), scrape_counters(metrics_urls(run.base_url, run.policy), client=run.http))
     started, policy, source = time.monotonic(), run.policy, run.source
     traffic = ReplayStats()
     while True:
@@ -329,7 +331,7 @@ def gather_arms(run: CanaryRun, step_start: tuple[str, dict]) -> tuple[ArmStats,
 
     Feedback labels of both arms count from the start of the canary: labels arrive slowly.
     """
-    counters = scrape_counters(metrics_urls(run.base_url, run.policy))
+    counters = scrape_counters(metrics_urls(run.base_url, run.policy), client=run.http)
     log_path, canary_since = run.workspace.prediction_log, run.canary_start[0]
     arms = {}
     for arm, (since, before) in (("champion", run.canary_start), ("challenger", step_start)):
@@ -401,7 +403,7 @@ def served_states(run: CanaryRun, admin: AdminClient) -> dict[str, dict]:
     states: dict[str, dict] = {}
 
     def adopted(url: str) -> bool:
-        states[url] = service_state(url, timeout_s=10) or {}
+        states[url] = service_state(url, timeout_s=10, client=run.http) or {}
         return serves_promoted(states[url], run.challenger)
 
     for url in run.policy.replica_urls:

@@ -30,15 +30,16 @@ def wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: 
     import httpx
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
+    with httpx.Client(timeout=2) as client:  # one for all the polls: a new one costs about 25 ms of CPU
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
     raise TimeoutError(f"{name} not ready in {timeout}s:\n{log_path.read_text()[-4000:]}")
 
 

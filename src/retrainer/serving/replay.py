@@ -176,15 +176,19 @@ def read_arm(log_path: Path, arm: str, model_version: str, since: str, until: st
     )
 
 
-def scrape_counters(urls: Sequence[str], timeout_s: float = 10.0) -> dict[tuple[str, str], float]:
+def scrape_counters(
+    urls: Sequence[str], timeout_s: float = 10.0, client: httpx.Client | None = None
+) -> dict[tuple[str, str], float]:
     """The per-arm request and error counters from /metrics of every URL (one service, or each replica behind a
     proxy), summed: {(name, arm): value}. Each counter is cumulative per process, so sums of two scrapes of the same
-    replicas subtract to the traffic between them. Raises httpx.HTTPError when a replica does not answer."""
+    replicas subtract to the traffic between them. Raises httpx.HTTPError when a replica does not answer.
+
+    Pass `client` when scraping in a loop (a canary's polls): a new httpx client costs about 25 ms of CPU."""
     counters: dict[tuple[str, str], float] = {}
     pattern = r'^(retrainer_(?:requests|errors)_total)\{[^}]*arm="([a-z]+)"[^}]*\} ([0-9.e+-]+)$'
     for url in urls:
         check_loopback(url)
-        text = httpx.get(f"{url}/metrics", timeout=timeout_s).text
+        text = (client or httpx).get(f"{url}/metrics", timeout=timeout_s).text
         for name, arm, value in re.findall(pattern, text, re.MULTILINE):
             counters[(name, arm)] = counters.get((name, arm), 0.0) + float(value)
     return counters

@@ -287,16 +287,20 @@ def adopted_state(url: str, version: str, refresh_s: float) -> dict | None:
     """The service's rollout state once it serves `version` by itself (every replica re-reads the saved rollout state
     within `serve.state_refresh_seconds`), polled over GET /rollout for that bound plus ADOPTION_SLACK_S; None when it
     did not."""
+    import httpx
+
     from retrainer.serving.client import service_state
     from retrainer.serving.replicas import wait_until
 
     seen: list[dict | None] = [None]
+    with httpx.Client() as client:
 
-    def serves_version() -> bool:
-        seen[0] = service_state(url)
-        return seen[0] is not None and seen[0].get("champion_version") == version
+        def serves_version() -> bool:
+            seen[0] = service_state(url, client=client)
+            return seen[0] is not None and seen[0].get("champion_version") == version
 
-    return seen[0] if wait_until(serves_version, refresh_s + ADOPTION_SLACK_S, every_s=0.2) else None
+        adopted = wait_until(serves_version, refresh_s + ADOPTION_SLACK_S, every_s=0.2)
+    return seen[0] if adopted else None
 
 
 def previous_champion(model_name: str) -> tuple[str, str]:
