@@ -20,6 +20,8 @@ DASK_SCHEDULER_ENV = "RETRAINER_DASK_SCHEDULER"
 CONNECT_TIMEOUT_CONFIG = "distributed.comm.timeouts.connect"  # Dask's own setting (30 s by default)
 WORKERS_TIMEOUT_S = 300  # a reachable scheduler with no worker yet: how long joblib waits for one
 LOST_WORKER_ATTEMPTS = 3  # a search that a lost worker cut short is run again, at most this many times in all
+SCHEDULER_LOST = "scheduler-connection-lost"  # distributed's reason for the futures a client loses with its scheduler
+NO_WORKER_MESSAGE = "has no worker after"  # joblib's TimeoutError when no worker joined (joblib/_dask.py, 1.6)
 
 T = TypeVar("T")
 
@@ -122,16 +124,21 @@ def search_backend(address: str | None = None, timeout_s: float | None = None) -
 
 def lost_a_worker(exc: BaseException) -> bool:
     """True for the errors a joblib call on Dask ends with when a worker dies under it: its tasks `KilledWorker`, or
-    cancelled (`FutureCancelledError`, "already forgotten") because the rows joblib scattered to it were lost."""
+    cancelled (`FutureCancelledError`, "already forgotten") because the rows joblib scattered to it were lost. Not
+    for futures cancelled because the client lost the scheduler itself."""
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError
 
-    return isinstance(exc, KilledWorker | FutureCancelledError)
+    if isinstance(exc, FutureCancelledError):
+        return exc.reason != SCHEDULER_LOST
+    return isinstance(exc, KilledWorker)
 
 
 def retry_lost_worker(call: Callable[[], T], scheduler: str | None, attempts: int = LOST_WORKER_ATTEMPTS) -> T:
     """`call()`, run again from the start (at most `attempts` times in all) when it fails because a Dask worker died
-    under it; in process (`scheduler` None) it runs once. The last error is raised as it was.
+    under it; in process (`scheduler` None) it runs once. The last error is raised as it was, except the two that
+    mean the cluster itself is gone, raised as ComputeUnreachable naming `scheduler`: the scheduler lost mid-call,
+    and no worker joining within WORKERS_TIMEOUT_S (every worker lost, none restarted).
 
     joblib's Dask backend scatters each call's rows to one worker (no broadcast), and Dask cannot recompute
     scattered data: when that worker dies, every task needing the rows is cancelled, though other workers live. A
@@ -149,7 +156,23 @@ def retry_lost_worker(call: Callable[[], T], scheduler: str | None, attempts: in
     retrying = Retrying(
         retry=retry_if_exception(lost_a_worker), stop=stop_after_attempt(attempts), before_sleep=say, reraise=True
     )
-    return retrying(call)
+    from distributed.client import FutureCancelledError
+
+    try:
+        return retrying(call)
+    except FutureCancelledError as exc:
+        if exc.reason != SCHEDULER_LOST:
+            raise
+        raise ComputeUnreachable(
+            f"the Dask scheduler {scheduler} ({DASK_SCHEDULER_ENV}) went away mid-search: the train stage stopped"
+        ) from exc
+    except TimeoutError as exc:  # joblib's own, by its message: the type alone is also the stdlib's
+        if NO_WORKER_MESSAGE not in str(exc):
+            raise
+        raise ComputeUnreachable(
+            f"no Dask worker joined the scheduler {scheduler} ({DASK_SCHEDULER_ENV}) within {WORKERS_TIMEOUT_S} s: "
+            "every worker was lost or none was started"
+        ) from exc
 
 
 SEARCH_BACKEND = "retrainer-dask"

@@ -318,8 +318,9 @@ def start_dask(folder: Path, workers: int = 2, timeout_s: float = 300) -> DaskCl
 
 
 def wait_for_dask(cluster: DaskCluster, folder: Path, timeout_s: float) -> None:
-    """Wait until every worker of `cluster` has joined its scheduler. Raises ServerError with the tails of the
-    `dask-*.log` files in `folder` when a process exits, or when `timeout_s` seconds pass."""
+    """Wait until every worker of `cluster` has joined its scheduler (with none, until the scheduler answers).
+    Raises ServerError with the tails of the `dask-*.log` files in `folder` when a process exits, or when
+    `timeout_s` seconds pass."""
     from distributed import Client
 
     deadline = time.monotonic() + timeout_s
@@ -330,7 +331,8 @@ def wait_for_dask(cluster: DaskCluster, folder: Path, timeout_s: float) -> None:
             raise ServerError(f"a Dask process exited ({exited[0].returncode}): {logs}")
         try:
             with Client(cluster.address, timeout=10, set_as_default=False) as client:
-                client.wait_for_workers(len(cluster.workers), timeout=max(deadline - time.monotonic(), 1))
+                if cluster.workers:  # distributed refuses to wait for zero workers
+                    client.wait_for_workers(len(cluster.workers), timeout=max(deadline - time.monotonic(), 1))
             return
         except (OSError, TimeoutError):
             time.sleep(0.5)
