@@ -86,3 +86,26 @@ def test_choose_threshold_maximises_f1():
     y = np.array([0, 0, 0, 1, 1, 1])
     proba = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])
     assert 0.3 < choose_threshold(y, proba) <= 0.6
+
+
+@pytest.mark.parametrize("model", ["hgb", "logreg"])
+def test_numeric_imputation_is_scikit_learns_median_with_empty_columns_kept_as_zero(params, model):
+    """The pipeline takes medians one column at a time (train.median_or_zero, for its memory); the values must be
+    those of SimpleImputer's own "median" with keep_empty_features=True, an even count of values and a column with
+    none among them."""
+    from sklearn.impute import SimpleImputer
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "odd": np.where(rng.random(1001) < 0.2, np.nan, rng.normal(size=1001)),
+            "even": np.r_[rng.normal(size=1000), np.nan],
+            "empty": np.full(1001, np.nan),
+            "carrier": rng.choice(["UA", "DL"], 1001),
+        }
+    )
+    pipeline = build_pipeline(["odd", "even", "empty"], ["carrier"], _tiny_config(params, model))
+    imputer = pipeline.named_steps["preprocess"].fit(frame).named_transformers_["numeric"].named_steps["impute"]
+    reference = SimpleImputer(strategy="median", keep_empty_features=True).fit(frame[["odd", "even", "empty"]])
+    np.testing.assert_array_equal(imputer.statistics_, reference.statistics_)
+    assert imputer.statistics_[2] == 0.0
