@@ -23,37 +23,6 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault(name, "1")
 
 
-# The suite's longest files, longest first (per-file sums of `pytest --durations`, measured on a 2-core machine).
-# `make test` hands whole files to pytest-xdist workers in collection order (--no-loadscope-reorder), so these start
-# first, longest-processing-time first; the many short files fill in after them. xdist's default order (files with
-# the most tests first) started the one-test team files last, where a single one ran on alone at the end.
-LONGEST_FILES = (
-    "integration/test_retrain_flow.py",
-    "team/test_work_pool.py",
-    "team/test_demo_on_stack.py",
-    "e2e/test_second_dataset.py",
-    "integration/test_dvc_pipeline.py",
-    "integration/test_model_ci.py",
-    "validation/test_batch_catalogue.py",
-    "team/test_two_machines.py",
-    "integration/test_ship.py",
-    "team/test_dask_worker_loss.py",
-    "integration/test_monitor.py",
-    "team/test_dask_search.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Move the tests of LONGEST_FILES to the front, in that order (the rest keep theirs). Raises pytest.UsageError
-    naming a listed file that no longer exists, so the list cannot silently go stale."""
-    tests = Path(__file__).parent
-    missing = [name for name in LONGEST_FILES if not (tests / name).is_file()]
-    if missing:
-        raise pytest.UsageError(f"tests/conftest.py LONGEST_FILES names files that do not exist: {missing}")
-    rank = {name: position for position, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(rank)))
-
-
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return ROOT
