@@ -54,11 +54,19 @@ def prefect_harness():
     """One Prefect test harness for the whole session (it costs about 15 s); integration and end-to-end tests.
 
     The test server migrates a fresh SQLite database at start: about 15 s on a quiet machine, minutes at load 10-20.
-    The bound only catches a server that never starts.
+    The bound only catches a server that never starts. Its event persister (the events the UI's event feed reads)
+    and its automation services (triggers and actions) are off: no test reads events or defines an automation, and
+    each consumed every event the flows emitted, on a machine where the suite is CPU-bound.
     """
+    from prefect.settings import (
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED,
+        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=600):
+    off = {PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED: False, PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED: False}
+    with temporary_settings(updates=off), prefect_test_harness(server_startup_timeout=600):
         yield
 
 
