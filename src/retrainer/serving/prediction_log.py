@@ -804,11 +804,7 @@ class LogWriter:
 
 @dataclass(frozen=True)
 class LoggedRows:
-    """Predictions read back from the log, newest request first, with any feedback label (else NaN).
-
-    `probability`, `feedback` and `features` have one entry per prediction (row); `latency_ms` has one per request
-    read (a request's latency is the time to answer all its rows, so repeating it per row would weight a 1,000-row
-    request as 1,000 samples of the latency distribution)."""
+    """Predictions read back from the log, newest request first, with any feedback label (else NaN)."""
 
     probability: np.ndarray
     latency_ms: np.ndarray
@@ -889,7 +885,7 @@ def read_window(execute: Callable, statements: LogStatements, query: WindowQuery
         taken[key] = _Taken(total, count, None if isinstance(positions, range) else np.asarray(positions))
         total += count
         times.append(time_)
-        latency.append(latency_ms)
+        latency.append(np.full(count, latency_ms))
         proba.extend(_pick(orjson.loads(probabilities), positions))
         columns.add(orjson.loads(features) if features else None, positions)
     feedback = np.full(total, np.nan)
@@ -963,7 +959,7 @@ class _Columns:
 def _rows_of(proba: list, latency: list, times: list, columns: _Columns, feedback: np.ndarray) -> LoggedRows:
     return LoggedRows(
         probability=np.array(proba, dtype="float64"),
-        latency_ms=np.array(latency, dtype="float64"),
+        latency_ms=np.concatenate(latency) if latency else np.empty(0),
         feedback=feedback,
         features=columns.frame(),
         first_time=min(times) if times else None,

@@ -154,9 +154,7 @@ def _send_due(client: httpx.Client, pending: deque, stats: ReplayStats, now: flo
 
 @dataclass(frozen=True)
 class ArmRows:
-    """One arm's logged predictions in a time window, with the feedback labels that arrived for them.
-
-    One probability per prediction; one latency (ms) per request that had at least one row served by the arm."""
+    """One arm's logged predictions in a time window, with the feedback labels that arrived for them."""
 
     probabilities: list[float]
     latencies_ms: list[float]

@@ -18,8 +18,7 @@ LATENCY_FLOOR_MS = 1.0  # sub-millisecond p95s are timer noise: ratios are taken
 
 @dataclass(frozen=True)
 class ArmStats:
-    """What one arm did: attempted requests, failed ones, latencies (ms, one per request), recent probabilities (one
-    per prediction), and labelled feedback."""
+    """What one arm did: attempted requests, failed ones, latencies, recent probabilities, and labelled feedback."""
 
     requests: int
     errors: int = 0
