@@ -191,8 +191,7 @@ def _dask_backend_with_sequential_nesting(**kwargs):
     from joblib._dask import DaskDistributedBackend  # the class joblib registers as its "dask" backend
 
     class InTask:
-        # Defined here, not at module level, so that cloudpickle ships it by value: a cluster's workers need
-        # scikit-learn, not retrainer.
+        # Defined here, not at module level, so that cloudpickle ships it by value with each task.
         def __init__(self, func):
             self.func, self.__name__ = func, getattr(func, "__name__", "call")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,40 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle", "pyarrow")]
 
 
+@contextmanager
+def own_functions_by_value(model) -> Iterator[None]:
+    """While open, cloudpickle stores the retrainer functions that `model`'s parameters name (such as the numeric
+    imputer's strategy, steps.train.median_or_zero) by value, not by name.
+
+    By name, the logged model would load only where retrainer is installed, which its pip requirements do not say:
+    `mlflow models serve` or another project loading models:/<name>/<version> failed with "No module named
+    'retrainer'" (a breaker test). cloudpickle's documented switch, `register_pickle_by_value`, is per module; the
+    registration is undone on exit, so nothing else this process pickles changes.
+    """
+    import cloudpickle
+
+    names = {
+        value.__module__
+        for step in _estimators(model)
+        for value in step.get_params(deep=False).values()
+        if callable(value) and getattr(value, "__module__", "").startswith("retrainer.")
+    }
+    modules = [sys.modules[name] for name in sorted(names)]
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _estimators(model) -> list:
+    """`model` and every estimator nested in its parameters (pipelines, column transformers, their steps)."""
+    nested = [value for value in model.get_params(deep=True).values() if hasattr(value, "get_params")]
+    return [model, *nested]
+
+
 def input_signature(model, frame: pd.DataFrame) -> tuple[pd.DataFrame, object]:
     """A five-row input example and the MLflow signature of the model's positive-class probability on it."""
     from mlflow.models import infer_signature
@@ -110,16 +146,17 @@ def log_training_run(
         log_records(params or {}, metrics or {}, reports or {}, artifacts)
         dataset = mlflow.data.from_pandas(train_frame, name="training", targets=None)
         mlflow.log_input(dataset, context="training")
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example,
-            serialization_format="cloudpickle",
-            pyfunc_predict_fn="predict_proba",
-            registered_model_name=model_name,
-            pip_requirements=_requirements(),
-        )
+        with own_functions_by_value(model):
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=signature,
+                input_example=example,
+                serialization_format="cloudpickle",
+                pyfunc_predict_fn="predict_proba",
+                registered_model_name=model_name,
+                pip_requirements=_requirements(),
+            )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     for key, value in tags.items():

@@ -51,8 +51,9 @@ def median_or_zero(values: np.ndarray) -> float:
     Used as a callable strategy (scikit-learn >= 1.5 passes it each column's non-missing values) because "median"
     runs numpy.ma.median over the whole numeric block (sklearn/impute/_base.py, `_dense_fit`), which sorts a masked
     copy of it beside an argsort: about 4.4x the block at its peak (602 MB for 1M rows x 18 columns, against 131 MB
-    this way), the train stage's peak memory. The medians are the same. Fitted models refer to this function by
-    name (retrainer.steps.train.median_or_zero): keep it here.
+    this way), the train stage's peak memory. The medians are the same. Pickled models refer to this function by
+    name (retrainer.steps.train.median_or_zero): keep it here. The MLflow artifact carries it by value
+    (io/tracking.own_functions_by_value), so it loads without retrainer installed.
     """
     return float(np.median(values)) if len(values) else 0.0
 
