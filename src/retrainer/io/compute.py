@@ -21,6 +21,7 @@ CONNECT_TIMEOUT_CONFIG = "distributed.comm.timeouts.connect"  # Dask's own setti
 WORKERS_TIMEOUT_S = 300  # a reachable scheduler with no worker yet: how long joblib waits for one
 LOST_WORKER_ATTEMPTS = 3  # a search that a lost worker cut short is run again, at most this many times in all
 SCHEDULER_LOST = "scheduler-connection-lost"  # distributed's reason for the futures a client loses with its scheduler
+IDENTITY_GRACE_S = 5.0  # past the connect timeout, so a refused port ends in Dask's own connect timeout first
 NO_WORKER_MESSAGE = "has no worker after"  # joblib's TimeoutError when no worker joined (joblib/_dask.py, 1.6)
 
 T = TypeVar("T")
@@ -69,7 +70,8 @@ def connect_dask(address: str, timeout_s: float | None = None):
     except TimeoutError as exc:  # a port that took the connection and never answered
         raise ComputeUnreachable(
             f"{address} ({DASK_SCHEDULER_ENV}) took the connection but did not answer as a Dask scheduler within "
-            f"{timeout_s:g} s (Dask's {CONNECT_TIMEOUT_CONFIG}; another server's port?)"
+            f"{timeout_s + IDENTITY_GRACE_S:g} s (Dask's {CONNECT_TIMEOUT_CONFIG} + {IDENTITY_GRACE_S:g} s; another "
+            "server's port?)"
         ) from exc
     except MemoryError as exc:  # a server of another protocol: its first bytes read as a huge frame length
         raise ComputeUnreachable(
@@ -87,7 +89,9 @@ def scheduler_identity(address: str, timeout_s: float) -> dict:
 
     Asked before a Client is made because `Client(timeout=)` bounds the connection, not the answer: a port that
     takes the connection and stays silent (an HTTP server's, a stuck process's) kept the train stage waiting without
-    end. Raises TimeoutError when no answer comes in time, OSError when the connection cannot be made.
+    end. Raises OSError when the connection cannot be made within `timeout_s` (Dask's own timeout, which retries a
+    refused port until then), TimeoutError when a connection was made but no answer came IDENTITY_GRACE_S later:
+    the same bound for both read a refused port as a silent one in 2 of 6 tries (a new-user trial).
     """
     import asyncio
 
@@ -97,7 +101,7 @@ def scheduler_identity(address: str, timeout_s: float) -> dict:
         async with rpc(address, timeout=timeout_s) as scheduler:
             return await scheduler.identity()
 
-    return asyncio.run(asyncio.wait_for(ask(), timeout_s))
+    return asyncio.run(asyncio.wait_for(ask(), timeout_s + IDENTITY_GRACE_S))
 
 
 @contextmanager
@@ -136,9 +140,10 @@ def lost_a_worker(exc: BaseException) -> bool:
 
 def retry_lost_worker(call: Callable[[], T], scheduler: str | None, attempts: int = LOST_WORKER_ATTEMPTS) -> T:
     """`call()`, run again from the start (at most `attempts` times in all) when it fails because a Dask worker died
-    under it; in process (`scheduler` None) it runs once. The last error is raised as it was, except the two that
-    mean the cluster itself is gone, raised as ComputeUnreachable naming `scheduler`: the scheduler lost mid-call,
-    and no worker joining within WORKERS_TIMEOUT_S (every worker lost, none restarted).
+    under it; in process (`scheduler` None) it runs once. The last error is raised as it was, except those that
+    mean the cluster itself is gone, raised as ComputeUnreachable naming `scheduler`: the scheduler lost mid-call
+    or before it (distributed's OSError naming the address once its reconnection times out), and no worker joining
+    within WORKERS_TIMEOUT_S (every worker lost, none restarted).
 
     joblib's Dask backend scatters each call's rows to one worker (no broadcast), and Dask cannot recompute
     scattered data: when that worker dies, every task needing the rows is cancelled, though other workers live. A
@@ -166,13 +171,26 @@ def retry_lost_worker(call: Callable[[], T], scheduler: str | None, attempts: in
         raise ComputeUnreachable(
             f"the Dask scheduler {scheduler} ({DASK_SCHEDULER_ENV}) went away mid-search: the train stage stopped"
         ) from exc
-    except TimeoutError as exc:  # joblib's own, by its message: the type alone is also the stdlib's
-        if NO_WORKER_MESSAGE not in str(exc):
+    except OSError as exc:  # TimeoutError is one
+        gone = cluster_gone(exc, scheduler)
+        if gone is None:
             raise
-        raise ComputeUnreachable(
+        raise gone from exc
+
+
+def cluster_gone(exc: OSError, scheduler: str) -> ComputeUnreachable | None:
+    """ComputeUnreachable naming `scheduler` for the OSErrors of a joblib call on Dask that mean the cluster is gone,
+    else None: joblib's TimeoutError when no worker joined within WORKERS_TIMEOUT_S (by its message, as its type is
+    the builtin one), and distributed's "Timed out trying to connect to <address> ..." when the scheduler went away
+    before the call's first task (by the address it names)."""
+    if NO_WORKER_MESSAGE in str(exc):
+        return ComputeUnreachable(
             f"no Dask worker joined the scheduler {scheduler} ({DASK_SCHEDULER_ENV}) within {WORKERS_TIMEOUT_S} s: "
             "every worker was lost or none was started"
-        ) from exc
+        )
+    if scheduler in str(exc):
+        return ComputeUnreachable(f"the Dask scheduler {scheduler} ({DASK_SCHEDULER_ENV}) went away: {exc}")
+    return None
 
 
 SEARCH_BACKEND = "retrainer-dask"
