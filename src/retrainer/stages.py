@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from retrainer.config import Params, Reference, params_hash
-from retrainer.io.tables import list_batches, read_json, read_table, write_joblib, write_json, write_parquet
+from retrainer.io.tables import (
+    list_batches,
+    read_json,
+    read_parquet,
+    read_table,
+    write_joblib,
+    write_json,
+    write_parquet,
+)
 
 if TYPE_CHECKING:
     from retrainer.io.batch_files import ReadOptions
@@ -135,7 +143,7 @@ def split(params: Params, root: Path) -> dict:
     from retrainer.steps.split import make_train_holdout
 
     time_column, label = params.data.time_column, params.data.target.name
-    train, holdout = make_train_holdout(pd.read_parquet(root / DATASET), time_column, params.split)
+    train, holdout = make_train_holdout(read_parquet(root / DATASET), time_column, params.split)
     write_parquet(train, root / TRAIN)
     write_parquet(holdout, root / HOLDOUT)
     report = {
@@ -159,7 +167,7 @@ def train(params: Params, root: Path) -> dict:
 
     columns = list(dict.fromkeys([*params.features.all, params.data.target.name, params.data.time_column]))
     with search_backend() as scheduler:  # first: an unreachable scheduler is reported before the rows are read
-        frame = pd.read_parquet(root / TRAIN, columns=columns)  # not the other columns (identifiers, leaks)
+        frame = read_parquet(root / TRAIN, columns=columns)  # not the other columns (identifiers, leaks)
         result = retry_lost_worker(
             lambda: fit_model(
                 frame,
@@ -204,7 +212,7 @@ def evaluate(params: Params, root: Path) -> dict:
     from retrainer.steps.evaluate import classification_metrics, evaluation_curves, feature_importance
 
     bundle = load_model(root)
-    holdout = pd.read_parquet(root / HOLDOUT)
+    holdout = read_parquet(root / HOLDOUT)
     label, time_column = params.data.target.name, params.data.time_column
     y = holdout[label].to_numpy()
     proba = bundle["model"].predict_proba(holdout[bundle["features"]])[:, 1]
@@ -272,7 +280,7 @@ def register(params: Params, root: Path) -> dict:
         model_name=params.tracking.registered_model,
         model=bundle["model"],
         features=bundle["features"],
-        train_frame=pd.read_parquet(root / TRAIN),
+        train_frame=read_parquet(root / TRAIN),
         params=run_params(params, train_report, bundle),
         metrics={
             **{f"holdout_{k}": v for k, v in metrics.items()},
@@ -299,8 +307,8 @@ def write_reference_profile(params: Params, root: Path, threshold: float, metric
     """The profile the monitor compares served traffic with: training-window features, holdout predictions."""
     from retrainer.steps.profile import profile_from_params
 
-    holdout = pd.read_parquet(root / PREDICTIONS, columns=["label", "proba"])
-    train = pd.read_parquet(root / TRAIN, columns=params.features.all)
+    holdout = read_parquet(root / PREDICTIONS, columns=["label", "proba"])
+    train = read_parquet(root / TRAIN, columns=params.features.all)
     profile = profile_from_params(
         params, train, holdout["label"].to_numpy(), holdout["proba"].to_numpy(), threshold, metrics
     )
