@@ -33,7 +33,8 @@ test: install
 bench: install
 	$(BIN)/python bench/run.py
 
-# The local team stack (PostgreSQL, SeaweedFS, Prefect server on PostgreSQL, a process-pool worker), loopback only.
+# The local team stack (PostgreSQL, SeaweedFS, Prefect server on PostgreSQL, a process-pool worker, a Dask scheduler
+# and two workers), loopback only; `retrainer team serve` adds the service replicas behind HAProxy.
 team-up: install
 	$(BIN)/retrainer team up
 

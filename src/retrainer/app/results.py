@@ -116,5 +116,5 @@ def canary_lines(canary: dict | None) -> list[str]:
         if "champion_accuracy" in n:
             shown[-1] += f" vs {n['champion_accuracy']:.3f}"
         lines.append(f"canary {step['weight']:>3g}%: {step['decision']['action']:<8} {', '.join(shown)}")
-    lines.append(f"canary {canary['outcome'].upper()}: {'; '.join(canary['reasons'])[:140]}")
+    lines.append(f"canary {canary['outcome'].upper()}: {'; '.join(canary['reasons'])}")  # whole: the why
     return lines
