@@ -68,33 +68,36 @@ def sigkill_with_children(pid: int) -> None:
         os.kill(process.pid, signal.SIGKILL)
 
 
-def test_train_stage_survives_a_worker_sigkilled_mid_search(params, root, tmp_path, monkeypatch, capsys):
-    cluster = start_dask(tmp_path / "dask", workers=2)
-    try:
-        monkeypatch.setenv(DASK_SCHEDULER_ENV, cluster.address)
+def train_and_sigkill_mid_search(params, root: Path, cluster: DaskCluster, victim: str, timeout_s: float) -> dict:
+    """The train stage on `cluster` ($RETRAINER_DASK_SCHEDULER set while it runs); once both workers fit, `victim`
+    ("worker" or "scheduler") is SIGKILLed with its children. The stage's report or error, once it ended."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DASK_SCHEDULER_ENV, cluster.address)
         thread, outcome = train_in_thread(params, root)
         wait_until_both_workers_fit(cluster, thread)
-        sigkill_with_children(cluster.workers[0].pid)
-        thread.join(timeout=900)
+        sigkill_with_children(cluster.workers[0].pid if victim == "worker" else cluster.scheduler.pid)
+        thread.join(timeout=timeout_s)
+    assert not thread.is_alive(), f"the stage still runs {timeout_s:g} s after the {victim} was killed"
+    return outcome
+
+
+def test_train_stage_survives_a_worker_sigkilled_mid_search(params, root, tmp_path, capsys):
+    cluster = start_dask(tmp_path / "dask", workers=2)
+    try:
+        outcome = train_and_sigkill_mid_search(params, root, cluster, "worker", timeout_s=900)
         assert "error" not in outcome, f"{type(outcome['error']).__name__}: {outcome['error']}"
         assert f"a Dask worker of {cluster.address} was lost mid-search" in capsys.readouterr().out
     finally:
         cluster.stop()
-    monkeypatch.delenv(DASK_SCHEDULER_ENV)
     undisturbed = run_stage("train", params, root)  # in this process, the same rows and seed
     for key in ("best_params", "cv_best_score", "threshold"):
         assert outcome["report"][key] == undisturbed[key], key
 
 
-def test_a_scheduler_sigkilled_mid_search_stops_the_stage_naming_it(params, root, tmp_path, monkeypatch, capsys):
+def test_a_scheduler_sigkilled_mid_search_stops_the_stage_naming_it(params, root, tmp_path, capsys):
     cluster = start_dask(tmp_path / "dask", workers=2)
     try:
-        monkeypatch.setenv(DASK_SCHEDULER_ENV, cluster.address)
-        thread, outcome = train_in_thread(params, root)
-        wait_until_both_workers_fit(cluster, thread)
-        sigkill_with_children(cluster.scheduler.pid)
-        thread.join(timeout=300)
-        assert not thread.is_alive(), "the stage still waits on a dead scheduler"
+        outcome = train_and_sigkill_mid_search(params, root, cluster, "scheduler", timeout_s=300)
     finally:
         cluster.stop()
     error = outcome.get("error")
