@@ -87,26 +87,33 @@ def test_a_demo_with_replicas_and_no_haproxy_stops_before_the_bootstrap(project_
     assert not (tmp_path / "demo").exists()
 
 
-def test_a_train_stage_whose_dask_scheduler_is_unreachable_says_so_in_one_line(project_root, tmp_path):
-    """It printed a 29-frame traceback, the address in its last line, after reading the training rows."""
+def _stage_train_with_scheduler(project_root, tmp_path, address: str, **env: str) -> subprocess.CompletedProcess:
+    """`retrainer stage train` in a folder with only params.yaml (no training rows: they are not read), with
+    RETRAINER_DASK_SCHEDULER at `address` and the extra environment `env`."""
     import os
     import shutil
 
     from retrainer.io.compute import DASK_SCHEDULER_ENV
-    from retrainer.io.processes import free_port
 
-    shutil.copy2(project_root / "params.yaml", tmp_path / "params.yaml")  # no training rows: they are not read
-    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
-    env = {k: v for k, v in os.environ.items() if k != "RETRAINER_PARAMS"}
-    env |= {DASK_SCHEDULER_ENV: address, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
-    done = subprocess.run(
+    shutil.copy2(project_root / "params.yaml", tmp_path / "params.yaml")
+    environment = {k: v for k, v in os.environ.items() if k != "RETRAINER_PARAMS"}
+    return subprocess.run(
         [sys.executable, "-m", "retrainer.cli", "stage", "train"],
         cwd=tmp_path,
-        env=env,
+        env=environment | {DASK_SCHEDULER_ENV: address, **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_a_train_stage_whose_dask_scheduler_is_unreachable_says_so_in_one_line(project_root, tmp_path):
+    """It printed a 29-frame traceback, the address in its last line, after reading the training rows."""
+    from retrainer.io.compute import DASK_SCHEDULER_ENV
+    from retrainer.io.processes import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    done = _stage_train_with_scheduler(project_root, tmp_path, address, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert f"error: Dask scheduler {address} ({DASK_SCHEDULER_ENV}) unreachable after 2 s" in done.stderr
@@ -114,21 +121,9 @@ def test_a_train_stage_whose_dask_scheduler_is_unreachable_says_so_in_one_line(p
 
 def test_a_scheduler_address_of_an_unknown_scheme_is_one_line(project_root, tmp_path):
     """It printed the line, then a traceback while a half-built Dask client closed at exit (after a 10 s wait)."""
-    import os
-    import shutil
-
     from retrainer.io.compute import DASK_SCHEDULER_ENV
 
-    shutil.copy2(project_root / "params.yaml", tmp_path / "params.yaml")
-    env = {k: v for k, v in os.environ.items() if k != "RETRAINER_PARAMS"} | {DASK_SCHEDULER_ENV: "foo://127.0.0.1:1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "retrainer.cli", "stage", "train"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _stage_train_with_scheduler(project_root, tmp_path, "foo://127.0.0.1:1")
     assert done.returncode == 1, done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(
