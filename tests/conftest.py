@@ -18,9 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def pytest_configure(config: pytest.Config) -> None:
     """One OpenMP/BLAS thread in every test process and the servers and stages they start: `make test` runs files on
     several pytest-xdist workers of a 2-core machine, where a second spinning OpenMP thread per fit only adds
-    contention (the HGB search of a 1,350-row unit test took 243 s with it at load 7). Speed only, not results."""
+    contention (the HGB search of a 1,350-row unit test took 243 s with it at load 7). Speed only, not results.
+
+    DVC's usage analytics are off for the same reason (DVC_NO_ANALYTICS, DVC's own switch): every DVC command of the
+    suite started a `dvc daemon analytics` process, 58 of them and about 19 s of CPU per run, and tests send no
+    usage reports anywhere."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
 @pytest.fixture(scope="session")
