@@ -7,6 +7,7 @@ import io
 import os
 import re
 import secrets
+import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -551,8 +552,9 @@ def print_summary(demo: Demo) -> None:
         demo.console.print(serving_line(demo.service.url, demo.answered), highlight=False)
     demo.console.print("look closer:")
     store = f"sqlite:///{home / MLFLOW_DB_FILE}" if database_url() is None else f'"${DATABASE_ENV}"'
-    demo.console.print(f"  mlflow ui --backend-store-uri {store} --workers 1")
-    demo.console.print(f"  cd {demo.workdir} && retrainer status && retrainer lineage {final}")
+    mlflow, retrainer = (Path(sys.executable).with_name(name) for name in ("mlflow", "retrainer"))  # venv: off PATH
+    demo.console.print(f"  {mlflow} ui --backend-store-uri {store} --workers 1")
+    demo.console.print(f"  cd {demo.workdir} && {retrainer} status && {retrainer} lineage {final}")
 
 
 def serving_line(proxy_url: str, answered: dict[str, dict[str, int]]) -> str:
