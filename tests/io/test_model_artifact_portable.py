@@ -70,3 +70,27 @@ def test_the_logged_model_loads_without_retrainer_installed(labelled, params, tm
     assert child.returncode == 0 and "loaded Pipeline" in child.stdout, (
         "the logged model needs `retrainer`, which its requirements do not name:\n" + child.stderr[-1500:]
     )
+
+
+def test_by_value_registration_survives_nesting_and_leaves_a_caller_s_registration_alone(params):
+    """The registration is process-wide: an inner use closing must not unregister the module under an outer one
+    (two threads logging at once nest the same way), and a module the caller registered stays registered."""
+    import cloudpickle
+
+    from retrainer.io.tracking import own_functions_by_value
+
+    model = build_pipeline(list(params.features.numeric), list(params.features.categorical), params.train)
+    module = "retrainer.steps.train"
+    with own_functions_by_value(model):
+        with own_functions_by_value(model):
+            assert module in cloudpickle.list_registry_pickle_by_value()
+        assert module in cloudpickle.list_registry_pickle_by_value(), "the inner close unregistered the outer's"
+    assert module not in cloudpickle.list_registry_pickle_by_value()
+
+    cloudpickle.register_pickle_by_value(sys.modules[module])
+    try:
+        with own_functions_by_value(model):
+            pass
+        assert module in cloudpickle.list_registry_pickle_by_value(), "a registration it did not make was undone"
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[module])

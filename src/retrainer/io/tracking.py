@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,8 +75,9 @@ def own_functions_by_value(model) -> Iterator[None]:
 
     By name, the logged model would load only where retrainer is installed, which its pip requirements do not say:
     `mlflow models serve` or another project loading models:/<name>/<version> failed with "No module named
-    'retrainer'" (a breaker test). cloudpickle's documented switch, `register_pickle_by_value`, is per module; the
-    registration is undone on exit, so nothing else this process pickles changes.
+    'retrainer'" (a breaker test). cloudpickle's documented switch, `register_pickle_by_value`, is per module and
+    process-wide; a module this registers is unregistered when the last open use of it closes, so nesting and threads
+    are safe, and a module registered by someone else stays registered.
     """
     import cloudpickle
 
@@ -84,14 +87,32 @@ def own_functions_by_value(model) -> Iterator[None]:
         for value in step.get_params(deep=False).values()
         if callable(value) and getattr(value, "__module__", "").startswith("retrainer.")
     }
-    modules = [sys.modules[name] for name in sorted(names)]
-    for module in modules:
-        cloudpickle.register_pickle_by_value(module)
+    with _BY_VALUE_LOCK:
+        ours = [name for name in sorted(names) if name in _BY_VALUE_USERS or not _registered(name)]
+        for name in ours:
+            if not _BY_VALUE_USERS[name]:
+                cloudpickle.register_pickle_by_value(sys.modules[name])
+            _BY_VALUE_USERS[name] += 1
     try:
         yield
     finally:
-        for module in modules:
-            cloudpickle.unregister_pickle_by_value(module)
+        with _BY_VALUE_LOCK:
+            for name in ours:
+                _BY_VALUE_USERS[name] -= 1
+                if not _BY_VALUE_USERS[name]:
+                    del _BY_VALUE_USERS[name]
+                    cloudpickle.unregister_pickle_by_value(sys.modules[name])
+
+
+# Open uses of own_functions_by_value per module it registered (the registry is process-wide).
+_BY_VALUE_LOCK = threading.Lock()
+_BY_VALUE_USERS: Counter[str] = Counter()
+
+
+def _registered(module_name: str) -> bool:
+    import cloudpickle
+
+    return module_name in cloudpickle.list_registry_pickle_by_value()
 
 
 def _estimators(model) -> list:
