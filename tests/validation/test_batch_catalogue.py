@@ -592,6 +592,23 @@ def test_spreadsheet_rows_of_bare_commas_at_the_end_are_dropped_and_counted(
     assert len(outcome.frame) == len(march) and outcome.frame["year"].dtype.kind == "i"
 
 
+def test_parquet_rows_of_nothing_but_empty_text_are_dropped_and_counted_as_the_same_csv_rows_are(
+    march, params, suite_runner, tmp_path
+):
+    """A Parquet file keeps "" where a CSV reads a missing cell: a row of "" text cells and null numbers is empty."""
+    text = {column for column in march if march[column].dtype.kind not in "iufMb"}
+    empty = pd.DataFrame([{column: "" if column in text else None for column in march}] * 3)
+    frame = pd.concat([march, empty], ignore_index=True)
+    frame = frame.astype({column: "Int64" for column in march if march[column].dtype.kind == "i"})
+    source = tmp_path / "export.parquet"
+    source.write_bytes(to_parquet_bytes(frame))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    assert outcome.passed, format_outcome(outcome)
+    dropped = next(w for w in outcome.warnings if w["check"] == "empty_rows")
+    assert dropped["unexpected_count"] == 3 and dropped["rows"] == [len(march), len(march) + 1, len(march) + 2]
+    assert len(outcome.frame) == len(march)
+
+
 def test_bare_comma_rows_in_the_middle_are_named_by_line(march, params, suite_runner, tmp_path):
     header, *rows = to_csv_bytes(march).splitlines(keepends=True)
     rows[100:100] = [b",".join([b'""'] + [b""] * (FIELDS - 1)) + b"\n"]

@@ -136,10 +136,11 @@ def read_batch_file(path: Path, options: ReadOptions) -> BatchTable:
         table = BatchTable(parse_parquet_bytes(data, path.name))
     else:
         table = parse_csv_bytes(data, path.name, options)
-    frame, notes = drop_empty_rows(table.frame)
+    # Trimmed first: a Parquet row of nothing but "" text cells is empty as the same CSV row is, and dropped alike.
+    frame, trimmed = trim_text_columns(table.frame, options.text_columns)
+    frame, notes = drop_empty_rows(frame)
     if frame.empty:
         raise BatchParseError("no_rows", f"{path.name}: the table has columns but no rows")
-    frame, trimmed = trim_text_columns(frame, options.text_columns)
     problems = []
     for column in dict.fromkeys((options.time_column, *options.datetime_columns)):
         frame, unparsed = parse_time_values(frame, column)
