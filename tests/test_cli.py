@@ -129,3 +129,19 @@ def test_a_scheduler_address_of_an_unknown_scheme_is_one_line(project_root, tmp_
     assert line.startswith(
         f"error: {DASK_SCHEDULER_ENV}=foo://127.0.0.1:1 is not a Dask scheduler address: unknown address scheme 'foo'"
     )
+
+
+def test_help_reflows_each_command_s_summary_to_the_terminal_instead_of_keeping_the_docstring_s_line_breaks():
+    """A docstring wrapped in the source must not break mid-phrase in `--help` ("... (crons in params.yaml) and the"
+    alone on a line was `deploy`'s summary): at 400 columns every summary in the command list is one line."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from retrainer.cli import app
+
+    listing = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output
+    panel = listing[listing.index("─ Commands ─") :].splitlines()
+    rows = [line.strip("│ ") for line in panel[1 : next(i for i, line in enumerate(panel) if line.startswith("╰"))]]
+    continued = [row for row in rows if not re.match(r"[a-z-]+ {2,}\S", row)]
+    assert rows and not continued, "\n".join(continued)

@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # reflows docstrings to the terminal ("rich" keeps their line breaks)
 )
 app.add_typer(ci_app, name="ci")
 
@@ -107,7 +108,9 @@ def run(
 
     With canary.enabled (the default) and a champion, a gate pass is canaried on the service at canary.service_url
     (`retrainer serve`, with RETRAINER_ADMIN_TOKEN set in both). A cycle that fails takes its batch back out of
-    training, so the next batch is not blocked. Exit codes: 0 cycle completed (promoted, rejected or rolled back),
+    training, so the next batch is not blocked.
+
+    Exit codes: 0 cycle completed (promoted, rejected or rolled back),
     3 batch quarantined, 1 failure.
     """
     from retrainer.app.results import format_cycle
@@ -149,7 +152,9 @@ def ship(
     with the same gate as a batch's cycle, then packaged and canaried at canary.service_url (or promoted: canary
     off, or no champion) or rejected. The change is recorded as `change-<short commit>-<digest of params and
     code>` (`change-<digest>` outside git): shipping it again prints its recorded outcome unless --force. CD starts
-    the same cycle on a merge to main through the ship deployment (`retrainer deploy`). Exit codes: 0 shipped
+    the same cycle on a merge to main through the ship deployment (`retrainer deploy`).
+
+    Exit codes: 0 shipped
     (promoted, rejected or rolled back), 5 no model change (nothing to ship, not an error), 1 failure.
     """
     from retrainer.app.results import format_cycle
@@ -317,6 +322,7 @@ def recover_log() -> None:
 
     Safe while the service runs: the file is claimed by renaming it, a running service's journal is skipped, and
     requests already in the log are skipped. Lines that still cannot be written stay where they were, unchanged.
+
     Exit codes: 0 all written (or nothing to do), 1 some answered requests are still not in the log.
     """
     from retrainer.io.project import Workspace
@@ -361,7 +367,9 @@ def rollback(
     """Restore the champion the last promotion replaced, update the rollout state, replay the golden set.
 
     A service running at canary.service_url is told to serve the restored champion (needs RETRAINER_ADMIN_TOKEN)
-    and the golden set is replayed through it over HTTP as well. Exit codes: 0 rolled back and verified (in-process,
+    and the golden set is replayed through it over HTTP as well.
+
+    Exit codes: 0 rolled back and verified (in-process,
     and the service when one runs), 1 rolled back but a golden replay does not match (or a conflict), 2 no previous
     champion.
     """

@@ -21,6 +21,7 @@ def report(
     """Reproduce this checkout's pipeline and judge its model against the base revision's with the real gate.
 
     The base's model and holdout come from its dvc.lock through the DVC cache or remote, never by retraining.
+
     Exit codes: 0 gate passed (or no model change), 1 gate failed or a new batch fails validation, 2 could not
     decide (no base model available, the pipeline failed).
     """
