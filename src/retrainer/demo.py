@@ -488,9 +488,11 @@ def serve_and_monitor(demo: Demo, month: pd.Period) -> None:
     champion = demo.results[-1].champion_version
     with demo.console.status(f"{month}: serving the month's records to the champion ..."):
         served = serve_month(demo.service.url, demo.traffic(month, "serve"), params)
+    missing = served["unlabelled"]
+    unlabelled = f" ({missing:,} records have no label: their target is missing)" if missing else ""
     demo.console.print(
         f"   {month}  served {sum(served['by_arm'].values()):,} records to champion v{champion}, "
-        f"{served['feedback_sent']:,} labels came back; monitoring ...",
+        f"{served['feedback_sent']:,} labels came back{unlabelled}; monitoring ...",
         highlight=False,
     )
     traffic = demo.traffic(demo.next_month(month), "canary")

@@ -420,3 +420,17 @@ def test_a_run_killed_during_its_canary_is_undone_and_the_service_stops_sending_
     assert rollout["challenger_weight"] == 0 and rollout["champion_version"] == champion, rollout
     assert registry.alias_version(name, registry.CHALLENGER) is None
     assert registry.alias_version(name, registry.CHAMPION) == champion
+
+
+def test_replay_counts_the_answered_records_that_have_no_label_to_send_back(
+    canary_server: Server, params: Params, seed_flights: pd.DataFrame
+):
+    """A record whose target is missing (a cancelled flight has no arrival delay) is answered but has no feedback:
+    the demo says how many, so "2,927 labels came back" for 3,000 records is explained."""
+    raw = seed_flights.loc[seed_flights["month"] == 2]
+    cancelled = raw.loc[raw["arr_delay"].isna()].head(3)
+    records, labels = labelled_traffic(pd.concat([raw.head(7), cancelled], ignore_index=True), params)
+    assert labels.count(None) == 3
+    served = replay(canary_server.url, records, labels, max_requests=10, batch_size=5)
+    assert (served.succeeded, served.failed) == (2, 0), served.failure_summary()
+    assert (served.feedback_sent, served.unlabelled) == (7, 3)

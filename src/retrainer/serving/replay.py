@@ -27,6 +27,7 @@ class ReplayStats:
     failed: int = 0
     feedback_sent: int = 0
     feedback_failed: int = 0
+    unlabelled: int = 0  # answered records with no label to send back (their target is missing in the data)
     by_arm: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stopped: str = ""
@@ -127,6 +128,7 @@ def _predict(
     due = time.monotonic() + delay_s
     for prediction in predictions:
         stats.by_arm[prediction["arm"]] = stats.by_arm.get(prediction["arm"], 0) + 1
+    stats.unlabelled += sum(label is None for label in labels[: len(predictions)])
     return [
         (due, prediction["prediction_id"], int(label))
         for prediction, label in zip(predictions, labels, strict=False)
