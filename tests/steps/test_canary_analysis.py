@@ -217,6 +217,23 @@ def test_a_p95_that_lands_on_a_load_stall_is_not_a_slower_model():
     assert any("not significantly slower" in r and "not a failure" in r for r in decision.reasons), decision.reasons
 
 
+@pytest.mark.parametrize("damaged", [math.nan, math.inf], ids=["nan", "inf"])
+def test_non_finite_latencies_in_the_log_are_left_out_and_named_not_read_as_no_latencies(damaged):
+    """A damaged log line (the service measures every latency) must not turn the latency check off: a challenger 3x
+    slower with a few NaN latencies still rolls back, and a champion's infinity does not hide the ratio."""
+    slow = _arm(2, 300, 200, latency_ms=15)
+    slow = replace(slow, latencies_ms=[damaged, *slow.latencies_ms[1:], damaged])
+    decision = analyse_canary(CHAMPION, slow, MIDDLE, POLICY)
+    assert decision.action == "rollback", decision.reasons
+    assert any("x the champion's" in r for r in decision.reasons), decision.reasons
+    assert "2 non-finite challenger latencies in the log: left out" in decision.reasons
+
+    champion = replace(CHAMPION, latencies_ms=[*CHAMPION.latencies_ms, damaged])
+    decision = analyse_canary(champion, HEALTHY, MIDDLE, POLICY)
+    assert decision.action == "continue", decision.reasons
+    assert 0.8 < decision.numbers["p95_latency_ratio"] < 1.25
+
+
 def test_numbers_carry_the_measurements():
     decision = analyse_canary(CHAMPION, _arm(2, 300, 200, errors=15), MIDDLE, POLICY)
     assert decision.numbers["challenger_error_rate"] == pytest.approx(15 / 315)

@@ -186,7 +186,11 @@ def _check_errors(champion, challenger, policy, numbers, failures) -> None:
 
 
 def _check_latency(champion, challenger, policy, numbers, failures, notes) -> None:
-    ch, cp = p95(challenger.latencies_ms), p95(champion.latencies_ms)
+    challenger_ms, champion_ms = (
+        _finite(challenger.latencies_ms, "challenger", notes),
+        _finite(champion.latencies_ms, "champion", notes),
+    )
+    ch, cp = p95(challenger_ms), p95(champion_ms)
     numbers["challenger_p95_ms"], numbers["champion_p95_ms"] = ch, cp
     if math.isnan(ch):
         notes.append("no challenger latencies: latency check skipped")
@@ -200,13 +204,22 @@ def _check_latency(champion, challenger, policy, numbers, failures, notes) -> No
     numbers["p95_latency_ratio"] = ratio
     if ratio <= policy.max_p95_latency_ratio:
         return
-    p_value = latency_slower_p_value(champion.latencies_ms, challenger.latencies_ms)
+    p_value = latency_slower_p_value(champion_ms, challenger_ms)
     numbers["latency_p_value"] = p_value
     reason = f"challenger p95 latency {ratio:.2f}x the champion's > max {policy.max_p95_latency_ratio:g}x"
     if p_value < policy.significance:
         failures.append(f"{reason} (Mann-Whitney p={p_value:.3g} < {policy.significance:g})")
     else:  # a few stalls in one arm's tail (a busy machine), not a slower model
         notes.append(f"{reason}, but its latencies are not significantly slower (p={p_value:.3g}): not a failure")
+
+
+def _finite(latencies_ms: Sequence[float], arm: str, notes: list[str]) -> list[float]:
+    """The arm's finite latencies; a note counts the others (the service measures every latency, so a NaN or an
+    infinity comes from a damaged log, and would otherwise read as "no latencies" or as an infinite p95)."""
+    finite = [value for value in latencies_ms if math.isfinite(value)]
+    if len(finite) < len(latencies_ms):
+        notes.append(f"{len(latencies_ms) - len(finite)} non-finite {arm} latencies in the log: left out")
+    return finite
 
 
 def latency_slower_p_value(champion_ms: Sequence[float], challenger_ms: Sequence[float]) -> float:
