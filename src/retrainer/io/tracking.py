@@ -68,6 +68,11 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "cloudpickle", "pyarrow")]
 
 
+# Open uses of own_functions_by_value per module it registered (the registry is process-wide).
+_BY_VALUE_LOCK = threading.Lock()
+_BY_VALUE_USERS: Counter[str] = Counter()
+
+
 @contextmanager
 def own_functions_by_value(model) -> Iterator[None]:
     """While open, cloudpickle stores the retrainer functions that `model`'s parameters name (such as the numeric
@@ -102,11 +107,6 @@ def own_functions_by_value(model) -> Iterator[None]:
                 if not _BY_VALUE_USERS[name]:
                     del _BY_VALUE_USERS[name]
                     cloudpickle.unregister_pickle_by_value(sys.modules[name])
-
-
-# Open uses of own_functions_by_value per module it registered (the registry is process-wide).
-_BY_VALUE_LOCK = threading.Lock()
-_BY_VALUE_USERS: Counter[str] = Counter()
 
 
 def _registered(module_name: str) -> bool:
