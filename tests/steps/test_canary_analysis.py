@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from retrainer.config import CanaryConfig
-from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary, psi
+from retrainer.steps.canary import ArmStats, StepProgress, analyse_canary, p95, psi
 from retrainer.steps.drift import psi_p_value
 
 POLICY = CanaryConfig(
@@ -217,21 +217,46 @@ def test_a_p95_that_lands_on_a_load_stall_is_not_a_slower_model():
     assert any("not significantly slower" in r and "not a failure" in r for r in decision.reasons), decision.reasons
 
 
-@pytest.mark.parametrize("damaged", [math.nan, math.inf], ids=["nan", "inf"])
-def test_non_finite_latencies_in_the_log_are_left_out_and_named_not_read_as_no_latencies(damaged):
+@pytest.mark.parametrize("damaged", [math.nan, None, -math.inf], ids=["nan", "none", "-inf"])
+def test_damaged_latencies_in_the_log_are_left_out_and_named_not_read_as_no_latencies(damaged):
     """A damaged log line (the service measures every latency) must not turn the latency check off: a challenger 3x
-    slower with a few NaN latencies still rolls back, and a champion's infinity does not hide the ratio."""
+    slower with a few missing latencies still rolls back, and a damaged champion latency does not hide the ratio."""
     slow = _arm(2, 300, 200, latency_ms=15)
     slow = replace(slow, latencies_ms=[damaged, *slow.latencies_ms[1:], damaged])
     decision = analyse_canary(CHAMPION, slow, MIDDLE, POLICY)
     assert decision.action == "rollback", decision.reasons
     assert any("x the champion's" in r for r in decision.reasons), decision.reasons
-    assert "2 non-finite challenger latencies in the log: left out" in decision.reasons
+    assert "2 missing or -inf challenger latencies in the log: left out" in decision.reasons
 
     champion = replace(CHAMPION, latencies_ms=[*CHAMPION.latencies_ms, damaged])
     decision = analyse_canary(champion, HEALTHY, MIDDLE, POLICY)
     assert decision.action == "continue", decision.reasons
     assert 0.8 < decision.numbers["p95_latency_ratio"] < 1.25
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 1.0], ids=["one", "10-percent", "all"])
+def test_infinite_challenger_latencies_count_as_slower_than_every_other(share):
+    """+inf is kept as the slowest latency, not left out: a challenger whose requests took 'forever' (one of them,
+    10 % or all) is never let through on the p95 of the rest. With one, its p95 is its measured one and it goes on;
+    from 5 % on its p95 is infinite and it rolls back (a breaker's cases: leaving +inf out let them continue)."""
+    healthy = HEALTHY.latencies_ms
+    infinite = max(1, int(share * len(healthy)))
+    arm = replace(HEALTHY, latencies_ms=[*healthy[: len(healthy) - infinite], *[math.inf] * infinite])
+    decision = analyse_canary(CHAMPION, arm, MIDDLE, POLICY)
+    note = f"{infinite} infinite challenger latencies in the log: counted as slower than every other"
+    assert note in decision.reasons
+    if infinite == 1:
+        assert decision.action == "continue" and math.isfinite(decision.numbers["challenger_p95_ms"]), decision.reasons
+    else:
+        assert decision.action == "rollback" and decision.numbers["challenger_p95_ms"] == math.inf, decision.reasons
+
+
+def test_p95_of_infinite_values_is_infinite_not_nan():
+    """numpy's linear interpolation between two infinities is NaN, which read as 'no latencies'."""
+    assert p95([math.inf, math.inf]) == math.inf
+    assert p95([1.0, 2.0, math.inf]) == math.inf
+    assert p95([1.0] * 99 + [math.inf]) == 1.0
+    assert math.isnan(p95([]))
 
 
 def test_numbers_carry_the_measurements():

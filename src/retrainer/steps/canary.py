@@ -58,8 +58,14 @@ def error_rate(arm: ArmStats) -> float:
 
 
 def p95(values: Sequence[float]) -> float:
-    """The 95th percentile, NaN for no values."""
-    return float(np.percentile(np.asarray(values, dtype=float), 95)) if len(values) else math.nan
+    """The 95th percentile (numpy's default linear interpolation), NaN for no values; inf when it falls on or next to
+    an infinite value (numpy interpolates between two infinities, or with a zero weight, to NaN)."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    if not ordered.size:
+        return math.nan
+    if np.isposinf(ordered[math.ceil(0.95 * (ordered.size - 1))]):
+        return math.inf
+    return float(np.percentile(ordered, 95))
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> float:
@@ -213,13 +219,18 @@ def _check_latency(champion, challenger, policy, numbers, failures, notes) -> No
         notes.append(f"{reason}, but its latencies are not significantly slower (p={p_value:.3g}): not a failure")
 
 
-def _finite(latencies_ms: Sequence[float], arm: str, notes: list[str]) -> list[float]:
-    """The arm's finite latencies; a note counts the others (the service measures every latency, so a NaN or an
-    infinity comes from a damaged log, and would otherwise read as "no latencies" or as an infinite p95)."""
-    finite = [value for value in latencies_ms if math.isfinite(value)]
-    if len(finite) < len(latencies_ms):
-        notes.append(f"{len(latencies_ms) - len(finite)} non-finite {arm} latencies in the log: left out")
-    return finite
+def _finite(latencies_ms: Sequence[float | None], arm: str, notes: list[str]) -> np.ndarray:
+    """The arm's usable latencies (ms). The service measures every latency, so a missing one (None, NaN) or -inf comes
+    from a damaged log: left out, with a note counting them (a NaN would otherwise read as "no latencies"). +inf is
+    kept, as slower than every measured latency, with a note: dropping it would hide a challenger that never answered
+    in time behind the p95 of the rest."""
+    values = np.asarray(latencies_ms, dtype=float).ravel()  # None reads as NaN
+    usable = values[~(np.isnan(values) | np.isneginf(values))]
+    if usable.size < values.size:
+        notes.append(f"{values.size - usable.size} missing or -inf {arm} latencies in the log: left out")
+    if infinite := int(np.isposinf(usable).sum()):
+        notes.append(f"{infinite} infinite {arm} latencies in the log: counted as slower than every other")
+    return usable
 
 
 def latency_slower_p_value(champion_ms: Sequence[float], challenger_ms: Sequence[float]) -> float:
