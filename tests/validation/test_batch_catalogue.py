@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retrainer.io.batch_files import ReadOptions, read_batch_file
 from retrainer.validation import format_outcome, validate_batch_file
 
 TRAINED_UNTIL_FEB = pd.Timestamp("2013-02-28 23:00", tz="UTC")
@@ -592,21 +593,78 @@ def test_spreadsheet_rows_of_bare_commas_at_the_end_are_dropped_and_counted(
     assert len(outcome.frame) == len(march) and outcome.frame["year"].dtype.kind == "i"
 
 
-def test_parquet_rows_of_nothing_but_empty_text_are_dropped_and_counted_as_the_same_csv_rows_are(
-    march, params, suite_runner, tmp_path
+def _with_empty_rows(batch: pd.DataFrame, rows: int, first: bool = False) -> pd.DataFrame:
+    """`batch` with `rows` rows of "" in every text column and nulls elsewhere, at the end (or the start)."""
+    text = {column for column in batch if batch[column].dtype.kind not in "iufMb"}
+    empty = pd.DataFrame([{column: "" if column in text else None for column in batch}] * rows)
+    frame = pd.concat([empty, batch] if first else [batch, empty], ignore_index=True)
+    return frame.astype({column: "Int64" for column in batch if batch[column].dtype.kind == "i"})
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("extra", [False, True], ids=["declared-columns", "an-undeclared-text-column"])
+def test_rows_of_nothing_but_empty_text_are_dropped_and_counted_alike_in_csv_and_parquet(
+    fmt, extra, march, params, suite_runner, tmp_path
 ):
-    """A Parquet file keeps "" where a CSV reads a missing cell: a row of "" text cells and null numbers is empty."""
-    text = {column for column in march if march[column].dtype.kind not in "iufMb"}
-    empty = pd.DataFrame([{column: "" if column in text else None for column in march}] * 3)
-    frame = pd.concat([march, empty], ignore_index=True)
-    frame = frame.astype({column: "Int64" for column in march if march[column].dtype.kind == "i"})
-    source = tmp_path / "export.parquet"
-    source.write_bytes(to_parquet_bytes(frame))
+    """A Parquet file keeps "" where a CSV reads a missing cell: a row of "" text cells and null numbers is empty in
+    both, in a column the params do not declare too (a breaker's case: that column's "" kept the Parquet row, and every
+    not_null check failed on it), and the drop adds no note about the dropped row's cells."""
+    batch = march.assign(comment="ok") if extra else march
+    source = tmp_path / f"export.{fmt}"
+    source.write_bytes(batch_bytes(_with_empty_rows(batch, 3), fmt))
     outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
     assert outcome.passed, format_outcome(outcome)
     dropped = next(w for w in outcome.warnings if w["check"] == "empty_rows")
-    assert dropped["unexpected_count"] == 3 and dropped["rows"] == [len(march), len(march) + 1, len(march) + 2]
+    assert dropped["unexpected_count"] == 3
+    if fmt == "parquet":
+        assert dropped["rows"] == [len(march), len(march) + 1, len(march) + 2]
     assert len(outcome.frame) == len(march)
+    assert not [w["check"] for w in outcome.warnings if w["check"].startswith(("empty.", "whitespace."))]
+
+
+def test_a_note_and_a_check_name_the_same_rows_after_empty_rows_are_dropped(march, params, suite_runner, tmp_path):
+    """Rows are numbered after empty rows are dropped, in the trimming notes as in the checks (a breaker's case: the
+    trimming note counted rows of the file and not_null rows of the batch, for the same cells)."""
+    frame = _with_empty_rows(march, 1, first=True)
+    frame.loc[1:2, "carrier"] = "   "
+    source = tmp_path / "export.parquet"
+    source.write_bytes(to_parquet_bytes(frame))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    whitespace = next(w for w in outcome.warnings if w["check"] == "whitespace.carrier")
+    not_null = next(f for f in outcome.failures if f["check"] == "not_null.carrier")
+    assert whitespace["rows"] == not_null["rows"] == [0, 1], format_outcome(outcome)
+
+
+SMALL = ReadOptions(max_file_mb=10, text_columns=("a", "b"), number_columns=("n",))
+ABC = pd.DataFrame({"a": ["x", "y", "z", ""], "b": ["p", "q", "r", "  "], "n": [1.0, 2.0, 3.0, None]})
+
+
+@pytest.mark.parametrize("dtype", ["object", "category"])
+def test_a_parquet_row_of_blank_text_is_dropped_with_the_same_notes_as_the_csv_row(dtype, tmp_path):
+    """Dictionary-encoded (category) text too: its blank row was kept, with no note."""
+    csv, parquet = tmp_path / "b.csv", tmp_path / "b.parquet"
+    csv.write_bytes(to_csv_bytes(ABC))
+    parquet.write_bytes(to_parquet_bytes(ABC.astype({"a": dtype, "b": dtype})))
+    read = [read_batch_file(path, SMALL) for path in (csv, parquet)]
+    assert [len(table.frame) for table in read] == [3, 3]
+    assert [sorted(note["check"] for note in table.notes) for table in read] == [["empty_rows"]] * 2
+
+
+@pytest.mark.parametrize("labels", [["r1", "r2", "r3", "r4"], [10, 20, 30, 40]], ids=["text", "numbers"])
+def test_a_parquet_file_that_stores_its_index_is_read_by_row_position(labels, tmp_path):
+    """pandas stores a frame's own index in Parquet: rows are still named by position (a text index crashed the
+    drop of empty rows with a raw ValueError; a number index made notes name its labels), and a named index is
+    data, a column as `to_csv` would write it (so that row has a value: it is not empty)."""
+    import io
+
+    source = tmp_path / "b.parquet"
+    for index, rows, columns in ((labels, 3, ["a", "b", "n"]), (pd.Index(labels, name="id"), 4, ["id", "a", "b", "n"])):
+        buffer = io.BytesIO()
+        ABC.set_axis(index).to_parquet(buffer, index=True)
+        source.write_bytes(buffer.getvalue())
+        table = read_batch_file(source, SMALL)
+        assert list(table.frame.index) == list(range(rows)) and list(table.frame.columns) == columns
+        assert [note["rows"] for note in table.notes if note["check"] == "empty_rows"] == ([[3]] if rows == 3 else [])
 
 
 def test_bare_comma_rows_in_the_middle_are_named_by_line(march, params, suite_runner, tmp_path):

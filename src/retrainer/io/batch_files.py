@@ -136,11 +136,10 @@ def read_batch_file(path: Path, options: ReadOptions) -> BatchTable:
         table = BatchTable(parse_parquet_bytes(data, path.name))
     else:
         table = parse_csv_bytes(data, path.name, options)
-    # Trimmed first: a Parquet row of nothing but "" text cells is empty as the same CSV row is, and dropped alike.
-    frame, trimmed = trim_text_columns(table.frame, options.text_columns)
-    frame, notes = drop_empty_rows(frame)
+    frame, notes = drop_empty_rows(table.frame)
     if frame.empty:
         raise BatchParseError("no_rows", f"{path.name}: the table has columns but no rows")
+    frame, trimmed = trim_text_columns(frame, options.text_columns)
     problems = []
     for column in dict.fromkeys((options.time_column, *options.datetime_columns)):
         frame, unparsed = parse_time_values(frame, column)
@@ -174,9 +173,20 @@ def parse_parquet_bytes(data: bytes, name: str) -> pd.DataFrame:
         what = f"{found} content" if found else "no Parquet magic bytes at both ends (truncated?)"
         raise BatchParseError("not_parquet", f"{name}: {what}, not a Parquet file")
     try:
-        return pd.read_parquet(io.BytesIO(data))
+        frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
         raise BatchParseError("unreadable_parquet", f"{name}: corrupt Parquet file: {exc}") from None
+    return rows_by_position(frame)
+
+
+def rows_by_position(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame indexed 0..n-1, as a CSV batch is, so notes and checks name row positions. A Parquet file written
+    from pandas can store the frame's index: a named index level is data (it becomes a column, as `to_csv` writes
+    it); an unnamed one is pandas' row labels, and dropped."""
+    if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1:
+        return frame
+    named = [name for name in frame.index.names if name is not None]
+    return (frame.reset_index(level=named) if named else frame).reset_index(drop=True)
 
 
 def decode_text(data: bytes, name: str) -> str:
@@ -260,7 +270,7 @@ def parse_csv_bytes(data: bytes, name: str, options: ReadOptions) -> BatchTable:
     text, bare = drop_bare_records(text)
     if not bare:
         return BatchTable(frame)
-    reason = f"{describe_lines(bare, len(rows) + 1)} of only delimiters: dropped"
+    reason = f"{describe_lines(bare, len(rows) + 1)} of only delimiters, quotes and spaces: dropped"
     note = read_entry("empty_rows", None, "warn", len(bare), reason, lines=bare[:MAX_EXAMPLES])
     return BatchTable(read_csv_text(text, name, missing, texts), [note])
 

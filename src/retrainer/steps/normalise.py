@@ -29,14 +29,27 @@ def read_entry(check: str, column: str | None, severity: str, count: int, reason
 
 
 def drop_empty_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """The frame without rows whose every cell is missing, and a note counting them (0-based row numbers)."""
-    empty = frame.isna().all(axis=1)
+    """The frame without rows whose every cell is empty, and a note counting them (0-based row numbers). A cell is
+    empty when it is missing or is text of nothing but whitespace, in any text column (object, string or category
+    dtype, declared or not): a CSV reader reads "" as missing in every column, and text is trimmed afterwards, so a
+    Parquet row of "" and nulls is dropped as the same CSV row is."""
+    text = [column for column in frame if _is_text(frame[column].dtype)]
+    empty = frame.drop(columns=text).isna().all(axis=1)
+    if text and empty.any():  # only rows with no other value can be empty: their text cells are looked at
+        candidates = frame.loc[empty, text]
+        blank = candidates.apply(lambda cells: cells.astype("string").str.strip().fillna("").eq("")).all(axis=1)
+        empty = empty & blank.reindex(frame.index, fill_value=False)
     if not empty.any():
         return frame, []
     rows = [int(i) for i in frame.index[empty]]
-    reason = f"{plural(len(rows), 'row')} with every cell missing: dropped"
+    shown = ", ".join(map(str, rows[:MAX_EXAMPLES])) + (", ..." if len(rows) > MAX_EXAMPLES else "")
+    reason = f"{plural(len(rows), 'row')} with every cell empty (row{'s' if len(rows) > 1 else ''} {shown}): dropped"
     note = read_entry("empty_rows", None, "warn", len(rows), reason, rows=rows[:MAX_EXAMPLES])
     return frame.loc[~empty].reset_index(drop=True), [note]
+
+
+def _is_text(dtype) -> bool:
+    return pd.api.types.is_object_dtype(dtype) or isinstance(dtype, (pd.StringDtype, pd.CategoricalDtype))
 
 
 def trim_text_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[dict]]:
