@@ -94,3 +94,19 @@ def test_by_value_registration_survives_nesting_and_leaves_a_caller_s_registrati
         assert module in cloudpickle.list_registry_pickle_by_value(), "a registration it did not make was undone"
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[module])
+
+
+def test_an_error_inside_the_block_is_not_replaced_by_the_close(params):
+    """A caller that unregistered the module itself and then failed sees its own error, not cloudpickle's 'not
+    registered' ValueError from the close (a breaker's case)."""
+    import cloudpickle
+
+    from retrainer.io.tracking import own_functions_by_value
+
+    model = build_pipeline(list(params.features.numeric), list(params.features.categorical), params.train)
+    with pytest.raises(KeyError, match="the caller's own"), own_functions_by_value(model):
+        cloudpickle.unregister_pickle_by_value(sys.modules["retrainer.steps.train"])
+        raise KeyError("the caller's own")
+    assert "retrainer.steps.train" not in cloudpickle.list_registry_pickle_by_value()
+    with own_functions_by_value(model):  # and the count starts again from nothing
+        assert "retrainer.steps.train" in cloudpickle.list_registry_pickle_by_value()

@@ -82,7 +82,8 @@ def own_functions_by_value(model) -> Iterator[None]:
     `mlflow models serve` or another project loading models:/<name>/<version> failed with "No module named
     'retrainer'" (a breaker test). cloudpickle's documented switch, `register_pickle_by_value`, is per module and
     process-wide; a module this registers is unregistered when the last open use of it closes, so nesting and threads
-    are safe, and a module registered by someone else stays registered.
+    are safe, and a module registered by someone else before the first use stays registered. (One registered by
+    someone else while a use is open is undone with it: cloudpickle's registry records no owner.)
     """
     import cloudpickle
 
@@ -106,7 +107,8 @@ def own_functions_by_value(model) -> Iterator[None]:
                 _BY_VALUE_USERS[name] -= 1
                 if not _BY_VALUE_USERS[name]:
                     del _BY_VALUE_USERS[name]
-                    cloudpickle.unregister_pickle_by_value(sys.modules[name])
+                    if _registered(name):  # unregistered inside the block: raising here would hide its exception
+                        cloudpickle.unregister_pickle_by_value(sys.modules[name])
 
 
 def _registered(module_name: str) -> bool:
