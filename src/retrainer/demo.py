@@ -15,6 +15,7 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import pandas as pd
 import typer
@@ -489,7 +490,8 @@ def serve_and_monitor(demo: Demo, month: pd.Period) -> None:
     with demo.console.status(f"{month}: serving the month's records to the champion ..."):
         served = serve_month(demo.service.url, demo.traffic(month, "serve"), params)
     missing = served["unlabelled"]
-    unlabelled = f" ({missing:,} records have no label: their target is missing)" if missing else ""
+    has = "record has" if missing == 1 else "records have"
+    unlabelled = f" ({missing:,} {has} no label: their target is missing)" if missing else ""
     demo.console.print(
         f"   {month}  served {sum(served['by_arm'].values()):,} records to champion v{champion}, "
         f"{served['feedback_sent']:,} labels came back{unlabelled}; monitoring ...",
@@ -557,6 +559,12 @@ def print_summary(demo: Demo) -> None:
     mlflow, retrainer = (Path(sys.executable).with_name(name) for name in ("mlflow", "retrainer"))  # venv: off PATH
     demo.console.print(f"  {mlflow} ui --backend-store-uri {store} --workers 1")
     demo.console.print(f"  cd {demo.workdir} && {retrainer} status && {retrainer} lineage {final}")
+    if demo.service is not None:  # its params.yaml still points the canary at the demo's (stopped) service
+        port = urlparse(demo.service.url).port
+        demo.console.print(
+            f"  the service stopped with the demo: before `retrainer run --batch FILE` there, start "
+            f"`{retrainer} serve --port {port}` (its params.yaml's canary.service_url), or set canary.enabled: false"
+        )
 
 
 def serving_line(proxy_url: str, answered: dict[str, dict[str, int]]) -> str:

@@ -8,6 +8,7 @@ This module uses its own registry home, so the session-wide registry of the othe
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +20,11 @@ import pytest
 from conftest import ROOT, TOKEN, Registry, Server, _register_versions, register_fitted, service_for
 
 from flows.canary import canary
-from retrainer.app.canary import labelled_traffic
+from retrainer.app.canary import labelled_traffic, merge
 from retrainer.config import CanaryConfig, Params
 from retrainer.io import registry
 from retrainer.outcomes import CanaryOutcome
-from retrainer.serving.replay import replay
+from retrainer.serving.replay import ReplayStats, replay
 
 pytestmark = pytest.mark.integration
 
@@ -434,3 +435,13 @@ def test_replay_counts_the_answered_records_that_have_no_label_to_send_back(
     served = replay(canary_server.url, records, labels, max_requests=10, batch_size=5)
     assert (served.succeeded, served.failed) == (2, 0), served.failure_summary()
     assert (served.feedback_sent, served.unlabelled) == (7, 3)
+
+    # a label list taken straight from a float target column has NaN, not None (int(NaN) crashed); 0 is a label
+    floats = [math.nan if label is None else float(label) for label in labels]
+    assert floats.count(0.0) > 0
+    again = replay(canary_server.url, records, floats, max_requests=10, batch_size=5)
+    assert (again.feedback_sent, again.unlabelled, again.failed) == (7, 3, 0), again.failure_summary()
+    total = ReplayStats()
+    for part in (served, again):  # a canary step's running total keeps the count
+        merge(total, part)
+    assert total.unlabelled == 6

@@ -159,6 +159,7 @@ def test_the_demo_on_the_team_stack_trains_on_dask_serves_two_replicas_and_keeps
         artifact_uri = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
     assert artifact_uri.startswith("s3://demo-on-stack/mlflow/"), artifact_uri
     assert champion is not None and f"champion is v{champion}." in demo.stdout
+    assert f"serve --port {urlparse(proxy).port}` (its params.yaml's canary.service_url)" in demo.stdout
     assert sorted(path.name for path in (workdir / HOME_DIR / TEAM_DIR).rglob("*.pid")) == []
     assert leftovers(workdir, [proxy, *answered]) == []
 

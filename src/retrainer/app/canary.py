@@ -352,7 +352,7 @@ def gather_arms(run: CanaryRun, step_start: tuple[str, dict]) -> tuple[ArmStats,
 
 def merge(total: ReplayStats, part: ReplayStats) -> None:
     """Add one replay's counts to a step's running total."""
-    for name in ("sent", "succeeded", "failed", "feedback_sent", "feedback_failed", "seconds"):
+    for name in ("sent", "succeeded", "failed", "feedback_sent", "feedback_failed", "unlabelled", "seconds"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     for arm, n in part.by_arm.items():
         total.by_arm[arm] = total.by_arm.get(arm, 0) + n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import time
 from collections import deque
@@ -65,14 +66,15 @@ def check_loopback(base_url: str) -> None:
 def replay(
     base_url: str,
     records: Sequence[dict],
-    labels: Sequence[int | None],
+    labels: Sequence[float | None],
     feedback_delay_s: float = 0.0,
     max_requests: int = 1000,
     timeout_s: float = 60.0,
     batch_size: int = 1,
     request_timeout_s: float = 30.0,
 ) -> ReplayStats:
-    """POST records to /predict (batch_size per request), then each known label to /feedback after the delay.
+    """POST records to /predict (batch_size per request), then each known label (0/1; None or NaN where the target
+    is missing: counted in `unlabelled`) to /feedback after the delay.
 
     Stops after max_requests prediction requests, when the records run out, or at timeout_s; labels still waiting
     for their delay at the deadline are dropped (counted as neither sent nor failed).
@@ -110,7 +112,7 @@ def _stop_reason(sent: int, max_requests: int, deadline: float) -> str:
 
 
 def _predict(
-    client: httpx.Client, batch: list[dict], labels: Sequence[int | None], stats: ReplayStats, delay_s: float
+    client: httpx.Client, batch: list[dict], labels: Sequence[float | None], stats: ReplayStats, delay_s: float
 ) -> list[tuple[float, str, int]]:
     """POST one batch to /predict and count it; the (due time, prediction id, label) feedback it leads to."""
     stats.sent += 1
@@ -128,12 +130,15 @@ def _predict(
     due = time.monotonic() + delay_s
     for prediction in predictions:
         stats.by_arm[prediction["arm"]] = stats.by_arm.get(prediction["arm"], 0) + 1
-    stats.unlabelled += sum(label is None for label in labels[: len(predictions)])
-    return [
-        (due, prediction["prediction_id"], int(label))
-        for prediction, label in zip(predictions, labels, strict=False)
-        if label is not None
-    ]
+    answered = list(zip(predictions, labels, strict=False))
+    labelled = [(prediction, label) for prediction, label in answered if not _no_label(label)]
+    stats.unlabelled += len(answered) - len(labelled)
+    return [(due, prediction["prediction_id"], int(label)) for prediction, label in labelled]
+
+
+def _no_label(label: float | None) -> bool:
+    """None, or NaN (a float target column's missing value)."""
+    return label is None or (isinstance(label, float) and math.isnan(label))
 
 
 def _error_text(response: httpx.Response) -> str:
