@@ -180,7 +180,7 @@ def validate(
 ) -> None:
     """Validate one batch alone (GX suite, parse checks, drift vs the training data); quarantine it if blocked.
 
-    Exit codes: 0 passed (warnings allowed), 3 quarantined.
+    Exit codes: 0 passed (warnings allowed), 2 no such batch file, 3 quarantined.
     """
     from retrainer.app.validate import validate_batch
     from retrainer.io.project import Workspace
@@ -228,7 +228,7 @@ def deploy(
 ) -> None:
     """Serve the scheduled deployments that drain the inbox and monitor the champion (crons in params.yaml) and the
     unscheduled one CD starts on a merge (`ship/<retrain.ship_deployment>`), or with --pool register them on a work
-    pool (e.g. `retrainer` of `retrainer team up`) and return.
+    pool (e.g. the pool named `retrainer` that `retrainer team up` makes) and return.
 
     Start a server first (`prefect server start`) and point at it with PREFECT_API_URL.
     """

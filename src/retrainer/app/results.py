@@ -96,6 +96,12 @@ def format_cycle(result: CycleResult) -> str:
         if result.metrics.get(role):
             lines.append(f"  {role:<10}  {metric_line(result.metrics[role])}")
     lines += [f"  - {reason}" for reason in result.reasons]
+    if isinstance(result.validation, dict) and result.validation.get("warnings"):
+        checks = sorted(set(result.validation["warnings"]))
+        lines.append(
+            f"  validation passed with {len(checks)} kind{'s' if len(checks) > 1 else ''} of warning: "
+            f"{', '.join(checks)} (the accepted batch's .validation.json names the rows)"
+        )
     if result.bento_tag:
         lines.append(f"  bento {result.bento_tag}")
     lines += [f"  {line}" for line in canary_lines(result.canary)]

@@ -129,7 +129,14 @@ def format_lineage(lineage: dict) -> str:
         f"threshold {tags.get('threshold')}",
         f"  validation  {tags.get('validation', 'not recorded')}",
         f"  gate        {tags.get('gate_verdict', 'not gated')}  {tags.get('gate_reasons', '')}",
-        f"  parent      champion v{tags.get('parent_champion', '-')}",
+        f"  parent      {parent_line(tags.get('parent_champion'))}",
         f"  reports     {', '.join(lineage['reports'])}",
     ]
     return "\n".join(lines)
+
+
+def parent_line(parent: str | None) -> str:
+    """The lineage's parent: the champion the version was gated against, or why there was none."""
+    if parent is None:
+        return "not recorded (not gated)"
+    return "no champion (the first one)" if parent == "none" else f"champion v{parent}"
