@@ -20,6 +20,11 @@ def test_a_promoted_batch_s_validation_warnings_are_named_in_the_summary():
     quarantined = format_cycle(result.but(status=CycleStatus.QUARANTINED, validation="blocked: not_null.carrier"))
     assert "validation passed" not in quarantined, quarantined
 
+    for odd, named in ((["null_values", None], "1 kind of warning: null_values"), ([None], None), ("x.y", "x.y")):
+        text = format_cycle(result.but(validation={"warnings": odd}))
+        line = [line for line in text.splitlines() if "validation passed" in line]
+        assert (named in line[0]) if named else not line, (odd, line)  # a record written by hand or another version
+
 
 def test_the_lineage_of_a_first_champion_says_it_had_no_parent():
     """A new user read `parent champion vnone` for the first champion."""

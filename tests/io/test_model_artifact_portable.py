@@ -110,3 +110,9 @@ def test_an_error_inside_the_block_is_not_replaced_by_the_close(params):
     assert "retrainer.steps.train" not in cloudpickle.list_registry_pickle_by_value()
     with own_functions_by_value(model):  # and the count starts again from nothing
         assert "retrainer.steps.train" in cloudpickle.list_registry_pickle_by_value()
+
+    with own_functions_by_value(model):  # an inner use after an unregister under an open one registers again
+        cloudpickle.unregister_pickle_by_value(sys.modules["retrainer.steps.train"])
+        with own_functions_by_value(model):
+            assert "retrainer.steps.train" in cloudpickle.list_registry_pickle_by_value()
+    assert "retrainer.steps.train" not in cloudpickle.list_registry_pickle_by_value()

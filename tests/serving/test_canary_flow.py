@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, TOKEN, Registry, Server, _register_versions, register_fitted, service_for
@@ -436,8 +437,10 @@ def test_replay_counts_the_answered_records_that_have_no_label_to_send_back(
     assert (served.succeeded, served.failed) == (2, 0), served.failure_summary()
     assert (served.feedback_sent, served.unlabelled) == (7, 3)
 
-    # a label list taken straight from a float target column has NaN, not None (int(NaN) crashed); 0 is a label
-    floats = [math.nan if label is None else float(label) for label in labels]
+    # a label list taken straight from a table has NaN or NA, not None (int(NaN) crashed); 0 is a label
+    floats = [
+        (math.nan, np.float32("nan"), pd.NA)[i % 3] if label is None else float(label) for i, label in enumerate(labels)
+    ]
     assert floats.count(0.0) > 0
     again = replay(canary_server.url, records, floats, max_requests=10, batch_size=5)
     assert (again.feedback_sent, again.unlabelled, again.failed) == (7, 3, 0), again.failure_summary()

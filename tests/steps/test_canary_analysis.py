@@ -251,12 +251,28 @@ def test_infinite_challenger_latencies_count_as_slower_than_every_other(share):
         assert decision.action == "rollback" and decision.numbers["challenger_p95_ms"] == math.inf, decision.reasons
 
 
-def test_p95_of_infinite_values_is_infinite_not_nan():
-    """numpy's linear interpolation between two infinities is NaN, which read as 'no latencies'."""
+def test_p95_with_infinite_values_is_never_nan():
+    """numpy's linear interpolation makes NaN of inf - inf and of a zero weight toward inf (n = 20k + 1 values with
+    k infinities: a second breaker's case), and NaN read as 'no latencies'."""
     assert p95([math.inf, math.inf]) == math.inf
     assert p95([1.0, 2.0, math.inf]) == math.inf
     assert p95([1.0] * 99 + [math.inf]) == 1.0
+    assert p95([1.0] * 19 + [2.0, math.inf]) == 2.0
+    assert p95([5.0] * 286 + [math.inf] * 15) == 5.0
     assert math.isnan(p95([]))
+    rng = np.random.default_rng(0)
+    for n in range(1, 60):  # without an infinity it is numpy's own
+        values = rng.gamma(2.0, 3.0, n)
+        assert p95(values) == float(np.percentile(values, 95))
+
+
+def test_a_slower_challenger_whose_p95_lands_just_below_its_infinities_rolls_back():
+    """15 of 301 latencies at +inf put the p95 exactly on the last finite one; a 3x slower challenger rolls back."""
+    rng = np.random.default_rng(0)
+    slow = replace(HEALTHY, latencies_ms=[*rng.normal(15, 1.5, 286), *[math.inf] * 15])
+    decision = analyse_canary(CHAMPION, slow, MIDDLE, POLICY)
+    assert decision.action == "rollback", decision.reasons
+    assert any("x the champion's" in r for r in decision.reasons), decision.reasons
 
 
 def test_numbers_carry_the_measurements():

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrainer.io.batch_files import ReadOptions, read_batch_file
+from retrainer.io.batch_files import BatchParseError, ReadOptions, read_batch_file
 from retrainer.validation import format_outcome, validate_batch_file
 
 TRAINED_UNTIL_FEB = pd.Timestamp("2013-02-28 23:00", tz="UTC")
@@ -665,6 +665,23 @@ def test_a_parquet_file_that_stores_its_index_is_read_by_row_position(labels, tm
         table = read_batch_file(source, SMALL)
         assert list(table.frame.index) == list(range(rows)) and list(table.frame.columns) == columns
         assert [note["rows"] for note in table.notes if note["check"] == "empty_rows"] == ([[3]] if rows == 3 else [])
+
+
+def test_a_named_parquet_index_is_a_column_and_one_named_like_a_column_is_refused(tmp_path):
+    """A second breaker's cases: a named RangeIndex from 0 was dropped (and its row then read as empty); an index named
+    like a column crashed with pandas' 'cannot insert a, already exists'."""
+    import io
+
+    source = tmp_path / "b.parquet"
+    for index, refused in ((pd.RangeIndex(0, 4, name="id"), False), (pd.Index([7, 8, 9, 10], name="a"), True)):
+        buffer = io.BytesIO()
+        ABC.set_axis(index).to_parquet(buffer, index=True)
+        source.write_bytes(buffer.getvalue())
+        if refused:
+            with pytest.raises(BatchParseError, match="stored index 'a' has the name of a column"):
+                read_batch_file(source, SMALL)
+        else:
+            assert list(read_batch_file(source, SMALL).frame.columns) == ["id", "a", "b", "n"]
 
 
 def test_bare_comma_rows_in_the_middle_are_named_by_line(march, params, suite_runner, tmp_path):

@@ -96,8 +96,7 @@ def format_cycle(result: CycleResult) -> str:
         if result.metrics.get(role):
             lines.append(f"  {role:<10}  {metric_line(result.metrics[role])}")
     lines += [f"  - {reason}" for reason in result.reasons]
-    if isinstance(result.validation, dict) and result.validation.get("warnings"):
-        checks = sorted(set(result.validation["warnings"]))
+    if checks := warning_checks(result.validation):
         lines.append(
             f"  validation passed with {len(checks)} kind{'s' if len(checks) > 1 else ''} of warning: "
             f"{', '.join(checks)} (the accepted batch's .validation.json names the rows)"
@@ -106,6 +105,17 @@ def format_cycle(result: CycleResult) -> str:
         lines.append(f"  bento {result.bento_tag}")
     lines += [f"  {line}" for line in canary_lines(result.canary)]
     return "\n".join(lines)
+
+
+def warning_checks(validation: dict | str | None) -> list[str]:
+    """The checks that warned, by name, from a cycle's validation summary (a record written by hand or by another
+    version may hold a string or odd entries: those are read as names, and empty ones left out)."""
+    warnings = validation.get("warnings") if isinstance(validation, dict) else None
+    if isinstance(warnings, str):
+        warnings = [warnings]
+    if not isinstance(warnings, list | tuple):
+        return []
+    return sorted({str(check) for check in warnings if check not in (None, "")})
 
 
 def canary_lines(canary: dict | None) -> list[str]:

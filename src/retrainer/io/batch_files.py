@@ -176,16 +176,21 @@ def parse_parquet_bytes(data: bytes, name: str) -> pd.DataFrame:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
         raise BatchParseError("unreadable_parquet", f"{name}: corrupt Parquet file: {exc}") from None
-    return rows_by_position(frame)
+    return rows_by_position(frame, name)
 
 
-def rows_by_position(frame: pd.DataFrame) -> pd.DataFrame:
+def rows_by_position(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """The frame indexed 0..n-1, as a CSV batch is, so notes and checks name row positions. A Parquet file written
     from pandas can store the frame's index: a named index level is data (it becomes a column, as `to_csv` writes
-    it); an unnamed one is pandas' row labels, and dropped."""
-    if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1:
+    it); an unnamed one is pandas' row labels, and dropped. Raises BatchParseError when a level's name is also a
+    column's."""
+    named = [level for level in frame.index.names if level is not None]
+    if not named and isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1:
         return frame
-    named = [name for name in frame.index.names if name is not None]
+    if clash := [level for level in named if level in frame.columns]:
+        raise BatchParseError(
+            "duplicate_columns", f"{name}: the stored index {clash[0]!r} has the name of a column: rename one of them"
+        )
     return (frame.reset_index(level=named) if named else frame).reset_index(drop=True)
 
 

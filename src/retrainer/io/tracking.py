@@ -96,7 +96,7 @@ def own_functions_by_value(model) -> Iterator[None]:
     with _BY_VALUE_LOCK:
         ours = [name for name in sorted(names) if name in _BY_VALUE_USERS or not _registered(name)]
         for name in ours:
-            if not _BY_VALUE_USERS[name]:
+            if not _registered(name):  # first use, or unregistered by someone else under an open one
                 cloudpickle.register_pickle_by_value(sys.modules[name])
             _BY_VALUE_USERS[name] += 1
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import time
 from collections import deque
@@ -137,8 +136,10 @@ def _predict(
 
 
 def _no_label(label: float | None) -> bool:
-    """None, or NaN (a float target column's missing value)."""
-    return label is None or (isinstance(label, float) and math.isnan(label))
+    """None, NaN of any float type, or pandas' NA: pandas' own test of a missing scalar."""
+    import pandas as pd  # loaded already by every caller that reads traffic
+
+    return bool(pd.isna(label))
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -58,14 +58,22 @@ def error_rate(arm: ArmStats) -> float:
 
 
 def p95(values: Sequence[float]) -> float:
-    """The 95th percentile (numpy's default linear interpolation), NaN for no values; inf when it falls on or next to
-    an infinite value (numpy interpolates between two infinities, or with a zero weight, to NaN)."""
+    """The 95th percentile with numpy's default linear interpolation, NaN for no values. With +inf among the values it
+    is computed here: numpy's interpolation makes NaN of inf - inf and of inf * 0 (a zero weight toward an
+    infinity), which read as "no latencies"; here a percentile that falls on an infinity, or between a value and an
+    infinity, is inf."""
     ordered = np.sort(np.asarray(values, dtype=float))
     if not ordered.size:
         return math.nan
-    if np.isposinf(ordered[math.ceil(0.95 * (ordered.size - 1))]):
+    if not np.isposinf(ordered[-1]):
+        return float(np.percentile(ordered, 95))
+    rank = 0.95 * (ordered.size - 1)
+    lower = math.floor(rank)
+    weight = rank - lower
+    below, above = float(ordered[lower]), float(ordered[min(lower + 1, ordered.size - 1)])
+    if math.isinf(below) or (weight and math.isinf(above)):
         return math.inf
-    return float(np.percentile(ordered, 95))
+    return below + weight * (above - below) if weight else below
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> float:
