@@ -438,10 +438,9 @@ def test_replay_counts_the_answered_records_that_have_no_label_to_send_back(
     assert (served.feedback_sent, served.unlabelled) == (7, 3)
 
     # a label list taken straight from a table has NaN or NA, not None (int(NaN) crashed); 0 is a label
-    floats = [
-        (math.nan, np.float32("nan"), pd.NA)[i % 3] if label is None else float(label) for i, label in enumerate(labels)
-    ]
-    assert floats.count(0.0) > 0
+    missing = (math.nan, np.float32("nan"), pd.NA)
+    floats = [missing[i % 3] if label is None else float(label) for i, label in enumerate(labels)]
+    assert labels.count(0) > 0
     again = replay(canary_server.url, records, floats, max_requests=10, batch_size=5)
     assert (again.feedback_sent, again.unlabelled, again.failed) == (7, 3, 0), again.failure_summary()
     total = ReplayStats()
