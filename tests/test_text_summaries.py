@@ -13,14 +13,14 @@ def test_a_promoted_batch_s_validation_warnings_are_named_in_the_summary():
     summary = {"batch_id": "ab12", "seconds": 1.5, "warnings": ["whitespace.carrier", "empty_rows", "empty_rows"]}
     result = CycleResult(CycleStatus.PROMOTED, ["gate passed"], batch_id="ab12", batch="may.csv", validation=summary)
     text = format_cycle(result)
-    assert "validation passed with 2 kinds of warning: empty_rows, whitespace.carrier" in text, text
+    assert "validation passed with warnings from 2 checks: empty_rows, whitespace.carrier" in text, text
 
     clean = format_cycle(result.but(validation={**summary, "warnings": []}))
     assert "validation" not in clean, clean
     quarantined = format_cycle(result.but(status=CycleStatus.QUARANTINED, validation="blocked: not_null.carrier"))
     assert "validation passed" not in quarantined, quarantined
 
-    for odd, named in ((["null_values", None], "1 kind of warning: null_values"), ([None], None), ("x.y", "x.y")):
+    for odd, named in ((["null_values", None], "warnings from 1 check: null_values"), ([None], None), ("x.y", "x.y")):
         text = format_cycle(result.but(validation={"warnings": odd}))
         line = [line for line in text.splitlines() if "validation passed" in line]
         assert (named in line[0]) if named else not line, (odd, line)  # a record written by hand or another version

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrainer.outcomes import CycleStatus
+from retrainer.steps.normalise import plural
 
 SHOWN_METRICS = ("roc_auc", "pr_auc", "f1", "brier")
 
@@ -98,8 +99,8 @@ def format_cycle(result: CycleResult) -> str:
     lines += [f"  - {reason}" for reason in result.reasons]
     if checks := warning_checks(result.validation):
         lines.append(
-            f"  validation passed with {len(checks)} kind{'s' if len(checks) > 1 else ''} of warning: "
-            f"{', '.join(checks)} (the accepted batch's .validation.json names the rows)"
+            f"  validation passed with warnings from {plural(len(checks), 'check')}: {', '.join(checks)} "
+            "(the accepted batch's .validation.json names the rows)"
         )
     if result.bento_tag:
         lines.append(f"  bento {result.bento_tag}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import pandas as pd
 
 from retrainer.serving.log_store import read_predictions
 
@@ -137,8 +138,6 @@ def _predict(
 
 def _no_label(label: float | None) -> bool:
     """None, NaN of any float type, or pandas' NA: pandas' own test of a missing scalar."""
-    import pandas as pd  # loaded already by every caller that reads traffic
-
     return bool(pd.isna(label))
 
 

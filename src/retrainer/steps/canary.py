@@ -201,8 +201,8 @@ def _check_errors(champion, challenger, policy, numbers, failures) -> None:
 
 def _check_latency(champion, challenger, policy, numbers, failures, notes) -> None:
     challenger_ms, champion_ms = (
-        _finite(challenger.latencies_ms, "challenger", notes),
-        _finite(champion.latencies_ms, "champion", notes),
+        _usable_latencies(challenger.latencies_ms, "challenger", notes),
+        _usable_latencies(champion.latencies_ms, "champion", notes),
     )
     ch, cp = p95(challenger_ms), p95(champion_ms)
     numbers["challenger_p95_ms"], numbers["champion_p95_ms"] = ch, cp
@@ -227,7 +227,7 @@ def _check_latency(champion, challenger, policy, numbers, failures, notes) -> No
         notes.append(f"{reason}, but its latencies are not significantly slower (p={p_value:.3g}): not a failure")
 
 
-def _finite(latencies_ms: Sequence[float | None], arm: str, notes: list[str]) -> np.ndarray:
+def _usable_latencies(latencies_ms: Sequence[float | None], arm: str, notes: list[str]) -> np.ndarray:
     """The arm's usable latencies (ms). The service measures every latency, so a missing one (None, NaN) or -inf comes
     from a damaged log: left out, with a note counting them (a NaN would otherwise read as "no latencies"). +inf is
     kept, as slower than every measured latency, with a note: dropping it would hide a challenger that never answered

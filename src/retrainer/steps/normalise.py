@@ -43,7 +43,7 @@ def drop_empty_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         return frame, []
     rows = [int(i) for i in frame.index[empty]]
     shown = ", ".join(map(str, rows[:MAX_EXAMPLES])) + (", ..." if len(rows) > MAX_EXAMPLES else "")
-    reason = f"{plural(len(rows), 'row')} with every cell empty (row{'s' if len(rows) > 1 else ''} {shown}): dropped"
+    reason = f"{plural(len(rows), 'row')} with every cell empty, dropped: {shown}"
     note = read_entry("empty_rows", None, "warn", len(rows), reason, rows=rows[:MAX_EXAMPLES])
     return frame.loc[~empty].reset_index(drop=True), [note]
 
