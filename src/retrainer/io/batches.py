@@ -11,7 +11,7 @@ from pathlib import Path
 
 from retrainer.io.batch_files import hash_file
 from retrainer.io.processes import owner_alive, this_process
-from retrainer.io.tables import BATCH_SUFFIXES
+from retrainer.io.tables import BATCH_SUFFIXES, copy_file
 from retrainer.outcomes import RETRYABLE, CycleStatus
 
 CLAIMED = "running"
@@ -39,8 +39,8 @@ def accept(path: Path, batches_dir: Path, identifier: str) -> Path:
     """Copy a validated batch, byte for byte, into the accepted batches the pipeline reads."""
     batches_dir.mkdir(parents=True, exist_ok=True)
     dest = batches_dir / f"{identifier}{path.suffix.lower()}"
-    if not dest.exists():
-        shutil.copyfile(path, dest)
+    if not dest.exists():  # so the copy must never exist cut off: it would be kept, and trained on
+        copy_file(path, dest)
     return dest
 
 

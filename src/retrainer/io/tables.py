@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def copy_file(source: Path, path: Path) -> None:
+    """Copy a file byte for byte, atomically and durably: the copy is written under a temporary name beside `path`,
+    fsynced, then renamed, so a crash (even SIGKILL) never leaves a cut-off file under `path`. A SIGKILL can leave the
+    temporary file (`.<name>.<random>`)."""
+
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(source, tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+
+    _atomic_write(path, copy)
 
 
 def write_joblib(value: object, path: Path) -> None:
