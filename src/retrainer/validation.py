@@ -210,6 +210,12 @@ def explain_failures(
             if rows:
                 shown = ", ".join(f"row {r} {v!r}" for r, v in zip(rows, values, strict=True))
                 entry.update(rows=rows, reason=f"dtype {entry['observed']}, not {kinds[column]}: e.g. {shown}")
+            elif kinds[column] == "integer" and pd.api.types.is_float_dtype(frame[column].dtype):
+                entry["reason"] = (
+                    f"dtype {entry['observed']}, not integer, though every value is a whole number: the file stores "
+                    "the column as floating point, as pandas does for an integer column with missing cells; write it "
+                    "as an integer type (pandas 'Int64' keeps missing cells)"
+                )
         elif entry["check"] == "freshness" and trained_until is not None and column in frame.columns:
             first = steps.to_utc(frame[column].min()).isoformat()
             reason = f"the batch starts at {first}, not after {steps.to_utc(trained_until).isoformat()}, the newest "

@@ -772,3 +772,17 @@ def test_the_service_reads_every_iso_spelling_a_batch_accepts(spelling, march):
     assert batch == instant and pd.Timestamp(iso_instant(text)) == instant
     with pytest.raises(ValueError, match="not an ISO 8601 time"):
         iso_instant(instant.strftime("%m/%d/%Y %H:%M"))
+
+
+def test_an_integer_column_stored_as_whole_floats_is_told_how_to_store_it(march, params, suite_runner, tmp_path):
+    # pandas writes an integer column as float64 once a cell of it is missing; here the missing cells were in rows
+    # the provider dropped, so every value left is whole and no row is to blame
+    source = tmp_path / "whole-floats.parquet"
+    source.write_bytes(to_parquet_bytes(march.astype({"flight": "float64"})))
+    outcome = validate_batch_file(source, params, tmp_path / "root", None, TRAINED_UNTIL_FEB)
+    failure = next(f for f in outcome.failures if f["check"] == "types.flight")
+    assert "every value is a whole number" in failure["reason"] and "'Int64'" in failure["reason"], failure
+    assert "every value is a whole number" in format_outcome(outcome)
+    stored = march.astype({"flight": "Int64"})
+    source.write_bytes(to_parquet_bytes(stored))
+    assert not any(f["check"] == "types.flight" for f in validate_batch_file(source, params, tmp_path / "r2").failures)
