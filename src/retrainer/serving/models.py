@@ -7,12 +7,14 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from retrainer.io import registry
-from retrainer.serving.scorer import CompiledScorer, compile_pipeline
+
+if TYPE_CHECKING:
+    from retrainer.serving.scorer import CompiledScorer
 
 LOGGER = logging.getLogger("bentoml.retrainer")  # under BentoML's logger: the service's log shows it
 MANIFEST = "retrainer_bento.json"
@@ -35,6 +37,10 @@ class LoadedModel:
     @classmethod
     def of(cls, version: str, pipeline: Any, threshold: float) -> LoadedModel:
         """A loaded version, compiled for scoring when its pipeline allows (the log says which way it scores)."""
+        # here, not at module level: packaging writes manifests with this module and never scores, and the scorer's
+        # scikit-learn imports cost about 3 s of CPU per packaging process on a 2-core machine
+        from retrainer.serving.scorer import compile_pipeline
+
         compiled = compile_pipeline(pipeline)
         way = f"compiled ({compiled.path})" if compiled is not None else "the sklearn pipeline (not compiled)"
         LOGGER.info("v%s scores with %s", version, way)
