@@ -25,10 +25,10 @@ demo: install
 	$(BIN)/retrainer demo $(DEMO_ARGS)
 
 # The suite's tests mostly wait on real servers and processes: pytest-xdist runs whole files side by side
-# (module fixtures stay in one worker). TEST_WORKERS=0 runs them in this process.
+# (module fixtures stay in one worker), the slowest first (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 test: install
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 bench: install
 	$(BIN)/python bench/run.py
