@@ -210,7 +210,7 @@ def explain_failures(
             if rows:
                 shown = ", ".join(f"row {r} {v!r}" for r, v in zip(rows, values, strict=True))
                 entry.update(rows=rows, reason=f"dtype {entry['observed']}, not {kinds[column]}: e.g. {shown}")
-            elif kinds[column] == "integer" and pd.api.types.is_float_dtype(frame[column].dtype):
+            elif kinds[column] == "integer" and steps.holds_whole_floats(frame[column]):
                 entry["reason"] = (
                     f"dtype {entry['observed']}, not integer, though every value is a whole number: the file stores "
                     "the column as floating point, as pandas does for an integer column with missing cells; write it "

@@ -192,3 +192,20 @@ def test_bad_validate_params_name_the_key(path, value, message, project_root, tm
     file.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=message):
         load_params(file)
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "expected"),
+    [
+        ([1.0, 2.0, None], "float64", True),
+        ([1.0, -0.0, 1e15], "float32", True),
+        ([1.0, None], "Float64", True),
+        ([1.0, 2.5], "float64", False),
+        ([None, None], "float64", False),  # nothing to call whole
+        ([1.0, float("inf")], "float64", False),
+        ([1, 2], "int64", False),  # not a float column
+        (["1", "2"], "object", False),
+    ],
+)
+def test_holds_whole_floats(values, dtype, expected):
+    assert steps.holds_whole_floats(pd.Series(values, dtype=dtype)) is expected

@@ -231,6 +231,15 @@ def locate_kind_breaks(values: pd.Series, kind: str) -> tuple[list[int], list]:
     return [int(i) for i in values.index[at]], [to_jsonable(v) for v in values.iloc[at]]
 
 
+def holds_whole_floats(values: pd.Series) -> bool:
+    """Whether a float column holds at least one value and only whole, finite numbers: how pandas stores an integer
+    column once a cell of it is missing (float64, NaN for the missing cells)."""
+    if not pd.api.types.is_float_dtype(values.dtype):
+        return False
+    present = values.dropna().to_numpy(dtype="float64")
+    return bool(present.size) and bool(np.isfinite(present).all() and (present == np.round(present)).all())
+
+
 @functools.cache
 def define_dtype_kind_expectation() -> type:
     """The custom GX expectation on a column's dtype kind (GX's type-list check misses pandas 3 dtypes)."""
